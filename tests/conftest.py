@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+
+from trio_gateway import Config, Gateway, serve
+
+from .helpers import API_KEY
+
+
+@pytest.fixture
+def config() -> Config:
+    return Config(host="127.0.0.1", port=0, api_keys=(API_KEY,), close_timeout=1.0)
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, config: Config) -> Gateway:
+    """A gateway on a real socket (port 0); torn down by cancelling the test's nursery."""
+    started: Gateway = await nursery.start(serve, config)
+    return started
+
+
+def with_settings(config: Config, **changes: object) -> Config:
+    return attrs.evolve(config, **changes)

@@ -1,0 +1,102 @@
+"""Test helpers: an in-memory listener and WebSocket clients that speak the real protocol."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+import trio_websocket
+
+API_KEY = "test-key"
+
+
+class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose `connect()` hands the server one end of an in-memory stream pair."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](0)
+
+    async def connect(self) -> trio.abc.Stream:
+        client, server = trio.testing.memory_stream_pair()
+        await self._send.send(server)
+        return client
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self._receive.receive()
+
+    async def aclose(self) -> None:
+        self._receive.close()
+        await trio.lowlevel.checkpoint()
+
+
+def ws_url(port: int, token: str | None = API_KEY, path: str = "/api/ws") -> str:
+    query = f"?token={token}" if token is not None else ""
+    return f"ws://127.0.0.1:{port}{path}{query}"
+
+
+@asynccontextmanager
+async def tcp_client(
+    port: int, token: str | None = API_KEY, **kwargs: Any
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A trio-websocket client on a real socket."""
+    async with trio_websocket.open_websocket_url(ws_url(port, token), **kwargs) as ws:
+        yield ws
+
+
+@asynccontextmanager
+async def memory_client(
+    listener: MemoryListener, token: str | None = API_KEY
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A trio-websocket client over an in-memory stream (for autojump-clock tests)."""
+    stream = await listener.connect()
+    resource = f"/api/ws?token={token}" if token is not None else "/api/ws"
+    async with trio.open_nursery() as client_nursery:
+        ws = await trio_websocket.wrap_client_stream(
+            client_nursery, stream, "gateway.test", resource
+        )
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(1):
+                await ws.aclose()
+            client_nursery.cancel_scope.cancel()
+
+
+async def receive_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+    message = await ws.get_message()
+    assert isinstance(message, str), message
+    data = json.loads(message)
+    assert isinstance(data, dict), data
+    return data
+
+
+async def send_json(ws: trio_websocket.WebSocketConnection, data: object) -> None:
+    await ws.send_message(json.dumps(data))
+
+
+async def ready(ws: trio_websocket.WebSocketConnection) -> str:
+    """Consume the `ready` greeting and return the client id."""
+    greeting = await receive_json(ws)
+    assert greeting["type"] == "ready", greeting
+    return str(greeting["client_id"])
+
+
+async def subscribe(ws: trio_websocket.WebSocketConnection, **keys: str) -> str:
+    await send_json(ws, {"type": "subscribe", **keys})
+    ack = await receive_json(ws)
+    assert ack["type"] == "subscribed", ack
+    return str(ack["subscription"])
+
+
+async def closed_with(ws: trio_websocket.WebSocketConnection) -> trio_websocket.CloseReason:
+    """Read until the server closes; returns its close reason."""
+    try:
+        while True:
+            await ws.get_message()
+    except trio_websocket.ConnectionClosed as exc:
+        assert exc.reason is not None
+        return exc.reason

@@ -1,0 +1,68 @@
+"""The gateway's settings as one frozen value, with validation. Pure: reads no files or env.
+
+Every setting's unit and reason is documented in docs/OPERATIONS.md. cli.py builds a Config
+from flags, environment and TOML; tests build one directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names it (`port: must be between 0 and 65535`)."""
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{attribute.name}: must be greater than 0, got {value!r}")
+
+
+def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{attribute.name}: must be between 0 and 65535, got {value!r}")
+
+
+def _keys(
+    instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    for key in value:
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{attribute.name}: keys must be non-empty strings")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8000, validator=_port)
+    # Accepted tokens for WebSocket clients and HTTP publishers. Empty means nobody is let in;
+    # the CLI generates an ephemeral key instead of starting with an empty tuple.
+    api_keys: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_keys)
+    # Largest client message in bytes; bigger ones close the connection with 1009.
+    max_message_size: int = attrs.field(default=64 * 1024, validator=_positive)
+    # Seconds between keepalive pings; also announced to clients as heartbeat_interval.
+    ping_interval: float = attrs.field(default=30.0, validator=_positive)
+    # Grace in seconds beyond one ping interval before a silent client is reaped (30 + 10 = 40).
+    pong_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Outgoing frames buffered per client; overflowing it closes that client with 4008.
+    queue_depth: int = attrs.field(default=256, validator=_positive)
+    # Publications buffered between publishers and the broadcast task.
+    publish_queue_depth: int = attrs.field(default=4096, validator=_positive)
+    # Most subscriptions one connection may hold; bounds memory per client.
+    max_subscriptions: int = attrs.field(default=1000, validator=_positive)
+    # Seconds a client has to send a whole HTTP request or complete the WebSocket handshake,
+    # and the longest an idle keep-alive HTTP connection is kept open.
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Largest HTTP request body in bytes; bigger ones get 413.
+    max_body_size: int = attrs.field(default=1024 * 1024, validator=_positive)
+    # Seconds a close handshake may take before the socket is dropped.
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+    # Seconds a graceful shutdown may spend flushing queues before cancelling everything.
+    drain_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    @property
+    def stale_after(self) -> float:
+        """A client whose last pong is older than this at a ping is reaped."""
+        return self.ping_interval + self.pong_timeout

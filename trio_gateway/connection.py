@@ -1,0 +1,255 @@
+"""One WebSocket client from handshake to close: auth, reader, writer, close codes.
+
+Theory of operation
+-------------------
+`serve_websocket` owns a nursery with trio-websocket's frame reader. After the handshake it
+either closes 4001 (bad token) or registers a `Client` and runs two tasks:
+
+- the reader decodes client frames and dispatches them synchronously (subscribe, pong, ...);
+  every reply is queued in the client's outbox like any broadcast, so a subscribe ack is
+  always ahead of the first message it enables;
+- the writer is the only task that writes frames: it drains the outbox in order.
+
+A close is requested through `Client.close(reason)` by anyone (hub: slow consumer,
+keepalive: stale, server: shutdown, reader: peer closed). The session then stops the reader,
+lets the writer finish (draining the queue first when the close asked for a flush), and sends
+the close frame inside a shielded, time-bounded scope. If the writer was cut off mid-frame the
+stream is corrupt, so no close frame is attempted and the socket is just dropped.
+
+Must not raise: failures are logged and closed with 1011; only cancellation propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import h11
+import trio
+
+from .config import Config
+from .hub import Client, Hub
+from .ids import IdFactory
+from .jsonlog import fields
+from .protocol.codec import ECHO_LIMIT, decode, encode
+from .protocol.errors import (
+    INTERNAL_ERROR,
+    SHUTTING_DOWN,
+    UNAUTHORIZED,
+    CloseReason,
+    ProtocolError,
+)
+from .protocol.messages import (
+    ClientMessage,
+    Error,
+    Ping,
+    Pong,
+    Ready,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+)
+from .protocol.routing import ALL, subscription_key, unsubscription_key
+from .websocket import (
+    ConnectionClosed,
+    PrefixedStream,
+    WebSocketConnection,
+    extract_token,
+    linger_close,
+    open_websocket,
+    token_matches,
+)
+
+log = logging.getLogger("trio_gateway.connection")
+
+PONG_TEXT = encode(Pong())
+BINARY_ERROR = encode(Error("Binary frames are not supported; send JSON text frames"))
+# Closed by the peer or the transport: there is no close frame left for us to send.
+PEER_CLOSED = CloseReason(1000, "closed by client")
+
+
+@attrs.define
+class GatewayContext:
+    """What every connection shares; built once by server.py."""
+
+    config: Config
+    hub: Hub
+    new_id: IdFactory
+    # Requests a graceful close of live sessions; set by the server's shutdown sequence.
+    shutting_down: trio.Event = attrs.field(factory=trio.Event)
+
+
+def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | Error) -> None:
+    """Act on one decoded client message. Synchronous: no checkpoint between state and reply."""
+    try:
+        if isinstance(message, Error):
+            client.send(encode(message))
+        elif isinstance(message, Subscribe):
+            key = subscription_key(message)
+            if (
+                key not in client.subscriptions
+                and len(client.subscriptions) >= config.max_subscriptions
+            ):
+                raise ProtocolError(
+                    f"Too many subscriptions: at most {config.max_subscriptions} per connection"
+                )
+            hub.subscribe(client, key)
+            client.send(encode(Subscribed(key)))
+        elif isinstance(message, Unsubscribe):
+            maybe_key = unsubscription_key(message)
+            if maybe_key is None:
+                hub.unsubscribe_all(client)
+                client.send(encode(Unsubscribed(ALL)))
+            else:
+                hub.unsubscribe(client, maybe_key)
+                client.send(encode(Unsubscribed(maybe_key)))
+        elif isinstance(message, Pong):
+            client.last_pong = trio.current_time()
+        elif isinstance(message, Ping):
+            client.send(PONG_TEXT)
+    except ProtocolError as exc:
+        client.send(encode(Error(exc.message[: ECHO_LIMIT * 2])))
+
+
+async def _read_loop(ws: WebSocketConnection, client: Client, context: GatewayContext) -> None:
+    try:
+        while True:
+            frame = await ws.get_message()
+            if isinstance(frame, bytes):
+                client.send(BINARY_ERROR)
+            else:
+                dispatch(client, context.hub, context.config, decode(frame))
+    except ConnectionClosed:
+        client.close(PEER_CLOSED)
+
+
+@attrs.define
+class _Writer:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    mid_frame: bool = False
+
+    async def run(
+        self, ws: WebSocketConnection, client: Client, outbox: trio.MemoryReceiveChannel[str]
+    ) -> None:
+        try:
+            async with outbox:
+                async for text in outbox:
+                    if client.close_reason is not None and not client.flush_before_close:
+                        break
+                    self.mid_frame = True
+                    await ws.send_message(text)
+                    self.mid_frame = False
+        except ConnectionClosed:
+            self.mid_frame = False
+            client.close(PEER_CLOSED)
+        finally:
+            self.done.set()
+
+
+async def _run_session(
+    ws: WebSocketConnection,
+    client: Client,
+    outbox: trio.MemoryReceiveChannel[str],
+    context: GatewayContext,
+) -> None:
+    writer = _Writer()
+    try:
+        async with trio.open_nursery() as session_nursery:
+            session_nursery.start_soon(_read_loop, ws, client, context)
+            session_nursery.start_soon(writer.run, ws, client, outbox)
+            await client.closing.wait()
+            client.outbox.close()
+            grace = (
+                context.config.drain_timeout
+                if client.flush_before_close
+                else context.config.close_timeout
+            )
+            with trio.move_on_after(grace):
+                await writer.done.wait()
+            session_nursery.cancel_scope.cancel()
+    finally:
+        context.hub.remove(client)
+        reason = client.close_reason
+        if reason is None:
+            # Cancelled from outside without a close request: the server is stopping.
+            reason = SHUTTING_DOWN
+            client.close(reason)
+        if reason is not PEER_CLOSED and not writer.mid_frame:
+            with trio.CancelScope(shield=True), trio.move_on_after(context.config.close_timeout):
+                await ws.aclose(reason.code, reason.reason)
+
+
+async def serve_websocket(
+    stream: PrefixedStream, request: h11.Request, context: GatewayContext
+) -> None:
+    """Run one WebSocket client on `stream`, whose head `request` was already parsed.
+
+    Resource handling:
+        Always closes `stream` before returning, lingering briefly so the peer reads our
+        close frame.
+    Error handling:
+        Never raises except `Cancelled`: a failure is logged and closed with 1011.
+    """
+    config = context.config
+    client: Client | None = None
+    try:
+        async with trio.open_nursery() as frame_nursery:
+            try:
+                with trio.fail_after(config.request_timeout):
+                    ws = await open_websocket(frame_nursery, stream, config.max_message_size)
+                if not token_matches(extract_token(request), config.api_keys):
+                    log.info("unauthorized websocket", extra=fields(remote=_remote(stream)))
+                    with trio.move_on_after(config.close_timeout):
+                        await ws.aclose(UNAUTHORIZED.code, UNAUTHORIZED.reason)
+                    return
+                client, outbox_receive = _register(context)
+                if context.shutting_down.is_set():
+                    client.close(SHUTTING_DOWN)
+                await _run_session(ws, client, outbox_receive, context)
+            finally:
+                frame_nursery.cancel_scope.cancel()
+    except* trio.TooSlowError:
+        log.info("websocket handshake timed out", extra=fields(remote=_remote(stream)))
+    except* Exception:
+        log.exception("websocket connection failed", extra=fields(client_id=_id(client)))
+        if client is not None:
+            client.close(INTERNAL_ERROR)
+    finally:
+        if client is not None:
+            context.hub.remove(client)
+            log.info(
+                "client disconnected",
+                extra=fields(
+                    client_id=client.id,
+                    code=client.close_reason.code if client.close_reason else None,
+                    reason=client.close_reason.reason if client.close_reason else None,
+                ),
+            )
+        await linger_close(stream, config.close_timeout)
+
+
+def _register(context: GatewayContext) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
+    config = context.config
+    outbox_send, outbox_receive = trio.open_memory_channel[str](config.queue_depth)
+    now = trio.current_time()
+    client = Client(id=context.new_id(), outbox=outbox_send, connected_at=now, last_pong=now)
+    client.send(encode(Ready(client.id, round(config.ping_interval * 1000))))
+    context.hub.add(client)
+    log.info("client connected", extra=fields(client_id=client.id))
+    return client, outbox_receive
+
+
+def _id(client: Client | None) -> str | None:
+    return client.id if client is not None else None
+
+
+def _remote(stream: PrefixedStream) -> str | None:
+    socket = getattr(stream.stream, "socket", None)
+    if socket is None:
+        return None
+    try:
+        host, port, *_ = socket.getpeername()
+    except (OSError, ValueError):
+        return None
+    return f"{host}:{port}"

@@ -1,0 +1,429 @@
+"""The HTTP/1.1 side of the port, parsed by h11: routing, the publish API, health.
+
+Theory of operation
+-------------------
+Every accepted stream starts here. `handle_stream` reads request heads with h11 in a
+keep-alive loop. `GET /api/ws` with `Upgrade: websocket` leaves the loop: the parsed head is
+replayed to the WebSocket adapter (connection.py) and the stream is theirs from then on.
+Everything else is answered here with a JSON body.
+
+Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
+keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
+the connection is closed (the unread rest cannot be skipped safely). Once shutdown begins,
+responses carry `Connection: close` and idle connections are closed at once.
+
+Must not: parse HTTP by hand, or block a publisher on a client (it awaits the publish queue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import h11
+import trio
+
+from .broadcaster import (
+    Broadcaster,
+    GatewayClosed,
+    Publication,
+    event_publication,
+    remote_update_publication,
+    session_update_publication,
+)
+from .connection import GatewayContext, serve_websocket
+from .jsonlog import fields
+from .protocol.codec import dumps
+from .websocket import (
+    RECEIVE_SIZE,
+    WS_PATH,
+    PrefixedStream,
+    handshake_problem,
+    is_upgrade,
+    replay_head,
+    token_matches,
+)
+
+log = logging.getLogger("trio_gateway.http")
+
+# Largest request head (request line + headers) in bytes; h11 answers 431 beyond it.
+MAX_HEAD_SIZE = 16 * 1024
+SERVER_HEADER = b"trio-gateway"
+
+
+class HttpError(Exception):
+    """An error response: status, JSON body and extra headers. `close` ends the connection."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message, **extra}
+        self.headers = headers or []
+        self.close = close
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    head: h11.Request
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.head.headers:
+            if key == name:
+                return bytes(value)
+        return None
+
+
+Handler = Callable[["HttpApp", Request], Awaitable[tuple[int, object]]]
+
+
+@attrs.define
+class HttpApp:
+    """What the HTTP handlers need from the running gateway."""
+
+    context: GatewayContext
+    broadcaster: Broadcaster
+    version: str
+    started_at: float
+    # Cancel scopes of keep-alive connections waiting idle for their next request; shutdown
+    # cancels them so drain does not wait out the idle timeout.
+    idle_scopes: set[trio.CancelScope] = attrs.field(factory=set)
+
+    def begin_shutdown(self) -> None:
+        for scope in tuple(self.idle_scopes):
+            scope.cancel()
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _require_api_key(app: HttpApp, request: Request) -> None:
+    authorization = request.header(b"authorization")
+    token = None
+    if authorization is not None:
+        scheme, _, credential = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer":
+            token = credential.strip() or None
+    if not token_matches(token, app.context.config.api_keys):
+        raise HttpError(
+            401,
+            "Missing or invalid API key" if token else "Missing API key",
+            headers=[(b"www-authenticate", b'Bearer realm="trio-gateway"')],
+        )
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_body(request: Request) -> Any:
+    if not request.body:
+        raise HttpError(400, "Request body must be JSON")
+    try:
+        return json.loads(request.body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise HttpError(400, "Invalid JSON") from None
+
+
+def _object_body(request: Request) -> dict[str, Any]:
+    body = _json_body(request)
+    if not isinstance(body, dict):
+        raise HttpError(400, "Body must be a JSON object")
+    return body
+
+
+async def _publish(app: HttpApp, publications: list[Publication]) -> None:
+    try:
+        await app.broadcaster.publish(*publications)
+    except GatewayClosed:
+        raise HttpError(503, "Server shutting down", close=True) from None
+
+
+async def health(app: HttpApp, request: Request) -> tuple[int, object]:
+    return 200, {
+        "status": "ok",
+        "ws_clients": len(app.context.hub),
+        "uptime": round(trio.current_time() - app.started_at, 3),
+        "version": app.version,
+        "broker": {"kind": "memory", "ok": True},
+    }
+
+
+async def post_events(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    body = _json_body(request)
+    events = body if isinstance(body, list) else [body]
+    publications = []
+    for index, event in enumerate(events):
+        try:
+            publications.append(event_publication(event))
+        except ValueError as exc:
+            if isinstance(body, list):
+                raise HttpError(400, f"events[{index}]: {exc}", index=index) from None
+            raise HttpError(400, str(exc)) from None
+    if publications:
+        await _publish(app, publications)
+    return 202, {"accepted": len(publications)}
+
+
+def _fields(
+    body: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
+) -> list[Any]:
+    missing = [name for name in required if name not in body]
+    if missing:
+        raise HttpError(400, f"{missing[0]} is required")
+    return [body[name] for name in required] + [body.get(name) for name in optional]
+
+
+async def post_session_update(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    values = _fields(
+        _object_body(request), ("session_id", "workspace_id", "lifecycle"), ("summary", "stats")
+    )
+    try:
+        publication = session_update_publication(*values)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    await _publish(app, [publication])
+    return 202, {"accepted": 1}
+
+
+async def post_remote_update(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    values = _fields(
+        _object_body(request), ("remote_env_id", "workspace_id", "status"), ("public_ip",)
+    )
+    try:
+        publication = remote_update_publication(*values)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    await _publish(app, [publication])
+    return 202, {"accepted": 1}
+
+
+async def websocket_without_upgrade(app: HttpApp, request: Request) -> tuple[int, object]:
+    raise HttpError(
+        426,
+        "This endpoint speaks WebSocket: send an Upgrade request",
+        headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade")],
+    )
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/api/health": {"GET": health},
+    "/api/events": {"POST": post_events},
+    "/api/session-updates": {"POST": post_session_update},
+    "/api/remote-updates": {"POST": post_remote_update},
+    WS_PATH: {"GET": websocket_without_upgrade},
+}
+
+
+def _route(method: str, path: str) -> Handler:
+    methods = ROUTES.get(path)
+    if methods is None:
+        raise HttpError(404, "Not found")
+    handler = methods.get(method)
+    if handler is None:
+        raise HttpError(
+            405,
+            f"Method {method} not allowed",
+            headers=[(b"allow", ", ".join(sorted(methods)).encode())],
+        )
+    return handler
+
+
+# --- the connection loop -------------------------------------------------------------------
+
+
+class _PeerGone(Exception):
+    pass
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _PeerGone from None
+        conn.receive_data(bytes(data))
+
+
+async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        event = await _next_event(conn, stream)
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > limit:
+                raise HttpError(413, f"Body larger than {limit} bytes", close=True)
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(body)
+        else:
+            raise _PeerGone
+
+
+def _declared_length(head: h11.Request) -> int | None:
+    for key, value in head.headers:
+        if key == b"content-length":
+            return int(value)
+    return None
+
+
+async def _send_response(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    body: object,
+    headers: list[tuple[bytes, bytes]],
+    close: bool,
+) -> None:
+    payload = dumps(body).encode()
+    all_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"server", SERVER_HEADER),
+        *headers,
+    ]
+    if close:
+        all_headers.append((b"connection", b"close"))
+    try:
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=all_headers)))
+        await stream.send_all(conn.send(h11.Data(data=payload)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise _PeerGone from None
+
+
+async def _answer(
+    app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream, head: h11.Request
+) -> bool:
+    """Read the body, run the handler and respond. Returns False when the connection must end."""
+    config = app.context.config
+    method = head.method.decode("ascii", "replace")
+    path = urlsplit(head.target.decode("latin-1")).path
+    try:
+        handler = _route(method, path)
+        declared = _declared_length(head)
+        if declared is not None and declared > config.max_body_size:
+            raise HttpError(413, f"Body larger than {config.max_body_size} bytes", close=True)
+        with trio.move_on_after(config.request_timeout) as body_scope:
+            body = await _read_body(conn, stream, config.max_body_size)
+        if body_scope.cancelled_caught:
+            raise HttpError(408, "Request body not received in time", close=True)
+        status, payload = await handler(app, Request(method, path, head, body))
+        headers: list[tuple[bytes, bytes]] = []
+        close = False
+    except HttpError as exc:
+        status, payload, headers, close = exc.status, exc.body, exc.headers, exc.close
+    close = close or app.context.shutting_down.is_set() or conn.their_state is not h11.DONE
+    log.info("http request", extra=fields(method=method, path=path, status=status))
+    await _send_response(conn, stream, status, payload, headers, close)
+    return not close and conn.our_state is h11.DONE
+
+
+async def _next_request(
+    app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream
+) -> h11.Request | None:
+    """The next request head, or None if the peer left or stayed idle too long."""
+    timeout = app.context.config.request_timeout
+    idle = not conn.trailing_data[0]
+    with trio.CancelScope() as idle_scope:
+        if idle:
+            app.idle_scopes.add(idle_scope)
+        try:
+            with trio.move_on_after(timeout) as timer:
+                event = await _next_event(conn, stream)
+        finally:
+            app.idle_scopes.discard(idle_scope)
+    if idle_scope.cancelled_caught:
+        return None
+    if timer.cancelled_caught:
+        if conn.trailing_data[0] or conn.their_state is not h11.IDLE:
+            raise HttpError(408, "Request head not received in time", close=True)
+        return None
+    if isinstance(event, h11.Request):
+        return event
+    return None
+
+
+async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
+    """Serve one accepted stream: HTTP requests until close, or one WebSocket client.
+
+    Resource handling:
+        Closes `stream` before returning (the WebSocket path closes it itself).
+    Error handling:
+        Never raises except `Cancelled`; malformed HTTP gets 400/431, failures are logged.
+    """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+    handed_off = False
+    try:
+        while not app.context.shutting_down.is_set():
+            try:
+                head = await _next_request(app, conn, stream)
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                await _send_response(
+                    conn, stream, status, {"error": f"Bad request: {exc}"}, [], True
+                )
+                break
+            except HttpError as exc:
+                await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
+                break
+            if head is None:
+                break
+            if is_upgrade(head):
+                handed_off = await _upgrade(app, conn, stream, head)
+                if handed_off:
+                    return
+                break
+            if not await _answer(app, conn, stream, head):
+                break
+            conn.start_next_cycle()
+    except _PeerGone:
+        pass
+    except h11.RemoteProtocolError:
+        pass
+    except Exception:
+        log.exception("http connection failed")
+    finally:
+        if not handed_off:
+            await trio.aclose_forcefully(stream)
+
+
+async def _upgrade(
+    app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream, head: h11.Request
+) -> bool:
+    """Hand an upgrade request to the WebSocket side; False if it was answered with an error."""
+    path = urlsplit(head.target.decode("latin-1")).path
+    if path != WS_PATH:
+        status, message = 404, "Not found"
+    elif app.context.shutting_down.is_set():
+        status, message = 503, "Server shutting down"
+    elif (problem := handshake_problem(head)) is not None:
+        status, message = 400, problem
+    else:
+        trailing, _closed = conn.trailing_data
+        await serve_websocket(
+            PrefixedStream(stream, replay_head(head, trailing)), head, app.context
+        )
+        return True
+    log.info("websocket upgrade refused", extra=fields(path=path, status=status))
+    await _send_response(conn, stream, status, {"error": message}, [], True)
+    return False

@@ -1,0 +1,121 @@
+"""The subscription index and the non-blocking fan-out.
+
+Owns: which clients exist, what each is subscribed to, and delivery into each client's
+bounded outbox. Must not: await, touch a socket, or decide how a close is carried out
+(connection.py does that when a Client asks to close).
+
+Delivery policy (see python-trio/trio#987 on why there is no "unbounded" channel here): a
+message is serialised once by the publisher and the same `str` is `send_nowait`-ed into each
+matching client's outbox. `WouldBlock` means the client is not keeping up: it is asked to
+close with 4008 and skipped from then on, so a slow consumer costs the others nothing.
+`BrokenResourceError`/`ClosedResourceError` mean its connection is already going away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+import trio
+
+from .protocol.errors import SLOW_CONSUMER, CloseReason
+
+
+@attrs.define(eq=False)
+class Client:
+    """One authenticated connection as the hub sees it."""
+
+    id: str
+    outbox: trio.MemorySendChannel[str]
+    connected_at: float
+    last_pong: float
+    subscriptions: set[str] = attrs.field(factory=set)
+    # Set once, by the first close request; connection.py waits on `closing`.
+    close_reason: CloseReason | None = None
+    flush_before_close: bool = False
+    closing: trio.Event = attrs.field(factory=trio.Event)
+
+    def send(self, text: str) -> bool:
+        """Queue one frame without waiting; False if the client is closing or just closed."""
+        if self.close_reason is not None:
+            return False
+        try:
+            self.outbox.send_nowait(text)
+        except trio.WouldBlock:
+            self.close(SLOW_CONSUMER)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def close(self, reason: CloseReason, *, flush: bool = False) -> None:
+        """Ask the connection task to close; the first reason wins.
+
+        With `flush`, frames already queued are written before the close frame.
+        """
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self.flush_before_close = flush
+        self.closing.set()
+
+
+class Hub:
+    """Clients by id and an index from subscription key to subscribed clients."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, Client] = {}
+        self._index: dict[str, set[Client]] = {}
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def add(self, client: Client) -> None:
+        self.clients[client.id] = client
+
+    def remove(self, client: Client) -> None:
+        """Forget the client and every subscription it held. Idempotent."""
+        self.unsubscribe_all(client)
+        self.clients.pop(client.id, None)
+
+    def subscribe(self, client: Client, key: str) -> None:
+        client.subscriptions.add(key)
+        self._index.setdefault(key, set()).add(client)
+
+    def unsubscribe(self, client: Client, key: str) -> None:
+        client.subscriptions.discard(key)
+        members = self._index.get(key)
+        if members is not None:
+            members.discard(client)
+            if not members:
+                del self._index[key]
+
+    def unsubscribe_all(self, client: Client) -> None:
+        for key in list(client.subscriptions):
+            self.unsubscribe(client, key)
+
+    def subscription_count(self) -> int:
+        """Distinct keys with at least one subscriber (0 once everyone has left)."""
+        return len(self._index)
+
+    def publish(self, text: str, keys: Iterable[str]) -> int:
+        """Queue `text` once for every client subscribed to any of `keys`.
+
+        Returns how many clients it was queued for. Never blocks; see the module docstring.
+        """
+        groups = [members for key in keys if (members := self._index.get(key))]
+        if not groups:
+            return 0
+        # A client matching several keys (all + workspace + session) gets one copy.
+        recipients = groups[0] if len(groups) == 1 else set().union(*groups)
+        delivered = 0
+        # Iterate a snapshot: a failed send may close a client, which must not resize the set
+        # under our feet even though removal itself happens later in its connection task.
+        for client in tuple(recipients):
+            delivered += client.send(text)
+        return delivered
+
+    def send_all(self, text: str) -> None:
+        """Queue `text` for every connected client (keepalive pings)."""
+        for client in tuple(self.clients.values()):
+            client.send(text)

@@ -1,0 +1,58 @@
+"""The accept loop: one task per listener, handing each stream to the connection nursery.
+
+Owns accepting and the listeners' lifetime (closed when the task ends). Must not run
+connection code itself: a handler runs in `connection_nursery`, which the supervisor owns,
+so that stopping accepts (cancelling this task) leaves live connections untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from .jsonlog import fields
+
+log = logging.getLogger("trio_gateway.listener")
+
+# accept() failures that mean "out of file descriptors or memory right now": wait, then retry
+# rather than spin or die (the same set trio.serve_listeners treats this way).
+CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Seconds to wait after such a failure before accepting again.
+CAPACITY_BACKOFF = 0.1
+
+Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    handler: Handler,
+    connection_nursery: trio.Nursery,
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed, backing off", extra=fields(error=str(exc)))
+                await trio.sleep(CAPACITY_BACKOFF)
+            else:
+                connection_nursery.start_soon(handler, stream)
+
+
+async def run_listeners(
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    handler: Handler,
+    connection_nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept on every listener until cancelled; cancelling closes the listeners."""
+    async with trio.open_nursery() as accept_nursery:
+        for listener in listeners:
+            accept_nursery.start_soon(_accept_loop, listener, handler, connection_nursery)
+        task_status.started()

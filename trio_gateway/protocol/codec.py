@@ -1,0 +1,91 @@
+"""Text <-> typed messages. Owns the one private cattrs Converter; does no I/O.
+
+`decode` never raises on client input: anything malformed becomes an `Error` reply. `encode`
+produces compact JSON with `type` first, ASCII-escaped so that no string (lone surrogates
+included) can fail to encode as UTF-8 later in a writer task.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs import transform_error
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from .messages import (
+    CLIENT_MESSAGES,
+    ClientMessage,
+    Error,
+    EventMessage,
+    RemoteUpdate,
+    ServerMessage,
+    SessionUpdate,
+)
+
+# Client-chosen text echoed back in an error reply is cut to this many characters, so an
+# error about a 60 KiB type name does not cost 60 KiB per reply.
+ECHO_LIMIT = 100
+
+_converter = cattrs.Converter()
+
+
+def _strict_str(value: object, _: type) -> str:
+    # cattrs would turn 1 into "1"; a number where a string is due is a client error.
+    if not isinstance(value, str):
+        raise TypeError("must be a string")
+    return value
+
+
+_converter.register_structure_hook(str, _strict_str)
+for _cls in (EventMessage, SessionUpdate, RemoteUpdate):
+    # Optional fields (default None) are left off the wire rather than sent as null.
+    _omit_none: dict[str, Any] = {
+        field.name: override(omit_if_default=True)
+        for field in attrs.fields(_cls)
+        if field.default is None
+    }
+    _converter.register_unstructure_hook(
+        _cls, make_dict_unstructure_fn(_cls, _converter, **_omit_none)
+    )
+
+
+def _describe(exc: Exception) -> str:
+    messages = transform_error(
+        exc, path="$", format_exception=lambda e, _t: str(e) or "invalid value"
+    )
+    first = messages[0] if messages else "invalid value"
+    detail, _, path = first.rpartition(" @ $.")
+    return f"{path} {detail}" if detail else first
+
+
+def decode(text: str) -> ClientMessage | Error:
+    """Parse one client text frame into a typed message, or the `Error` reply to send."""
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        return Error("Invalid JSON")
+    if not isinstance(data, dict):
+        return Error("Invalid message: expected a JSON object")
+    tag = data.get("type")
+    if not isinstance(tag, str):
+        return Error("Missing message type")
+    cls = CLIENT_MESSAGES.get(tag)
+    if cls is None:
+        return Error(f"Unknown message type: {tag[:ECHO_LIMIT]}")
+    try:
+        return _converter.structure(data, cls)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+        return Error(f"Invalid {tag}: {_describe(exc)}")
+
+
+def encode(message: ServerMessage) -> str:
+    """Serialise a server message to the exact text sent on the wire."""
+    return dumps({"type": message.TAG, **_converter.unstructure(message)})
+
+
+def dumps(data: object) -> str:
+    """Compact JSON, the form of every frame the server sends."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)

@@ -1,0 +1,46 @@
+"""Close codes the server sends and the typed protocol error.
+
+Owns the meaning of every close code; must not decide *when* to close (that is connection.py).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class CloseCode(enum.IntEnum):
+    """Every WebSocket close code the server sends (docs/PROTOCOL.md lists the same)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    POLICY_VIOLATION = 1008  # keepalive pong overdue
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    UNAUTHORIZED = 4001
+    SLOW_CONSUMER = 4008
+
+
+@attrs.frozen
+class CloseReason:
+    code: int
+    reason: str
+
+
+SHUTTING_DOWN = CloseReason(CloseCode.GOING_AWAY, "Server shutting down")
+UNAUTHORIZED = CloseReason(CloseCode.UNAUTHORIZED, "Unauthorized")
+SLOW_CONSUMER = CloseReason(CloseCode.SLOW_CONSUMER, "Slow consumer")
+PONG_TIMEOUT = CloseReason(CloseCode.POLICY_VIOLATION, "Pong timeout")
+INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be acted on; `message` is the text of the error reply.
+
+    The connection stays open: the client gets `{"type":"error","message":...}`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -1,0 +1,112 @@
+"""Typed client and server messages. They know nothing about JSON; codec.py does.
+
+Each class carries its wire tag in `TAG`. Optional server fields default to None and are
+omitted from the wire when None.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+# --- client -> server ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class Subscribe:
+    TAG: ClassVar[str] = "subscribe"
+    scope: str | None = None
+    workspace_id: str | None = None
+    session_id: str | None = None
+
+
+@attrs.frozen
+class Unsubscribe:
+    TAG: ClassVar[str] = "unsubscribe"
+    scope: str | None = None
+    workspace_id: str | None = None
+    session_id: str | None = None
+
+
+@attrs.frozen
+class Pong:
+    """The client's answer to a server ping (and the server's answer to a client ping)."""
+
+    TAG: ClassVar[str] = "pong"
+
+
+@attrs.frozen
+class Ping:
+    """A ping either way: the server's keepalive probe, or a client checking liveness."""
+
+    TAG: ClassVar[str] = "ping"
+
+
+ClientMessage = Subscribe | Unsubscribe | Pong | Ping
+CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
+    cls.TAG: cls for cls in (Subscribe, Unsubscribe, Pong, Ping)
+}
+
+# --- server -> client ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ready:
+    TAG: ClassVar[str] = "ready"
+    client_id: str
+    heartbeat_interval: int  # milliseconds between server pings
+
+
+@attrs.frozen
+class Subscribed:
+    TAG: ClassVar[str] = "subscribed"
+    subscription: str
+
+
+@attrs.frozen
+class Unsubscribed:
+    TAG: ClassVar[str] = "unsubscribed"
+    subscription: str
+
+
+@attrs.frozen
+class Error:
+    TAG: ClassVar[str] = "error"
+    message: str
+
+
+@attrs.frozen
+class EventMessage:
+    TAG: ClassVar[str] = "event"
+    event: dict[str, Any]
+
+
+@attrs.frozen
+class SessionUpdate:
+    TAG: ClassVar[str] = "session.update"
+    session_id: str
+    lifecycle: str
+    summary: str | None = None
+    stats: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class RemoteUpdate:
+    TAG: ClassVar[str] = "remote.update"
+    remote_env_id: str
+    status: str
+    public_ip: str | None = None
+
+
+ServerMessage = (
+    Ready
+    | Subscribed
+    | Unsubscribed
+    | Error
+    | Ping
+    | Pong
+    | EventMessage
+    | SessionUpdate
+    | RemoteUpdate
+)

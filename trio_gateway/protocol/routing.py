@@ -1,0 +1,91 @@
+"""Subscription keys and publication routing: which clients a message is for.
+
+Keys are the strings acknowledged on the wire: "all", "workspace:<id>", "session:<id>".
+Pure functions only; the index that uses them lives in hub.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .errors import ProtocolError
+from .messages import Subscribe, Unsubscribe
+
+ALL = "all"
+SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
+
+
+def workspace_key(workspace_id: str) -> str:
+    return f"workspace:{workspace_id}"
+
+
+def session_key(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def _requested_key(message: Subscribe | Unsubscribe) -> str | None:
+    verb = message.TAG
+    given = [
+        name
+        for name in ("scope", "workspace_id", "session_id")
+        if getattr(message, name) is not None
+    ]
+    if len(given) > 1:
+        raise ProtocolError(f"Invalid {verb}: provide only one of scope, workspace_id, session_id")
+    if message.scope is not None:
+        if message.scope != ALL:
+            raise ProtocolError(f'Invalid {verb}: scope must be "all"')
+        return ALL
+    if message.workspace_id is not None:
+        if not message.workspace_id:
+            raise ProtocolError(f"Invalid {verb}: workspace_id must not be empty")
+        return workspace_key(message.workspace_id)
+    if message.session_id is not None:
+        if not message.session_id:
+            raise ProtocolError(f"Invalid {verb}: session_id must not be empty")
+        return session_key(message.session_id)
+    return None
+
+
+def subscription_key(message: Subscribe) -> str:
+    """The key a subscribe message asks for.
+
+    Raises:
+        ProtocolError: no key, more than one, an empty id, or a scope other than "all".
+    """
+    key = _requested_key(message)
+    if key is None:
+        raise ProtocolError(SUBSCRIBE_HINT)
+    return key
+
+
+def unsubscription_key(message: Unsubscribe) -> str | None:
+    """The key an unsubscribe message drops, or None for "drop every subscription"."""
+    return _requested_key(message)
+
+
+def route_keys(workspace_id: str | None, session_id: str | None) -> tuple[str, ...]:
+    """Every subscription key that receives a publication for this workspace/session."""
+    keys = [ALL]
+    if workspace_id:
+        keys.append(workspace_key(workspace_id))
+    if session_id:
+        keys.append(session_key(session_id))
+    return tuple(keys)
+
+
+def event_problem(event: object) -> str | None:
+    """Why `event` cannot be published, or None if it can.
+
+    An event is a JSON object with a non-empty string `workspace_id` and an optional
+    `session_id` that is a string or null; every other field passes through untouched.
+    """
+    if not isinstance(event, Mapping):
+        return "event must be a JSON object"
+    workspace_id = event.get("workspace_id")
+    if not isinstance(workspace_id, str) or not workspace_id:
+        return "workspace_id must be a non-empty string"
+    session_id = event.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        return "session_id must be a string or null"
+    return None
