@@ -168,6 +168,9 @@ async def _run_session(
             with trio.move_on_after(grace):
                 await writer.done.wait()
             session_nursery.cancel_scope.cancel()
+    except Exception:
+        client.close(INTERNAL_ERROR)
+        raise
     finally:
         context.hub.remove(client)
         reason = client.close_reason

@@ -44,6 +44,7 @@ from .websocket import (
     PrefixedStream,
     handshake_problem,
     is_upgrade,
+    linger_close,
     replay_head,
     token_matches,
 )
@@ -319,14 +320,15 @@ async def _answer(
     method = head.method.decode("ascii", "replace")
     path = urlsplit(head.target.decode("latin-1")).path
     try:
-        handler = _route(method, path)
         declared = _declared_length(head)
         if declared is not None and declared > config.max_body_size:
             raise HttpError(413, f"Body larger than {config.max_body_size} bytes", close=True)
+        # The body is read before routing so that even a 404 leaves the connection reusable.
         with trio.move_on_after(config.request_timeout) as body_scope:
             body = await _read_body(conn, stream, config.max_body_size)
         if body_scope.cancelled_caught:
             raise HttpError(408, "Request body not received in time", close=True)
+        handler = _route(method, path)
         status, payload = await handler(app, Request(method, path, head, body))
         headers: list[tuple[bytes, bytes]] = []
         close = False
@@ -367,7 +369,8 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     """Serve one accepted stream: HTTP requests until close, or one WebSocket client.
 
     Resource handling:
-        Closes `stream` before returning (the WebSocket path closes it itself).
+        Closes `stream` before returning (the WebSocket path closes it itself), lingering
+        so that a client still sending gets our error response rather than a reset.
     Error handling:
         Never raises except `Cancelled`; malformed HTTP gets 400/431, failures are logged.
     """
@@ -404,7 +407,7 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
         log.exception("http connection failed")
     finally:
         if not handed_off:
-            await trio.aclose_forcefully(stream)
+            await linger_close(stream, app.context.config.close_timeout)
 
 
 async def _upgrade(

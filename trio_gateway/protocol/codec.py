@@ -65,7 +65,7 @@ def decode(text: str) -> ClientMessage | Error:
     """Parse one client text frame into a typed message, or the `Error` reply to send."""
     try:
         data: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return Error("Invalid JSON")
     if not isinstance(data, dict):
         return Error("Invalid message: expected a JSON object")
