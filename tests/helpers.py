@@ -40,11 +40,39 @@ def ws_url(port: int, token: str | None = API_KEY, path: str = "/api/ws") -> str
 
 @asynccontextmanager
 async def tcp_client(
-    port: int, token: str | None = API_KEY, **kwargs: Any
+    port: int, token: str | None = API_KEY, path: str = "/api/ws", **kwargs: Any
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A trio-websocket client on a real socket."""
-    async with trio_websocket.open_websocket_url(ws_url(port, token), **kwargs) as ws:
-        yield ws
+    """A trio-websocket client on a real socket.
+
+    Built from its parts rather than `open_websocket_url`, because that leaves the socket
+    open when the server closes first (a ResourceWarning, an error under our pytest config).
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        async with _websocket_over(stream, _resource(token, path), **kwargs) as ws:
+            yield ws
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _resource(token: str | None, path: str = "/api/ws") -> str:
+    return f"{path}?token={token}" if token is not None else path
+
+
+@asynccontextmanager
+async def _websocket_over(
+    stream: trio.abc.Stream, resource: str, **kwargs: Any
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async with trio.open_nursery() as client_nursery:
+        ws = await trio_websocket.wrap_client_stream(
+            client_nursery, stream, "gateway.test", resource, **kwargs
+        )
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(1):
+                await ws.aclose()
+            client_nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -53,17 +81,11 @@ async def memory_client(
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     """A trio-websocket client over an in-memory stream (for autojump-clock tests)."""
     stream = await listener.connect()
-    resource = f"/api/ws?token={token}" if token is not None else "/api/ws"
-    async with trio.open_nursery() as client_nursery:
-        ws = await trio_websocket.wrap_client_stream(
-            client_nursery, stream, "gateway.test", resource
-        )
-        try:
+    try:
+        async with _websocket_over(stream, _resource(token)) as ws:
             yield ws
-        finally:
-            with trio.move_on_after(1):
-                await ws.aclose()
-            client_nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def receive_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:

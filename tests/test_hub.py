@@ -14,9 +14,7 @@ from trio_gateway.protocol.errors import PONG_TIMEOUT, SHUTTING_DOWN, SLOW_CONSU
 from trio_gateway.protocol.routing import route_keys
 
 
-def make_client(
-    client_id: str, depth: int = 16
-) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
+def make_client(client_id: str, depth: int = 16) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
     send, receive = trio.open_memory_channel[str](depth)
     return Client(id=client_id, outbox=send, connected_at=0.0, last_pong=0.0), receive
 

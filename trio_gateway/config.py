@@ -6,6 +6,7 @@ from flags, environment and TOML; tests build one directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -33,13 +34,17 @@ def _keys(
             raise ConfigError(f"{attribute.name}: keys must be non-empty strings")
 
 
+def _key_tuple(keys: Iterable[str]) -> tuple[str, ...]:
+    return tuple(keys)
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8000, validator=_port)
     # Accepted tokens for WebSocket clients and HTTP publishers. Empty means nobody is let in;
     # the CLI generates an ephemeral key instead of starting with an empty tuple.
-    api_keys: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_keys)
+    api_keys: tuple[str, ...] = attrs.field(default=(), converter=_key_tuple, validator=_keys)
     # Largest client message in bytes; bigger ones close the connection with 1009.
     max_message_size: int = attrs.field(default=64 * 1024, validator=_positive)
     # Seconds between keepalive pings; also announced to clients as heartbeat_interval.

@@ -38,6 +38,7 @@ from .protocol.errors import (
     UNAUTHORIZED,
     CloseReason,
     ProtocolError,
+    message_too_big,
 )
 from .protocol.messages import (
     ClientMessage,
@@ -56,6 +57,7 @@ from .websocket import (
     PrefixedStream,
     WebSocketConnection,
     extract_token,
+    frame_reader_nursery,
     linger_close,
     open_websocket,
     token_matches,
@@ -112,12 +114,22 @@ def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | 
         client.send(encode(Error(exc.message[: ECHO_LIMIT * 2])))
 
 
+def _utf8_size_exceeds(text: str, limit: int) -> bool:
+    # UTF-8 needs at most 4 bytes a character, so short texts skip the encode.
+    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
+
+
 async def _read_loop(ws: WebSocketConnection, client: Client, context: GatewayContext) -> None:
+    limit = context.config.max_message_size
     try:
         while True:
             frame = await ws.get_message()
             if isinstance(frame, bytes):
                 client.send(BINARY_ERROR)
+            elif _utf8_size_exceeds(frame, limit):
+                # trio-websocket counts a text message in characters; the limit is in bytes.
+                client.close(message_too_big(limit))
+                return
             else:
                 dispatch(client, context.hub, context.config, decode(frame))
     except ConnectionClosed:
@@ -197,21 +209,18 @@ async def serve_websocket(
     config = context.config
     client: Client | None = None
     try:
-        async with trio.open_nursery() as frame_nursery:
-            try:
-                with trio.fail_after(config.request_timeout):
-                    ws = await open_websocket(frame_nursery, stream, config.max_message_size)
-                if not token_matches(extract_token(request), config.api_keys):
-                    log.info("unauthorized websocket", extra=fields(remote=_remote(stream)))
-                    with trio.move_on_after(config.close_timeout):
-                        await ws.aclose(UNAUTHORIZED.code, UNAUTHORIZED.reason)
-                    return
-                client, outbox_receive = _register(context)
-                if context.shutting_down.is_set():
-                    client.close(SHUTTING_DOWN)
-                await _run_session(ws, client, outbox_receive, context)
-            finally:
-                frame_nursery.cancel_scope.cancel()
+        async with frame_reader_nursery() as frame_nursery:
+            with trio.fail_after(config.request_timeout):
+                ws = await open_websocket(frame_nursery, stream, config.max_message_size)
+            if not token_matches(extract_token(request), config.api_keys):
+                log.info("unauthorized websocket", extra=fields(remote=_remote(stream)))
+                with trio.move_on_after(config.close_timeout):
+                    await ws.aclose(UNAUTHORIZED.code, UNAUTHORIZED.reason)
+                return
+            client, outbox_receive = _register(context)
+            if context.shutting_down.is_set():
+                client.close(SHUTTING_DOWN)
+            await _run_session(ws, client, outbox_receive, context)
     except* trio.TooSlowError:
         log.info("websocket handshake timed out", extra=fields(remote=_remote(stream)))
     except* Exception:

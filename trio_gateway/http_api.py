@@ -17,7 +17,6 @@ Must not: parse HTTP by hand, or block a publisher on a client (it awaits the pu
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,7 +36,7 @@ from .broadcaster import (
 )
 from .connection import GatewayContext, serve_websocket
 from .jsonlog import fields
-from .protocol.codec import dumps
+from .protocol.codec import dumps, loads
 from .websocket import (
     RECEIVE_SIZE,
     WS_PATH,
@@ -127,16 +126,12 @@ def _require_api_key(app: HttpApp, request: Request) -> None:
         )
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _json_body(request: Request) -> Any:
     if not request.body:
         raise HttpError(400, "Request body must be JSON")
     try:
-        return json.loads(request.body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        return loads(request.body)
+    except ValueError:
         raise HttpError(400, "Invalid JSON") from None
 
 

@@ -10,7 +10,8 @@ subscriptions.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -23,6 +24,7 @@ __all__ = [
     "PrefixedStream",
     "WebSocketConnection",
     "extract_token",
+    "frame_reader_nursery",
     "handshake_problem",
     "is_upgrade",
     "linger_close",
@@ -132,6 +134,33 @@ def replay_head(request: h11.Request, trailing: bytes) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
     lines.extend(b"%s: %s" % (name, value) for name, value in request.headers.raw_items())
     return b"\r\n".join(lines) + b"\r\n\r\n" + trailing
+
+
+@asynccontextmanager
+async def frame_reader_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for trio-websocket's frame reader that survives the caller's cancellation.
+
+    A close handshake needs the reader: `aclose()` waits for the peer's close frame, which
+    only the reader can see. If the reader died with its caller, every close after an outside
+    cancel (server stop, drain deadline) would wait out its whole timeout. So the reader runs
+    shielded, and is cancelled only when this block exits, after the caller's own (shielded,
+    time-bounded) close has finished.
+    """
+    async with trio.open_nursery() as holder:
+        scope, nursery = await holder.start(_hold_shielded_nursery)
+        try:
+            yield nursery
+        finally:
+            scope.cancel()
+
+
+async def _hold_shielded_nursery(
+    task_status: trio.TaskStatus[tuple[trio.CancelScope, trio.Nursery]],
+) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started((scope, nursery))
+            await trio.sleep_forever()
 
 
 async def open_websocket(

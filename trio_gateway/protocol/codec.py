@@ -61,11 +61,27 @@ def _describe(exc: Exception) -> str:
     return f"{path} {detail}" if detail else first
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(text: str | bytes) -> Any:
+    """Strict JSON: NaN and Infinity are rejected, absurd nesting is a ValueError.
+
+    Raises:
+        ValueError: `text` is not strict JSON.
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def decode(text: str) -> ClientMessage | Error:
     """Parse one client text frame into a typed message, or the `Error` reply to send."""
     try:
-        data: Any = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        data: Any = loads(text)
+    except ValueError:
         return Error("Invalid JSON")
     if not isinstance(data, dict):
         return Error("Invalid message: expected a JSON object")

@@ -35,6 +35,11 @@ PONG_TIMEOUT = CloseReason(CloseCode.POLICY_VIOLATION, "Pong timeout")
 INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
 
 
+def message_too_big(limit: int) -> CloseReason:
+    """The 1009 close for a client message over `limit` bytes (trio-websocket's wording)."""
+    return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes")
+
+
 class ProtocolError(Exception):
     """A client message that cannot be acted on; `message` is the text of the error reply.
 

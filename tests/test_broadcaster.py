@@ -1,0 +1,346 @@
+"""The in-process publishing API and the broadcast task, over real trio memory channels."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_gateway import Broadcaster, GatewayClosed, PublishQueueFull
+from trio_gateway.broadcaster import (
+    Batch,
+    Publication,
+    event_publication,
+    remote_update_publication,
+    run_broadcast,
+    session_update_publication,
+)
+from trio_gateway.hub import Client, Hub
+
+
+def open_broadcaster(depth: int = 16) -> tuple[Broadcaster, trio.MemoryReceiveChannel[Batch]]:
+    send, receive = trio.open_memory_channel[Batch](depth)
+    return Broadcaster(send), receive
+
+
+def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[Batch]:
+    batches = []
+    while True:
+        try:
+            batches.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return batches
+
+
+def subscriber(hub: Hub, client_id: str, *keys: str) -> trio.MemoryReceiveChannel[str]:
+    send, receive = trio.open_memory_channel[str](64)
+    client = Client(id=client_id, outbox=send, connected_at=0.0, last_pong=0.0)
+    hub.add(client)
+    for key in keys:
+        hub.subscribe(client, key)
+    return receive
+
+
+def frames(receive: trio.MemoryReceiveChannel[str]) -> list[dict[str, Any]]:
+    out = []
+    while True:
+        try:
+            out.append(json.loads(receive.receive_nowait()))
+        except trio.WouldBlock:
+            return out
+
+
+# --- building publications -----------------------------------------------------------------
+
+
+def test_event_publication_text_and_keys() -> None:
+    event = {"workspace_id": "w1", "session_id": "s1", "kind": "x", "data": {"n": 1}}
+    publication = event_publication(event)
+    assert publication == Publication(
+        '{"type":"event","event":{"workspace_id":"w1","session_id":"s1","kind":"x",'
+        '"data":{"n":1}}}',
+        ("all", "workspace:w1", "session:s1"),
+    )
+    assert event_publication({"workspace_id": "w1", "session_id": None}).keys == (
+        "all",
+        "workspace:w1",
+    )
+
+
+def test_session_update_publication_text_and_keys() -> None:
+    publication = session_update_publication("s1", "w1", "ended", "done", {"duration_ms": 5})
+    assert publication == Publication(
+        '{"type":"session.update","session_id":"s1","lifecycle":"ended",'
+        '"summary":"done","stats":{"duration_ms":5}}',
+        ("all", "workspace:w1", "session:s1"),
+    )
+    # The workspace routes the message but is not part of the seed's wire shape.
+    assert session_update_publication("s1", "w1", "active").text == (
+        '{"type":"session.update","session_id":"s1","lifecycle":"active"}'
+    )
+
+
+def test_remote_update_publication_text_and_keys() -> None:
+    assert remote_update_publication("r1", "w1", "ready", "1.2.3.4") == Publication(
+        '{"type":"remote.update","remote_env_id":"r1","status":"ready","public_ip":"1.2.3.4"}',
+        ("all", "workspace:w1"),
+    )
+    assert remote_update_publication("r1", "w1", "stopped").text == (
+        '{"type":"remote.update","remote_env_id":"r1","status":"stopped"}'
+    )
+
+
+# --- malformed arguments raise ValueError and queue nothing --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "match"),
+    [
+        ({"workspace_id": ""}, "workspace_id must be a non-empty string"),
+        ({}, "workspace_id must be a non-empty string"),
+        ({"workspace_id": 5}, "workspace_id must be a non-empty string"),
+        (["workspace_id", "w"], "event must be a JSON object"),
+        ("w", "event must be a JSON object"),
+        (None, "event must be a JSON object"),
+        ({"workspace_id": "w", "session_id": 1}, "session_id must be a string or null"),
+        ({"workspace_id": "w", "session_id": ["s"]}, "session_id must be a string or null"),
+        ({"workspace_id": "w", "x": object()}, "not JSON-serialisable"),
+        ({"workspace_id": "w", "x": {1, 2}}, "not JSON-serialisable"),
+        ({"workspace_id": "w", "x": float("nan")}, "not JSON-serialisable"),
+        ({"workspace_id": "w", "x": [float("inf")]}, "not JSON-serialisable"),
+    ],
+)
+def test_broadcast_event_rejects_malformed_event(event: Any, match: str) -> None:
+    broadcaster, receive = open_broadcaster()
+    with pytest.raises(ValueError, match=match):
+        broadcaster.broadcast_event(event)
+    assert queued(receive) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("", "w", "active"), "session_id must be a non-empty string"),
+        ((None, "w", "active"), "session_id must be a non-empty string"),
+        ((1, "w", "active"), "session_id must be a non-empty string"),
+        (("s", "", "active"), "workspace_id must be a non-empty string"),
+        (("s", "w", ""), "lifecycle must be a non-empty string"),
+        (("s", "w", "active", 5), "summary must be a string"),
+        (("s", "w", "active", None, ["x"]), "stats must be an object"),
+        (("s", "w", "active", None, {"x": object()}), "not JSON-serialisable"),
+        (("s", "w", "active", None, {"cost": float("nan")}), "not JSON-serialisable"),
+    ],
+)
+def test_broadcast_session_update_rejects_malformed_args(args: tuple[Any, ...], match: str) -> None:
+    broadcaster, receive = open_broadcaster()
+    with pytest.raises(ValueError, match=match):
+        broadcaster.broadcast_session_update(*args)
+    assert queued(receive) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("", "w", "ready"), "remote_env_id must be a non-empty string"),
+        (("r", "", "ready"), "workspace_id must be a non-empty string"),
+        (("r", None, "ready"), "workspace_id must be a non-empty string"),
+        (("r", "w", ""), "status must be a non-empty string"),
+        (("r", "w", "ready", ""), "public_ip must be a non-empty string"),
+        (("r", "w", "ready", 1234), "public_ip must be a non-empty string"),
+    ],
+)
+def test_broadcast_remote_update_rejects_malformed_args(args: tuple[Any, ...], match: str) -> None:
+    broadcaster, receive = open_broadcaster()
+    with pytest.raises(ValueError, match=match):
+        broadcaster.broadcast_remote_update(*args)
+    assert queued(receive) == []
+
+
+# --- queueing ------------------------------------------------------------------------------
+
+
+def test_broadcast_methods_queue_one_publication_each() -> None:
+    broadcaster, receive = open_broadcaster()
+    broadcaster.broadcast_event({"workspace_id": "w", "n": 1})
+    broadcaster.broadcast_session_update("s", "w", "active")
+    broadcaster.broadcast_remote_update("r", "w", "ready")
+    assert queued(receive) == [
+        (event_publication({"workspace_id": "w", "n": 1}),),
+        (session_update_publication("s", "w", "active"),),
+        (remote_update_publication("r", "w", "ready"),),
+    ]
+
+
+def test_event_is_copied_when_queued() -> None:
+    broadcaster, receive = open_broadcaster()
+    event: dict[str, Any] = {"workspace_id": "w", "n": 1}
+    broadcaster.broadcast_event(event)
+    event["n"] = 2
+    (batch,) = queued(receive)
+    assert json.loads(batch[0].text)["event"]["n"] == 1
+
+
+def test_full_publish_queue_raises_publish_queue_full() -> None:
+    broadcaster, receive = open_broadcaster(depth=1)
+    broadcaster.broadcast_event({"workspace_id": "w", "n": 1})
+    with pytest.raises(PublishQueueFull):
+        broadcaster.broadcast_event({"workspace_id": "w", "n": 2})
+    with pytest.raises(PublishQueueFull):
+        broadcaster.broadcast_session_update("s", "w", "active")
+    with pytest.raises(PublishQueueFull):
+        broadcaster.broadcast_remote_update("r", "w", "ready")
+    # Nothing was dropped silently or half-queued: only the first publication is there.
+    assert queued(receive) == [(event_publication({"workspace_id": "w", "n": 1}),)]
+    broadcaster.broadcast_event({"workspace_id": "w", "n": 3})  # room again
+
+
+def test_validation_comes_before_the_full_queue_check() -> None:
+    broadcaster, _receive = open_broadcaster(depth=1)
+    broadcaster.broadcast_event({"workspace_id": "w"})
+    with pytest.raises(ValueError, match="workspace_id"):
+        broadcaster.broadcast_event({"workspace_id": ""})
+
+
+def test_closed_broadcaster_raises_gateway_closed() -> None:
+    broadcaster, receive = open_broadcaster()
+    broadcaster.broadcast_event({"workspace_id": "w"})
+    broadcaster.close()
+    with pytest.raises(GatewayClosed):
+        broadcaster.broadcast_event({"workspace_id": "w"})
+    with pytest.raises(GatewayClosed):
+        broadcaster.broadcast_session_update("s", "w", "active")
+    with pytest.raises(GatewayClosed):
+        broadcaster.broadcast_remote_update("r", "w", "ready")
+    with pytest.raises(GatewayClosed):
+        broadcaster.publish_nowait(event_publication({"workspace_id": "w"}))
+    broadcaster.close()  # idempotent
+    # What was queued before close is still there for the broadcast task to drain.
+    assert len(queued(receive)) == 1
+
+
+def test_gateway_closed_when_broadcast_task_is_gone() -> None:
+    broadcaster, receive = open_broadcaster()
+    receive.close()
+    with pytest.raises(GatewayClosed):
+        broadcaster.broadcast_event({"workspace_id": "w"})
+
+
+async def test_publish_after_close_raises_gateway_closed() -> None:
+    broadcaster, _receive = open_broadcaster()
+    broadcaster.close()
+    with pytest.raises(GatewayClosed):
+        await broadcaster.publish(event_publication({"workspace_id": "w"}))
+
+
+async def test_publish_keeps_a_batch_together() -> None:
+    broadcaster, receive = open_broadcaster()
+    first = event_publication({"workspace_id": "w", "n": 1})
+    second = session_update_publication("s", "w", "active")
+    third = remote_update_publication("r", "w", "ready")
+    await broadcaster.publish(first, second, third)
+    broadcaster.publish_nowait(second, first)
+    assert queued(receive) == [(first, second, third), (second, first)]
+
+
+async def test_publish_waits_for_room_instead_of_raising() -> None:
+    broadcaster, receive = open_broadcaster(depth=1)
+    first = event_publication({"workspace_id": "w", "n": 1})
+    second = event_publication({"workspace_id": "w", "n": 2})
+    broadcaster.publish_nowait(first)
+    published = trio.Event()
+
+    async def publisher() -> None:
+        await broadcaster.publish(second)
+        published.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not published.is_set()
+        assert await receive.receive() == (first,)
+        await published.wait()
+    assert queued(receive) == [(second,)]
+
+
+async def test_publish_blocked_on_a_full_queue_raises_gateway_closed_on_close() -> None:
+    broadcaster, receive = open_broadcaster(depth=1)
+    broadcaster.publish_nowait(event_publication({"workspace_id": "w"}))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def publisher() -> None:
+                with pytest.raises(GatewayClosed):
+                    await broadcaster.publish(event_publication({"workspace_id": "w"}))
+
+            nursery.start_soon(publisher)
+            await trio.testing.wait_all_tasks_blocked()
+            receive.close()
+
+
+# --- the broadcast task --------------------------------------------------------------------
+
+
+async def test_run_broadcast_fans_out_in_order_and_ends_when_closed() -> None:
+    hub = Hub()
+    everyone = subscriber(hub, "everyone", "all")
+    workspace = subscriber(hub, "workspace", "workspace:w1")
+    session = subscriber(hub, "session", "session:s1")
+    other = subscriber(hub, "other", "workspace:w2")
+    broadcaster, receive = open_broadcaster()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_broadcast, receive, hub)
+            broadcaster.broadcast_event({"workspace_id": "w1", "session_id": "s1", "n": 1})
+            await broadcaster.publish(
+                session_update_publication("s1", "w1", "active"),
+                remote_update_publication("r1", "w1", "ready"),
+            )
+            broadcaster.broadcast_event({"workspace_id": "w2", "n": 2})
+            broadcaster.broadcast_event({"workspace_id": "w1", "n": 3})
+            broadcaster.close()
+        # Leaving the nursery proves run_broadcast returned once the channel was closed.
+
+    event_1 = {"type": "event", "event": {"workspace_id": "w1", "session_id": "s1", "n": 1}}
+    session_update = {"type": "session.update", "session_id": "s1", "lifecycle": "active"}
+    remote_update = {"type": "remote.update", "remote_env_id": "r1", "status": "ready"}
+    event_2 = {"type": "event", "event": {"workspace_id": "w2", "n": 2}}
+    event_3 = {"type": "event", "event": {"workspace_id": "w1", "n": 3}}
+    assert frames(everyone) == [event_1, session_update, remote_update, event_2, event_3]
+    assert frames(workspace) == [event_1, session_update, remote_update, event_3]
+    assert frames(session) == [event_1, session_update]
+    assert frames(other) == [event_2]
+
+
+async def test_run_broadcast_drains_what_was_queued_before_close() -> None:
+    hub = Hub()
+    everyone = subscriber(hub, "everyone", "all")
+    broadcaster, receive = open_broadcaster()
+    for n in range(10):
+        broadcaster.broadcast_event({"workspace_id": "w", "n": n})
+    broadcaster.close()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_broadcast, receive, hub)
+    assert [frame["event"]["n"] for frame in frames(everyone)] == list(range(10))
+    with pytest.raises(trio.ClosedResourceError):
+        receive.receive_nowait()  # run_broadcast closed its end on the way out
+
+
+async def test_run_broadcast_reports_started_before_consuming() -> None:
+    hub = Hub()
+    everyone = subscriber(hub, "everyone", "all")
+    broadcaster, receive = open_broadcaster()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_broadcast, receive, hub)
+            broadcaster.broadcast_event({"workspace_id": "w", "n": 1})
+            await trio.testing.wait_all_tasks_blocked()
+            assert [frame["event"]["n"] for frame in frames(everyone)] == [1]
+            broadcaster.broadcast_event({"workspace_id": "w", "n": 2})
+            await trio.testing.wait_all_tasks_blocked()
+            assert [frame["event"]["n"] for frame in frames(everyone)] == [2]
+            broadcaster.close()

@@ -1,0 +1,550 @@
+"""trio_gateway.client against a real gateway on a real socket.
+
+Every test is bounded by `trio.fail_after` and waits on what a client sees (a message, an
+`on_connect` call, a close), never on a sleep. Reconnect tests inject the backoff `sleep` to
+observe each delay and decide when the client may go on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from trio_gateway import Config, Gateway, serve
+from trio_gateway.client import (
+    ApiError,
+    ConnectFailed,
+    Disconnected,
+    GatewayClient,
+    SubscriptionError,
+    Unauthorized,
+    backoff_delay,
+    health,
+    http_request,
+    open_client,
+    publish_events,
+    websocket_url,
+)
+from trio_gateway.protocol.errors import SLOW_CONSUMER
+
+from .conftest import with_settings
+from .helpers import API_KEY, ready
+
+TIMEOUT = 10
+
+
+def base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def client_for(gateway: Gateway, **kwargs: Any) -> AbstractAsyncContextManager[GatewayClient]:
+    return open_client(websocket_url(base_url(gateway.port)), API_KEY, **kwargs)
+
+
+def event(workspace_id: str, n: int, session_id: str | None = None) -> dict[str, Any]:
+    return {"workspace_id": workspace_id, "session_id": session_id, "n": n}
+
+
+def wire(data: dict[str, Any]) -> dict[str, Any]:
+    """An event message as a client receives it."""
+    return {"type": "event", "event": data}
+
+
+class Connections:
+    """`on_connect` as a channel: each connection's client id, in order."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[str](100)
+
+    def __call__(self, client_id: str) -> None:
+        self._send.send_nowait(client_id)
+
+    async def next(self) -> str:
+        return await self._receive.receive()
+
+    def count(self) -> int:
+        return self._receive.statistics().current_buffer_used
+
+
+class Backoff:
+    """An injected backoff sleep: reports each delay, then waits for the test's go-ahead."""
+
+    def __init__(self) -> None:
+        self._delays_send, self._delays = trio.open_memory_channel[float](100)
+        self._go_send, self._go = trio.open_memory_channel[None](100)
+
+    async def __call__(self, delay: float) -> None:
+        self._delays_send.send_nowait(delay)
+        await self._go.receive()
+
+    async def next_delay(self) -> float:
+        return await self._delays.receive()
+
+    def go(self) -> None:
+        self._go_send.send_nowait(None)
+
+
+async def no_sleep(delay: float) -> None:
+    await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def own_gateway(config: Config) -> AsyncIterator[tuple[Gateway, trio.Event]]:
+    """A gateway this test can stop (gracefully) and then restart on the same port."""
+    stopped = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def run(task_status: trio.TaskStatus[Gateway]) -> None:
+            try:
+                await serve(config, task_status=task_status)
+            finally:
+                stopped.set()
+
+        gateway: Gateway = await nursery.start(run)
+        try:
+            yield gateway, stopped
+        finally:
+            # Graceful, not cancelled: a cancelled gateway spends close_timeout on every
+            # connected client (see the report on connection.py).
+            gateway.shutdown()
+
+
+# --- subscribe and receive ------------------------------------------------------------------
+
+
+async def test_subscribe_and_receive_broadcasts(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway, subscriptions=["workspace:w1"]) as client:
+            assert await client.subscribe(session_id="s9") == "session:s9"
+            assert client.subscriptions == {"workspace:w1", "session:s9"}
+            gateway.broadcaster.broadcast_event(event("w1", 1))
+            gateway.broadcaster.broadcast_event(event("other", 2))
+            gateway.broadcaster.broadcast_event(event("other", 3, session_id="s9"))
+            gateway.broadcaster.broadcast_session_update("s9", "other", "ended")
+            assert await anext(client) == wire(event("w1", 1))
+            assert await anext(client) == wire(event("other", 3, session_id="s9"))
+            assert await anext(client) == {
+                "type": "session.update",
+                "session_id": "s9",
+                "lifecycle": "ended",
+            }
+
+
+async def test_unsubscribe_stops_delivery(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway) as client:
+            await client.subscribe("all")
+            await client.subscribe(workspace_id="w1")
+            await client.unsubscribe("all")
+            assert client.subscriptions == {"workspace:w1"}
+            gateway.broadcaster.broadcast_event(event("other", 1))
+            gateway.broadcaster.broadcast_event(event("w1", 2))
+            assert await anext(client) == wire(event("w1", 2))
+            await client.unsubscribe()
+            assert client.subscriptions == frozenset()
+            await client.subscribe(workspace_id="w2")
+            gateway.broadcaster.broadcast_event(event("w1", 3))
+            gateway.broadcaster.broadcast_event(event("w2", 4))
+            assert await anext(client) == wire(event("w2", 4))
+
+
+async def test_error_reply_raises_subscription_error(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway) as client:
+            with pytest.raises(SubscriptionError, match='scope must be "all"'):
+                await client.subscribe("everything")
+            with pytest.raises(SubscriptionError, match="must not be empty"):
+                await client.subscribe(workspace_id="")
+            with pytest.raises(ValueError, match="exactly one"):
+                await client.subscribe("all", workspace_id="w1")
+            # The connection is still in step: the next ack answers the next request.
+            assert await client.subscribe(workspace_id="w1") == "workspace:w1"
+            assert client.subscriptions == {"workspace:w1"}
+
+
+async def test_concurrent_requests_are_matched_to_their_replies(gateway: Gateway) -> None:
+    keys: list[str] = []
+    failures: list[str] = []
+
+    async def subscribe(client: GatewayClient, workspace_id: str) -> None:
+        try:
+            keys.append(await client.subscribe(workspace_id=workspace_id))
+        except SubscriptionError as exc:
+            failures.append(str(exc))
+
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway) as client, trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(subscribe, client, f"w{n}" if n % 5 else "")
+    assert sorted(keys) == sorted(f"workspace:w{n}" for n in range(20) if n % 5)
+    assert failures == ["Invalid subscribe: workspace_id must not be empty"] * 4
+
+
+# --- keepalive ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def raw_client(port: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A bare WebSocket client that owns its TCP stream.
+
+    Not `helpers.tcp_client`: trio-websocket's client never closes its stream when the server
+    closes first, and the leaked socket becomes a ResourceWarning error under pytest.
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream, trio.open_nursery() as nursery:
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, stream, f"127.0.0.1:{port}", f"/api/ws?token={API_KEY}"
+        )
+        try:
+            yield ws
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def count_pings_until_closed(
+    ws: trio_websocket.WebSocketConnection,
+) -> tuple[int, trio_websocket.CloseReason | None]:
+    pings = 0
+    try:
+        while True:
+            pings += json.loads(await ws.get_message()) == {"type": "ping"}
+    except trio_websocket.ConnectionClosed as exc:
+        return pings, exc.reason
+
+
+class TestKeepalive:
+    @pytest.fixture
+    def config(self, config: Config) -> Config:
+        return with_settings(config, ping_interval=0.2, pong_timeout=0.2)
+
+    async def test_client_answers_pings_and_survives(self, gateway: Gateway) -> None:
+        connections = Connections()
+        with trio.fail_after(TIMEOUT):
+            async with client_for(
+                gateway, subscriptions=["workspace:w1"], on_connect=connections
+            ) as client:
+                client_id = await connections.next()
+                # A client that never answers is the clock: the server reaps it after
+                # ping_interval + pong_timeout of silence, i.e. at its third ping cycle.
+                async with raw_client(gateway.port) as silent:
+                    await ready(silent)
+                    pings, reason = await count_pings_until_closed(silent)
+                assert reason is not None
+                assert (reason.code, reason.reason) == (1008, "Pong timeout")
+                assert pings >= 2
+                # Our client lived through the same cycles on its first connection.
+                assert connections.count() == 0
+                assert client.client_id == client_id
+                assert gateway.hub.clients[client_id].last_pong > (
+                    gateway.hub.clients[client_id].connected_at
+                )
+                gateway.broadcaster.broadcast_event(event("w1", 1))
+                assert await anext(client) == wire(event("w1", 1))
+
+
+async def test_silent_server_is_replaced() -> None:
+    """No frame for heartbeat_interval + heartbeat_grace: the client reconnects."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        greeting = {"type": "ready", "client_id": "silent", "heartbeat_interval": 50}
+        await ws.send_message(json.dumps(greeting))
+        # Never ping; read until the client gives up on us.
+        with suppress(trio_websocket.ConnectionClosed):
+            while True:
+                await ws.get_message()
+
+    connections = Connections()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server: trio_websocket.WebSocketServer = await nursery.start(
+                partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+            )
+            url = f"ws://127.0.0.1:{server.port}/api/ws"
+            async with open_client(
+                url, API_KEY, heartbeat_grace=0.05, on_connect=connections, sleep=no_sleep
+            ):
+                await connections.next()
+                await connections.next()
+            nursery.cancel_scope.cancel()
+
+
+# --- reconnect ------------------------------------------------------------------------------
+
+
+async def test_reconnects_and_resubscribes_after_server_close(gateway: Gateway) -> None:
+    connections = Connections()
+    with trio.fail_after(TIMEOUT):
+        async with client_for(
+            gateway,
+            subscriptions=["workspace:w1", "session:s1"],
+            on_connect=connections,
+            backoff_initial=0.01,
+        ) as client:
+            first = await connections.next()
+            await client.subscribe("all")
+            gateway.hub.clients[first].close(SLOW_CONSUMER)
+            second = await connections.next()
+            assert second != first
+            assert client.client_id == second
+            assert gateway.hub.clients[second].subscriptions == {
+                "workspace:w1",
+                "session:s1",
+                "all",
+            }
+            gateway.broadcaster.broadcast_event(event("w9", 1))
+            assert await anext(client) == wire(event("w9", 1))
+
+
+async def test_reconnect_after_restart_uses_jittered_backoff(config: Config) -> None:
+    """Shutdown (1001), refused attempts, then a new server on the same port."""
+    backoff = Backoff()
+    connections = Connections()
+    rng_seed = 20240611
+    with trio.fail_after(TIMEOUT):
+        async with own_gateway(config) as (first, first_stopped):
+            port = first.port
+            client_cm = open_client(
+                websocket_url(base_url(port)),
+                API_KEY,
+                subscriptions=["workspace:w1"],
+                on_connect=connections,
+                backoff_initial=0.5,
+                backoff_max=30,
+                rng=random.Random(rng_seed),
+                sleep=backoff,
+            )
+            async with client_cm as client:
+                await connections.next()
+                first.shutdown()
+                await first_stopped.wait()
+                expected = random.Random(rng_seed)
+                delays = []
+                for _attempt in range(3):
+                    # After the 1001 close, then after each refused connect.
+                    delays.append(await backoff.next_delay())
+                    backoff.go()
+                assert delays == [
+                    backoff_delay(attempt, initial=0.5, maximum=30, rng=expected)
+                    for attempt in range(3)
+                ]
+                assert client.client_id is None
+                await backoff.next_delay()
+                async with own_gateway(with_settings(config, port=port)) as (second, _stopped):
+                    backoff.go()
+                    new_id = await connections.next()
+                    assert second.hub.clients[new_id].subscriptions == {"workspace:w1"}
+                    second.broadcaster.broadcast_event(event("w1", 1))
+                    assert await anext(client) == wire(event("w1", 1))
+
+
+async def test_subscribe_while_reconnecting_waits_for_the_next_connection(
+    gateway: Gateway,
+) -> None:
+    backoff = Backoff()
+    connections = Connections()
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway, on_connect=connections, sleep=backoff) as client:
+            first = await connections.next()
+            gateway.hub.clients[first].close(SLOW_CONSUMER)
+            await backoff.next_delay()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(client.subscribe, workspace_id="w1"))
+                await trio.testing.wait_all_tasks_blocked()
+                assert client.subscriptions == frozenset()
+                backoff.go()
+            second = await connections.next()
+            assert gateway.hub.clients[second].subscriptions == {"workspace:w1"}
+            assert client.subscriptions == {"workspace:w1"}
+
+
+async def test_application_falling_behind_drops_and_reconnects(gateway: Gateway) -> None:
+    connections = Connections()
+    with trio.fail_after(TIMEOUT):
+        async with client_for(
+            gateway,
+            subscriptions=["workspace:w1"],
+            max_buffered=2,
+            on_connect=connections,
+            sleep=no_sleep,
+        ) as client:
+            first = await connections.next()
+            for n in range(5):
+                gateway.broadcaster.broadcast_event(event("w1", n))
+            second = await connections.next()
+            assert second != first
+            # What was buffered is still delivered; the overflow was lost with the connection.
+            assert await anext(client) == wire(event("w1", 0))
+            assert await anext(client) == wire(event("w1", 1))
+            gateway.broadcaster.broadcast_event(event("w1", 9))
+            assert await anext(client) == wire(event("w1", 9))
+
+
+async def test_without_reconnect_the_stream_ends(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway, subscriptions=["workspace:w1"], reconnect=False) as client:
+            client_id = client.client_id
+            assert client_id is not None
+            gateway.broadcaster.broadcast_event(event("w1", 1))
+            assert await anext(client) == wire(event("w1", 1))
+            gateway.hub.clients[client_id].close(SLOW_CONSUMER)
+            assert [message async for message in client] == []
+            assert client.disconnected is not None
+            assert (client.disconnected.code, client.disconnected.reason) == (4008, "Slow consumer")
+            with pytest.raises(Disconnected):
+                await client.subscribe("all")
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+async def test_bad_token_raises_unauthorized(gateway: Gateway) -> None:
+    url = websocket_url(base_url(gateway.port))
+    with trio.fail_after(TIMEOUT):
+        for token in ("wrong", None):
+            with pytest.raises(Unauthorized, match="4001"):
+                async with open_client(url, token):
+                    pytest.fail("connected with a bad token")
+        assert gateway.client_count() == 0
+
+
+async def rotate_key_under(
+    gateway: Gateway, stopped: trio.Event, url: str, connections: Connections, config: Config
+) -> None:
+    """Connect, then restart the gateway with another key while the client is connected."""
+    async with open_client(url, API_KEY, on_connect=connections, backoff_initial=0.01):
+        await connections.next()
+        gateway.shutdown()
+        await stopped.wait()
+        rotated = with_settings(config, port=gateway.port, api_keys=("rotated-key",))
+        async with own_gateway(rotated):
+            await trio.sleep_forever()
+
+
+async def test_unauthorized_on_reconnect_ends_the_client(config: Config) -> None:
+    connections = Connections()
+    with trio.fail_after(TIMEOUT):
+        async with own_gateway(config) as (first, first_stopped):
+            port = first.port
+            url = websocket_url(base_url(port))
+            with pytest.raises(Unauthorized):
+                await rotate_key_under(first, first_stopped, url, connections, config)
+
+
+async def test_unreachable_server_raises_connect_failed() -> None:
+    with trio.socket.socket() as sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(ConnectFailed, match="cannot connect"):
+            async with open_client(websocket_url(base_url(port)), API_KEY):
+                pytest.fail("connected to a closed port")
+        with pytest.raises(ConnectFailed):
+            await health(base_url(port))
+
+
+async def test_user_exceptions_leave_the_client_bare(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT), pytest.raises(KeyError):
+        async with client_for(gateway):
+            raise KeyError("mine")
+
+
+# --- HTTP helper ----------------------------------------------------------------------------
+
+
+async def test_health(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway):
+            answer = await health(base_url(gateway.port))
+    assert answer["status"] == "ok"
+    assert answer["ws_clients"] == 1
+    assert answer["broker"] == {"kind": "memory", "ok": True}
+
+
+async def test_publish_events_round_trip(gateway: Gateway) -> None:
+    base = base_url(gateway.port)
+    with trio.fail_after(TIMEOUT):
+        async with client_for(gateway, subscriptions=["workspace:w1"]) as client:
+            assert await publish_events(base, API_KEY, event("w1", 1)) == {"accepted": 1}
+            batch = [event("w1", 2), event("w2", 3), event("w1", 4, session_id="s")]
+            assert await publish_events(base, API_KEY, batch) == {"accepted": 3}
+            assert [await anext(client) for _ in range(3)] == [
+                wire(event("w1", 1)),
+                wire(event("w1", 2)),
+                wire(event("w1", 4, session_id="s")),
+            ]
+
+
+async def test_publish_events_errors(gateway: Gateway) -> None:
+    base = base_url(gateway.port)
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(Unauthorized, match="invalid API key"):
+            await publish_events(base, "wrong", event("w1", 1))
+        with pytest.raises(ApiError) as bad:
+            await publish_events(base, API_KEY, [event("w1", 1), {"kind": "no workspace"}])
+    assert bad.value.status == 400
+    assert bad.value.body == {
+        "error": "events[1]: workspace_id must be a non-empty string",
+        "index": 1,
+    }
+
+
+async def test_http_request_statuses(gateway: Gateway) -> None:
+    base = base_url(gateway.port)
+    with trio.fail_after(TIMEOUT):
+        status, headers, body = await http_request("GET", base + "/nowhere")
+        assert (status, json.loads(body)) == (404, {"error": "Not found"})
+        status, headers, body = await http_request("DELETE", base + "/api/events")
+        assert (status, json.loads(body)) == (405, {"error": "Method DELETE not allowed"})
+        assert ("allow", "POST") in headers
+        status, headers, body = await http_request(
+            "POST", base + "/api/events", body=b"x" * (gateway.config.max_body_size + 1)
+        )
+        assert status == 413
+        status, headers, body = await http_request(
+            "POST", base + "/api/events", body=b"{", headers={"authorization": f"Bearer {API_KEY}"}
+        )
+        assert (status, json.loads(body)) == (400, {"error": "Invalid JSON"})
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+class UpperBound(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_backoff_delay_is_full_jitter_under_a_doubling_cap() -> None:
+    ceilings = [backoff_delay(n, initial=0.5, maximum=30, rng=UpperBound()) for n in range(9)]
+    assert ceilings == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    # A very long outage neither overflows nor exceeds the cap.
+    assert backoff_delay(100_000, initial=0.5, maximum=30, rng=UpperBound()) == 30
+    seeded, replay = random.Random(42), random.Random(42)
+    delays = [backoff_delay(n, initial=0.5, maximum=30, rng=seeded) for n in range(20)]
+    assert delays == [replay.uniform(0, min(30, 0.5 * 2**n)) for n in range(20)]
+    assert all(0 <= delay <= min(30, 0.5 * 2**n) for n, delay in enumerate(delays))
+    assert len(set(delays)) == len(delays)
+
+
+def test_websocket_url() -> None:
+    assert websocket_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/api/ws"
+    assert websocket_url("https://gw.example/prefix/") == "wss://gw.example/prefix/api/ws"
+    assert websocket_url("ws://h:1/api/ws?token=t") == "ws://h:1/api/ws?token=t"
+    with pytest.raises(ValueError, match="http"):
+        websocket_url("ftp://h")
+
+
+async def test_subscription_keys_are_validated() -> None:
+    with pytest.raises(ValueError, match="workspace:<id>"):
+        async with open_client("ws://127.0.0.1:1/api/ws", API_KEY, subscriptions=["workspace"]):
+            pytest.fail("accepted a malformed key")

@@ -1,0 +1,331 @@
+"""Keepalive under the autojump clock over in-memory streams: exact virtual times.
+
+The gateway starts at t0 (the virtual time `start_gateway` returns); its keepalive pings every
+`ping_interval` seconds on a fixed grid and reaps a client whose last pong is older than
+`ping_interval + pong_timeout` at a ping. With the defaults (30 s + 10 s) a silent client is
+closed at the second cycle, t0 + 60.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+
+from trio_gateway import Config, Gateway, serve
+from trio_gateway.hub import Client, Hub
+from trio_gateway.keepalive import PING_TEXT, sweep
+from trio_gateway.protocol.errors import PONG_TIMEOUT
+
+from .conftest import with_settings
+from .helpers import MemoryListener, closed_with, memory_client, ready, receive_json, send_json
+
+PING = {"type": "ping"}
+PONG = {"type": "pong"}
+
+
+async def start_gateway(nursery: trio.Nursery, config: Config) -> tuple[Gateway, MemoryListener]:
+    listener = MemoryListener()
+    gateway: Gateway = await nursery.start(functools.partial(serve, config, listeners=[listener]))
+    return gateway, listener
+
+
+def elapsed(t0: float) -> float:
+    return trio.current_time() - t0
+
+
+async def test_pings_arrive_every_30_seconds(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        assert elapsed(t0) == 0
+        for cycle in range(1, 4):
+            assert await ws.get_message() == '{"type":"ping"}'
+            assert elapsed(t0) == pytest.approx(30 * cycle)
+            await send_json(ws, PONG)
+        assert gateway.client_count() == 1
+
+
+async def test_ready_announces_default_heartbeat_interval(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    _, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        greeting = await receive_json(ws)
+        assert greeting["type"] == "ready"
+        assert greeting["heartbeat_interval"] == 30000
+
+
+async def test_answering_client_stays_connected_for_ten_minutes(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        cycle = 0
+        while elapsed(t0) < 600:
+            assert await receive_json(ws) == PING
+            cycle += 1
+            assert elapsed(t0) == pytest.approx(30 * cycle)
+            await send_json(ws, PONG)
+        assert cycle == 20
+        # Still pinged (not closed) at the first cycle after ten minutes.
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(630)
+        assert gateway.client_count() == 1
+
+
+async def test_silent_client_is_closed_at_60_seconds(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        assert gateway.client_count() == 1
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(30)
+        reason = await closed_with(ws)
+        assert elapsed(t0) == pytest.approx(60)
+        assert (reason.code, reason.reason) == (1008, "Pong timeout")
+        assert gateway.client_count() == 0
+
+
+async def test_client_answering_only_first_ping_is_reaped_at_90_seconds(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(30)
+        await send_json(ws, PONG)
+        # At 60 the last pong is 30 s old (< 40): pinged again, not reaped.
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(60)
+        # At 90 it is 60 s old (> 40): reaped.
+        reason = await closed_with(ws)
+        assert elapsed(t0) == pytest.approx(90)
+        assert (reason.code, reason.reason) == (1008, "Pong timeout")
+        assert gateway.client_count() == 0
+
+
+async def test_late_joiner_follows_the_shared_ping_grid(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    await trio.sleep_until(t0 + 10)  # position the connect at t0 + 10, not a wait
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(30)  # one task pings everyone on one grid
+        reason = await closed_with(ws)
+        # Silent since connecting at 10: 50 s > 40 at the 60 s cycle.
+        assert elapsed(t0) == pytest.approx(60)
+        assert reason.code == 1008
+        assert gateway.client_count() == 0
+
+
+async def test_only_the_silent_client_is_reaped(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as alive, memory_client(listener) as silent:
+        await ready(alive)
+        await ready(silent)
+        assert gateway.client_count() == 2
+        for cycle in (1, 2):
+            assert await receive_json(alive) == PING
+            assert elapsed(t0) == pytest.approx(30 * cycle)
+            await send_json(alive, PONG)
+        reason = await closed_with(silent)
+        assert reason.code == 1008
+        assert elapsed(t0) == pytest.approx(60)
+        assert gateway.client_count() == 1
+        assert await receive_json(alive) == PING
+        assert elapsed(t0) == pytest.approx(90)
+
+
+async def test_custom_ping_interval_and_pong_timeout(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    config = with_settings(config, ping_interval=5, pong_timeout=2)
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        greeting = await receive_json(ws)
+        assert greeting["type"] == "ready"
+        assert greeting["heartbeat_interval"] == 5000
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(5)
+        # Silent 10 s > 5 + 2 at the second cycle.
+        reason = await closed_with(ws)
+        assert elapsed(t0) == pytest.approx(10)
+        assert (reason.code, reason.reason) == (1008, "Pong timeout")
+        assert gateway.client_count() == 0
+
+
+async def test_custom_schedule_with_answered_pings(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    config = with_settings(config, ping_interval=5, pong_timeout=2)
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        for cycle in (1, 2, 3):
+            assert await receive_json(ws) == PING
+            assert elapsed(t0) == pytest.approx(5 * cycle)
+            await send_json(ws, PONG)
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(20)
+        # Last pong at 15; pinged at 20 (5 s old), reaped at 25 (10 s > 7).
+        reason = await closed_with(ws)
+        assert elapsed(t0) == pytest.approx(25)
+        assert reason.code == 1008
+        assert gateway.client_count() == 0
+
+
+async def test_fractional_ping_interval_is_rounded_to_milliseconds(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    _, listener = await start_gateway(nursery, with_settings(config, ping_interval=0.25))
+    async with memory_client(listener) as ws:
+        greeting = await receive_json(ws)
+        assert greeting["heartbeat_interval"] == 250
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(0.25)
+
+
+async def test_client_ping_gets_pong(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        await send_json(ws, PING)
+        assert await ws.get_message() == '{"type":"pong"}'
+        assert elapsed(t0) == 0
+        assert gateway.client_count() == 1
+
+
+async def test_client_ping_does_not_count_as_a_pong(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    # Only {"type":"pong"} answers the server's ping; a client ping is a separate probe.
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        assert await receive_json(ws) == PING
+        await send_json(ws, PING)
+        assert await receive_json(ws) == PONG
+        assert elapsed(t0) == pytest.approx(30)
+        reason = await closed_with(ws)
+        assert elapsed(t0) == pytest.approx(60)
+        assert reason.code == 1008
+        assert gateway.client_count() == 0
+
+
+async def test_unsolicited_pong_is_accepted_silently(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    t0 = trio.current_time()
+    gateway, listener = await start_gateway(nursery, config)
+    async with memory_client(listener) as ws:
+        await ready(ws)
+        await send_json(ws, PONG)
+        # No reply to a pong: the next frame is the server's first ping.
+        assert await receive_json(ws) == PING
+        assert elapsed(t0) == pytest.approx(30)
+        assert gateway.client_count() == 1
+
+
+# --- sweep, directly -----------------------------------------------------------------------
+
+
+def hand_built_client(
+    hub: Hub, client_id: str, last_pong: float, depth: int = 4
+) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
+    send, receive = trio.open_memory_channel[str](depth)
+    client = Client(id=client_id, outbox=send, connected_at=0.0, last_pong=last_pong)
+    hub.add(client)
+    return client, receive
+
+
+def outbox_frames(receive: trio.MemoryReceiveChannel[str]) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+def test_sweep_pings_the_fresh_and_reaps_the_stale() -> None:
+    hub = Hub()
+    fresh, fresh_out = hand_built_client(hub, "fresh", last_pong=100.0)
+    boundary, boundary_out = hand_built_client(hub, "boundary", last_pong=60.0)
+    stale, stale_out = hand_built_client(hub, "stale", last_pong=59.5)
+    ancient, ancient_out = hand_built_client(hub, "ancient", last_pong=0.0)
+
+    sweep(hub, now=100.0, stale_after=40.0)
+
+    assert PING_TEXT == '{"type":"ping"}'
+    assert outbox_frames(fresh_out) == [PING_TEXT]
+    # Silent for exactly stale_after is not yet stale: the rule is "longer than".
+    assert outbox_frames(boundary_out) == [PING_TEXT]
+    assert outbox_frames(stale_out) == []
+    assert outbox_frames(ancient_out) == []
+    for client in (fresh, boundary):
+        assert client.close_reason is None
+        assert not client.closing.is_set()
+    for client in (stale, ancient):
+        assert client.close_reason == PONG_TIMEOUT
+        assert client.closing.is_set()
+        assert client.flush_before_close is False
+    # sweep only asks to close; the connection task removes the client from the hub.
+    assert len(hub) == 4
+
+
+def test_sweep_does_not_ping_a_closing_client() -> None:
+    hub = Hub()
+    client, out = hand_built_client(hub, "c", last_pong=10.0)
+    client.close(PONG_TIMEOUT)
+    sweep(hub, now=20.0, stale_after=40.0)
+    assert outbox_frames(out) == []
+
+
+def test_sweep_with_full_outbox_closes_slow_consumer() -> None:
+    hub = Hub()
+    client, out = hand_built_client(hub, "c", last_pong=10.0, depth=1)
+    client.send("backlog")
+    sweep(hub, now=20.0, stale_after=40.0)
+    assert client.close_reason is not None
+    assert client.close_reason.code == 4008
+    assert outbox_frames(out) == ["backlog"]
+
+
+def test_sweep_first_reason_wins_when_stale_client_already_closing() -> None:
+    hub = Hub()
+    client, _ = hand_built_client(hub, "c", last_pong=0.0, depth=1)
+    client.send("backlog")
+    client.send("overflow")  # closes with 4008 first
+    sweep(hub, now=100.0, stale_after=40.0)
+    assert client.close_reason is not None
+    assert client.close_reason.code == 4008
+
+
+def test_sweep_on_empty_hub_is_a_no_op() -> None:
+    sweep(Hub(), now=1e9, stale_after=40.0)

@@ -1,0 +1,314 @@
+"""settings.resolve: precedence, value parsing and the one-line error for every bad input.
+
+Pure and synchronous: flags, environment and file text go in as plain values.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from trio_gateway import Config, ConfigError
+from trio_gateway.settings import SETTINGS, Settings, closest_env, config_file, resolve
+
+FILE = "gw.toml"
+
+
+def load(
+    flags: dict[str, str | list[str]] | None = None,
+    env: dict[str, str] | None = None,
+    toml: str | None = None,
+) -> Settings:
+    return resolve(flags or {}, env or {}, toml, FILE)
+
+
+def error(
+    flags: dict[str, str | list[str]] | None = None,
+    env: dict[str, str] | None = None,
+    toml: str | None = None,
+) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(flags, env, toml)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_without_any_source() -> None:
+    assert load() == Settings(Config(), "info", ())
+
+
+def test_every_config_field_is_a_setting() -> None:
+    assert {s.name for s in SETTINGS} == {*attrs.fields_dict(Config), "log_level"}
+
+
+def test_names_of_each_setting() -> None:
+    names = {s.name: (s.flag, s.env) for s in SETTINGS}
+    assert names["api_keys"] == ("--api-key", "TRIO_GATEWAY_API_KEYS")
+    assert names["max_message_size"] == ("--max-message-size", "TRIO_GATEWAY_MAX_MESSAGE_SIZE")
+    assert names["log_level"] == ("--log-level", "TRIO_GATEWAY_LOG_LEVEL")
+
+
+# (setting, flag text, env text, TOML literal, parsed values for flag / env / file)
+PRECEDENCE = [
+    ("port", "9001", "9002", "9003", (9001, 9002, 9003)),
+    ("host", "::1", "0.0.0.0", '"10.0.0.1"', ("::1", "0.0.0.0", "10.0.0.1")),
+    ("ping_interval", "1.5", "2", "3", (1.5, 2.0, 3.0)),
+    ("drain_timeout", "4", "5.25", "6.5", (4.0, 5.25, 6.5)),
+    ("queue_depth", "7", "8", "9", (7, 8, 9)),
+    ("api_keys", ["f1", "f2"], "e1,e2", '["t1"]', (("f1", "f2"), ("e1", "e2"), ("t1",))),
+]
+
+
+def _value(settings: Settings, name: str) -> object:
+    return settings.log_level if name == "log_level" else getattr(settings.config, name)
+
+
+@pytest.mark.parametrize(("name", "flag", "env", "toml", "expected"), PRECEDENCE)
+def test_flag_beats_env_beats_file_beats_default(
+    name: str,
+    flag: str | list[str],
+    env: str,
+    toml: str,
+    expected: tuple[object, object, object],
+) -> None:
+    setting = next(s for s in SETTINGS if s.name == name)
+    flags = {name: flag}
+    environ = {setting.env: env}
+    text = f"{name} = {toml}\n"
+    from_flag, from_env, from_file = expected
+    assert _value(load(flags, environ, text), name) == from_flag
+    assert _value(load({}, environ, text), name) == from_env
+    assert _value(load({}, {}, text), name) == from_file
+    assert _value(load(), name) == setting.default
+
+
+def test_log_level_precedence_and_case() -> None:
+    text = 'log_level = "ERROR"'
+    env = {"TRIO_GATEWAY_LOG_LEVEL": "Warning"}
+    assert load({"log_level": "DEBUG"}, env, text).log_level == "debug"
+    assert load({}, env, text).log_level == "warning"
+    assert load({}, {}, text).log_level == "error"
+    assert load().log_level == "info"
+
+
+def test_sources_merge_per_setting() -> None:
+    settings = load(
+        {"port": "1"}, {"TRIO_GATEWAY_HOST": "::"}, "ping_interval = 5\nport = 2\nhost = 'x'"
+    )
+    assert settings.config == Config(port=1, host="::", ping_interval=5.0)
+
+
+def test_api_keys_from_each_source() -> None:
+    assert load({"api_keys": ["a", "b"]}).config.api_keys == ("a", "b")
+    env = {"TRIO_GATEWAY_API_KEYS": "a, b ,c"}
+    assert load(env=env).config.api_keys == ("a", "b", "c")
+    assert load(toml='api_keys = ["a", "b"]').config.api_keys == ("a", "b")
+    # A higher source replaces the key list; it does not add to it.
+    assert load({"api_keys": ["f"]}, env).config.api_keys == ("f",)
+
+
+def test_empty_environment_variable_counts_as_unset() -> None:
+    env = {"TRIO_GATEWAY_PORT": "", "TRIO_GATEWAY_API_KEYS": ""}
+    assert load(env=env, toml="port = 7").config == Config(port=7)
+
+
+def test_toml_integer_is_accepted_for_seconds() -> None:
+    assert load(toml="close_timeout = 3").config.close_timeout == 3.0
+
+
+def test_unknown_prefixed_variables_are_reported_by_name() -> None:
+    env = {
+        "TRIO_GATEWAY_API_KEY": "secret",
+        "TRIO_GATEWAY_PROT": "1",
+        "TRIO_GATEWAY_CONFIG": "gw.toml",
+        "HOME": "/root",
+    }
+    assert load(env=env).ignored_env == ("TRIO_GATEWAY_API_KEY", "TRIO_GATEWAY_PROT")
+    assert closest_env("TRIO_GATEWAY_API_KEY") == "TRIO_GATEWAY_API_KEYS"
+    assert closest_env("TRIO_GATEWAY_PROT") == "TRIO_GATEWAY_PORT"
+    assert closest_env("TRIO_GATEWAY_XYZZY_FROB_NITZ") is None
+
+
+def test_config_file_flag_beats_variable() -> None:
+    env = {"TRIO_GATEWAY_CONFIG": "env.toml"}
+    assert config_file("flag.toml", env) == ("flag.toml", "--config")
+    assert config_file(None, env) == ("env.toml", "TRIO_GATEWAY_CONFIG")
+    assert config_file(None, {}) is None
+
+
+INVALID = [
+    pytest.param(
+        {"port": "70000"},
+        {},
+        None,
+        "port: must be between 0 and 65535, got 70000 (from --port)",
+        id="port-range-flag",
+    ),
+    pytest.param(
+        {},
+        {"TRIO_GATEWAY_PORT": "http"},
+        None,
+        "port: must be an integer, got 'http' (from TRIO_GATEWAY_PORT)",
+        id="port-unparseable-env",
+    ),
+    pytest.param(
+        {},
+        {},
+        'port = "8000"',
+        "port: must be an integer, got '8000' (from gw.toml)",
+        id="port-string-toml",
+    ),
+    pytest.param(
+        {}, {}, "port = true", "port: must be an integer, got True (from gw.toml)", id="port-bool"
+    ),
+    pytest.param(
+        {}, {}, "port = 80.5", "port: must be an integer, got 80.5 (from gw.toml)", id="port-float"
+    ),
+    pytest.param(
+        {"max_message_size": "1.5"},
+        {},
+        None,
+        "max_message_size: must be an integer, got '1.5' (from --max-message-size)",
+        id="size-float-flag",
+    ),
+    pytest.param(
+        {"ping_interval": "-1"},
+        {},
+        None,
+        "ping_interval: must be greater than 0, got -1.0 (from --ping-interval)",
+        id="negative-interval",
+    ),
+    pytest.param(
+        {},
+        {"TRIO_GATEWAY_PONG_TIMEOUT": "soon"},
+        None,
+        "pong_timeout: must be a number, got 'soon' (from TRIO_GATEWAY_PONG_TIMEOUT)",
+        id="unparseable-seconds",
+    ),
+    pytest.param(
+        {"drain_timeout": "nan"},
+        {},
+        None,
+        "drain_timeout: must be a finite number, got 'nan' (from --drain-timeout)",
+        id="nan",
+    ),
+    pytest.param(
+        {},
+        {},
+        "request_timeout = inf",
+        "request_timeout: must be a finite number, got inf (from gw.toml)",
+        id="inf-toml",
+    ),
+    pytest.param(
+        {},
+        {},
+        "queue_depth = 0",
+        "queue_depth: must be greater than 0, got 0 (from gw.toml)",
+        id="zero-depth",
+    ),
+    pytest.param(
+        {},
+        {},
+        'close_timeout = "2"',
+        "close_timeout: must be a number, got '2' (from gw.toml)",
+        id="seconds-string-toml",
+    ),
+    pytest.param(
+        {},
+        {},
+        "host = 127",
+        "host: must be a string, got 127 (from gw.toml)",
+        id="host-type",
+    ),
+    pytest.param(
+        {},
+        {"TRIO_GATEWAY_API_KEYS": "a,,b"},
+        None,
+        "api_keys: keys must be non-empty strings (from TRIO_GATEWAY_API_KEYS)",
+        id="empty-key-env",
+    ),
+    pytest.param(
+        {"api_keys": ["a", " "]},
+        {},
+        None,
+        "api_keys: keys must be non-empty strings (from --api-key)",
+        id="blank-key-flag",
+    ),
+    pytest.param(
+        {},
+        {},
+        'api_keys = ["a", 1]',
+        "api_keys: must be a list of strings, got a TOML array with a non-string item"
+        " (from gw.toml)",
+        id="key-list-type",
+    ),
+    pytest.param(
+        {"log_level": "verbose"},
+        {},
+        None,
+        "log_level: must be one of debug, info, warning, error, critical, got 'verbose'"
+        " (from --log-level)",
+        id="log-level-flag",
+    ),
+    pytest.param(
+        {},
+        {"TRIO_GATEWAY_LOG_LEVEL": "trace"},
+        None,
+        "log_level: must be one of debug, info, warning, error, critical, got 'trace'"
+        " (from TRIO_GATEWAY_LOG_LEVEL)",
+        id="log-level-env",
+    ),
+    pytest.param(
+        {},
+        {},
+        "log_level = 10",
+        "log_level: must be a string, got 10 (from gw.toml)",
+        id="log-level-type",
+    ),
+    pytest.param(
+        {},
+        {},
+        "prot = 8000",
+        "prot: unknown setting; did you mean 'port'? (from gw.toml)",
+        id="unknown-key",
+    ),
+    pytest.param(
+        {},
+        {},
+        "[gateway]\nport = 8000",
+        "gateway: unknown setting (from gw.toml)",
+        id="table",
+    ),
+    pytest.param(
+        {},
+        {},
+        'config = "other.toml"',
+        "config: unknown setting (from gw.toml)",
+        id="config-in-file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("flags", "env", "toml", "message"), INVALID)
+def test_invalid_configuration_names_setting_and_source(
+    flags: dict[str, str | list[str]], env: dict[str, str], toml: str | None, message: str
+) -> None:
+    assert error(flags, env, toml) == message
+
+
+def test_an_overridden_value_is_still_validated() -> None:
+    message = error({"port": "8000"}, {"TRIO_GATEWAY_PORT": "eighty"})
+    assert message == "port: must be an integer, got 'eighty' (from TRIO_GATEWAY_PORT)"
+
+
+def test_api_key_in_wrong_toml_shape_is_not_echoed() -> None:
+    message = error(toml='api_keys = "s3cret-value"')
+    assert message == "api_keys: must be a list of strings, got a TOML string (from gw.toml)"
+
+
+def test_toml_syntax_error_names_file_and_position() -> None:
+    message = error(toml="host = 'x'\nport 8000")
+    # The parser's own wording varies between Python versions; the position does not.
+    assert message.startswith("config: gw.toml is not valid TOML: ")
+    assert message.endswith("(at line 2, column 6)")

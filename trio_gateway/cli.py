@@ -1,0 +1,222 @@
+"""The `trio-gateway` command: argv, environment and config file in; a running daemon out.
+
+Owns the process edges: argparse, reading the TOML file, the lines printed for humans on
+stderr, the generated API key, `trio.run`, and exit statuses. Must not decide precedence or
+validate values (settings.py), nor run any part of the gateway itself (server.py).
+
+Exit statuses:
+    0    graceful shutdown finished (first SIGTERM/SIGINT, or the drain ran out of time)
+    1    the listener could not be opened (port in use, unknown host, ...)
+    2    invalid configuration or command line
+    130  interrupted (SIGINT) before the signal watcher was installed
+    128+N  a second signal N arrived while draining (130 for SIGINT, 143 for SIGTERM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import attrs
+import trio
+
+from . import __version__, jsonlog
+from .config import Config, ConfigError
+from .jsonlog import fields
+from .server import Gateway, serve
+from .settings import (
+    CONFIG_FILE,
+    CONFIG_FILE_ENV,
+    SETTINGS,
+    Setting,
+    Settings,
+    closest_env,
+    config_file,
+    resolve,
+)
+from .signals import SHUTDOWN_SIGNALS, ForcedShutdown, watch_signals
+from .websocket import WS_PATH
+
+log = logging.getLogger("trio_gateway.cli")
+
+PROG = "trio-gateway"
+EXIT_OK = 0
+EXIT_CANNOT_LISTEN = 1
+EXIT_INVALID_CONFIG = 2
+EXIT_INTERRUPTED = 130
+# Bytes of randomness in a generated API key (43 URL-safe characters): unguessable.
+GENERATED_KEY_BYTES = 32
+HTTP_API_PATH = "/api/"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _flag_help(setting: Setting) -> str:
+    default = "" if setting.name == "api_keys" else f"; default {setting.default}"
+    # argparse %-formats help strings.
+    return f"{setting.help} (env {setting.env}{default})".replace("%", "%%")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="A real-time WebSocket gateway.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the gateway until SIGTERM or SIGINT",
+        description=(
+            "Run the gateway. Each setting comes from its flag, else its environment "
+            "variable, else the TOML file (top-level keys named like the settings, e.g. "
+            'port = 8000, api_keys = ["k1"]), else its default.'
+        ),
+        # Absent flags must stay absent so that lower-precedence sources can supply them.
+        argument_default=argparse.SUPPRESS,
+        # `--max 5` silently meaning `--max-subscriptions` is a trap in a deployment script.
+        allow_abbrev=False,
+    )
+    serve_parser.add_argument(
+        "--config",
+        dest=CONFIG_FILE,
+        metavar="FILE.toml",
+        help=f"TOML file of settings (env {CONFIG_FILE_ENV})",
+    )
+    for setting in SETTINGS:
+        serve_parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            metavar=setting.metavar,
+            action="append" if setting.from_flags else "store",
+            help=_flag_help(setting),
+        )
+    return parser
+
+
+def load_settings(
+    flags: Mapping[str, str | Sequence[str]], config_flag: str | None, env: Mapping[str, str]
+) -> Settings:
+    """Read the TOML file named by `--config` or the environment, then merge every source.
+
+    Raises:
+        ConfigError: the file cannot be read, or any setting is invalid.
+    """
+    file = config_file(config_flag, env)
+    if file is None:
+        return resolve(flags, env)
+    path, source = file
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{CONFIG_FILE}: cannot read {path}: {reason} (from {source})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{CONFIG_FILE}: {path} is not UTF-8 text (from {source})") from None
+    return resolve(flags, env, text, path)
+
+
+def _with_generated_key(config: Config) -> Config:
+    key = secrets.token_urlsafe(GENERATED_KEY_BYTES)
+    # The key goes to stderr exactly once, in the human line below, and never into a log
+    # record: log pipelines are where secrets leak.
+    log.warning("no API key configured; generated an ephemeral one, valid until exit")
+    _say(f"{PROG}: no API key configured; ephemeral key for this run only: {key}")
+    # config.py's bare `converter=tuple` leaves its parameter type unsolved (Iterable[_T_co]).
+    return attrs.evolve(config, api_keys=(key,))
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _announce(gateway: Gateway) -> None:
+    for host, port in gateway.addresses:
+        base = f"{_url_host(host)}:{port}"
+        _say(f"{PROG} listening on ws://{base}{WS_PATH} (HTTP API http://{base}{HTTP_API_PATH})")
+
+
+async def run_daemon(config: Config) -> int:
+    """Serve until a signal drains the gateway; returns the exit status.
+
+    Raises:
+        ForcedShutdown: (in an exception group) a second signal arrived while draining.
+    """
+    # Open before binding: from here on SIGINT/SIGTERM queue up for the watcher instead of
+    # raising KeyboardInterrupt (or killing the process) in the middle of start-up.
+    with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
+        async with trio.open_nursery() as daemon_nursery:
+
+            async def run_gateway(task_status: trio.TaskStatus[Gateway]) -> None:
+                await serve(config, task_status=task_status)
+                # serve has drained and returned; what is left is the watcher.
+                daemon_nursery.cancel_scope.cancel()
+
+            try:
+                gateway: Gateway = await daemon_nursery.start(run_gateway)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                where = f"{_url_host(config.host)}:{config.port}"
+                _say(f"{PROG}: cannot listen on {where}: {reason}")
+                return EXIT_CANNOT_LISTEN
+            _announce(gateway)
+            await daemon_nursery.start(watch_signals, gateway, signals)
+    return EXIT_OK
+
+
+def _forced_exit_status(group: BaseExceptionGroup[ForcedShutdown]) -> int:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first.exit_status
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """The whole command, minus `sys.exit`; argparse itself exits for --help and usage errors."""
+    arguments = vars(build_parser().parse_args(argv))
+    del arguments["command"]
+    config_flag = arguments.pop(CONFIG_FILE, None)
+    try:
+        settings = load_settings(arguments, config_flag, env)
+    except ConfigError as exc:
+        _say(f"{PROG}: invalid configuration: {exc}")
+        return EXIT_INVALID_CONFIG
+
+    jsonlog.configure(settings.log_level)
+    for name in settings.ignored_env:
+        log.warning(
+            "ignoring unknown environment variable",
+            extra=fields(name=name, did_you_mean=closest_env(name)),
+        )
+    config = settings.config
+    if not config.api_keys:
+        config = _with_generated_key(config)
+    settings_logged = attrs.asdict(config, filter=lambda field, _: field.name != "api_keys")
+    log.info(
+        "configuration loaded",
+        extra=fields(
+            version=__version__,
+            log_level=settings.log_level,
+            api_key_count=len(config.api_keys),
+            **settings_logged,
+        ),
+    )
+
+    status = EXIT_OK
+    try:
+        status = trio.run(run_daemon, config)
+    except* ForcedShutdown as forced:
+        status = _forced_exit_status(forced)
+    except* KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the `trio-gateway` console script and `python -m trio_gateway`."""
+    sys.exit(run(sys.argv[1:] if argv is None else argv, os.environ))
