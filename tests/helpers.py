@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 import trio_websocket
@@ -38,21 +40,66 @@ def ws_url(port: int, token: str | None = API_KEY, path: str = "/api/ws") -> str
     return f"ws://127.0.0.1:{port}{path}{query}"
 
 
+@attrs.define
+class RawClient:
+    """A WebSocket client together with the TCP stream under it, which the test owns."""
+
+    ws: trio_websocket.WebSocketConnection
+    stream: trio.SocketStream
+
+    def drop(self, *, reset: bool = False) -> None:
+        """Close the TCP socket without a close frame: FIN, or RST when `reset`."""
+        if reset:
+            self.stream.socket.setsockopt(
+                trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+        self.stream.socket.close()
+
+
 @asynccontextmanager
-async def tcp_client(
-    port: int, token: str | None = API_KEY, path: str = "/api/ws", **kwargs: Any
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A trio-websocket client on a real socket.
+async def raw_client(
+    port: int,
+    token: str | None = API_KEY,
+    *,
+    path: str = "/api/ws",
+    rcvbuf: int | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[RawClient]:
+    """A trio-websocket client on a real socket that this helper owns and always closes.
 
     Built from its parts rather than `open_websocket_url`, because that leaves the socket
     open when the server closes first (a ResourceWarning, an error under our pytest config).
+    `rcvbuf` shrinks the kernel receive buffer (set before connecting, which also turns off
+    autotuning), so a client that stops reading backs the server up quickly. A single
+    failure from the client's nursery (a refused handshake, an assertion) is raised bare.
     """
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+    try:
+        await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    stream = trio.SocketStream(sock)
     try:
         async with _websocket_over(stream, _resource(token, path), **kwargs) as ws:
-            yield ws
+            yield RawClient(ws, stream)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         await trio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
+async def tcp_client(
+    port: int, token: str | None = API_KEY, *, path: str = "/api/ws", **kwargs: Any
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """`raw_client` for tests that only need the WebSocket."""
+    async with raw_client(port, token, path=path, **kwargs) as raw:
+        yield raw.ws
 
 
 def _resource(token: str | None, path: str = "/api/ws") -> str:
@@ -116,9 +163,11 @@ async def subscribe(ws: trio_websocket.WebSocketConnection, **keys: str) -> str:
 
 async def closed_with(ws: trio_websocket.WebSocketConnection) -> trio_websocket.CloseReason:
     """Read until the server closes; returns its close reason."""
-    try:
-        while True:
+    while True:
+        try:
             await ws.get_message()
-    except trio_websocket.ConnectionClosed as exc:
-        assert exc.reason is not None
-        return exc.reason
+        except trio_websocket.ConnectionClosed as exc:
+            reason = exc.reason
+            break
+    assert reason is not None
+    return reason

@@ -7,8 +7,6 @@ is acknowledged. Real sockets, real clock, hard `fail_after` bounds.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -26,38 +24,6 @@ BINARY_ERROR = "Binary frames are not supported; send JSON text frames"
 
 
 # --- local helpers --------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def ws_client(
-    port: int, token: str | None = API_KEY, *, path: str = "/api/ws", **kwargs: Any
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A trio-websocket client over a TCP stream this helper owns and always closes.
-
-    Used where the server closes first or refuses the handshake: closing the socket ourselves
-    means no leak (trio-websocket's client waits for the server's FIN and never closes its own
-    stream), and a single failure from the client's nursery is raised bare, not as a group.
-    """
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    resource = path if token is None else f"{path}?token={token}"
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", resource, **kwargs
-            )
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # One failure (a rejected handshake, a failed assertion): raise it bare.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        await trio.aclose_forcefully(stream)
 
 
 async def expect_error(
@@ -292,7 +258,7 @@ async def test_too_many_subscriptions(nursery: trio.Nursery, config: Config) -> 
 async def test_oversize_text_message_closes_1009(gateway: Gateway) -> None:
     limit = 64 * 1024
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port) as ws:
+        async with tcp_client(gateway.port) as ws:
             await ready(ws)
             await ws.send_message(sized_subscribe(limit + 1))
             code, reason = await closed_without_frames(ws)
@@ -322,7 +288,7 @@ async def test_custom_max_message_size(nursery: trio.Nursery, config: Config) ->
             await ready(ws)
             await ws.send_message(sized_subscribe(1024))
             assert (await receive_json(ws))["type"] == "subscribed"
-        async with ws_client(gw.port) as ws:
+        async with tcp_client(gw.port) as ws:
             await ready(ws)
             await ws.send_message(sized_subscribe(1025))
             assert await closed_without_frames(ws) == (
@@ -334,7 +300,7 @@ async def test_custom_max_message_size(nursery: trio.Nursery, config: Config) ->
 async def test_oversize_binary_message_closes_1009(nursery: trio.Nursery, config: Config) -> None:
     with trio.fail_after(TIMEOUT):
         gw: Gateway = await nursery.start(serve, with_settings(config, max_message_size=1024))
-        async with ws_client(gw.port) as ws:
+        async with tcp_client(gw.port) as ws:
             await ready(ws)
             await ws.send_message(b"\x00" * 1025)
             code, _ = await closed_without_frames(ws)
@@ -350,7 +316,7 @@ async def test_size_limit_counts_utf8_bytes_not_characters(
         # 600 characters, 1200 UTF-8 bytes: over the limit.
         frame = json.dumps({"type": "subscribe", "workspace_id": "é" * 560}, ensure_ascii=False)
         assert len(frame) <= 1024 < len(frame.encode())
-        async with ws_client(gw.port) as ws:
+        async with tcp_client(gw.port) as ws:
             await ready(ws)
             await ws.send_message(frame)
             code, _ = await closed_without_frames(ws)
@@ -365,7 +331,7 @@ async def test_size_limit_counts_utf8_bytes_not_characters(
 )
 async def test_bad_query_token_closes_4001(gateway: Gateway, token: str | None) -> None:
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port, token=token) as ws:
+        async with tcp_client(gateway.port, token=token) as ws:
             assert await closed_without_frames(ws) == (4001, "Unauthorized")
         assert gateway.client_count() == 0
 
@@ -374,7 +340,7 @@ async def test_bad_query_token_closes_4001(gateway: Gateway, token: str | None) 
 async def test_bearer_header_is_accepted(gateway: Gateway, scheme: bytes) -> None:
     headers = [(b"authorization", scheme + b" " + API_KEY.encode())]
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port, token=None, extra_headers=headers) as ws:
+        async with tcp_client(gateway.port, token=None, extra_headers=headers) as ws:
             await ready(ws)
             assert await subscribe(ws, scope="all") == "all"
             assert gateway.client_count() == 1
@@ -387,7 +353,7 @@ async def test_bearer_header_is_accepted(gateway: Gateway, scheme: bytes) -> Non
 async def test_bad_bearer_header_closes_4001(gateway: Gateway, value: bytes) -> None:
     headers = [(b"authorization", value)]
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port, token=None, extra_headers=headers) as ws:
+        async with tcp_client(gateway.port, token=None, extra_headers=headers) as ws:
             assert await closed_without_frames(ws) == (4001, "Unauthorized")
 
 
@@ -395,9 +361,9 @@ async def test_query_token_wins_over_header(gateway: Gateway) -> None:
     good = [(b"authorization", b"Bearer " + API_KEY.encode())]
     bad = [(b"authorization", b"Bearer wrong-key")]
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port, token="wrong-key", extra_headers=good) as ws:
+        async with tcp_client(gateway.port, token="wrong-key", extra_headers=good) as ws:
             assert await closed_without_frames(ws) == (4001, "Unauthorized")
-        async with ws_client(gateway.port, token=API_KEY, extra_headers=bad) as ws:
+        async with tcp_client(gateway.port, token=API_KEY, extra_headers=bad) as ws:
             await ready(ws)
 
 
@@ -405,7 +371,7 @@ async def test_query_token_wins_over_header(gateway: Gateway) -> None:
 async def test_wrong_path_is_404_at_handshake(gateway: Gateway, path: str) -> None:
     with trio.fail_after(TIMEOUT):
         with pytest.raises(trio_websocket.ConnectionRejected) as info:
-            async with ws_client(gateway.port, path=path):
+            async with tcp_client(gateway.port, path=path):
                 pass
         assert info.value.status_code == 404
         assert info.value.body is not None

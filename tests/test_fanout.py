@@ -7,18 +7,15 @@ publication the client does follow must be its next frame (one broadcast task, o
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import trio
 import trio_websocket
 
 from trio_gateway import Config, Gateway, serve
 
 from .conftest import with_settings
-from .helpers import API_KEY, ready, receive_json, send_json, subscribe, tcp_client
+from .helpers import raw_client, ready, receive_json, send_json, subscribe, tcp_client
 
 TIMEOUT = 5
 
@@ -28,49 +25,6 @@ TIMEOUT = 5
 
 def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"workspace_id": workspace_id, "session_id": session_id, **extra}
-
-
-@attrs.define
-class RawClient:
-    ws: trio_websocket.WebSocketConnection
-    stream: trio.SocketStream
-
-
-@asynccontextmanager
-async def raw_client(
-    port: int, token: str = API_KEY, *, rcvbuf: int | None = None, **kwargs: Any
-) -> AsyncIterator[RawClient]:
-    """A trio-websocket client over a TCP socket this helper owns (and always closes).
-
-    `rcvbuf` shrinks the kernel receive buffer (set before connecting, which also turns off
-    receive autotuning), so a client that stops reading backs the server up quickly.
-    """
-    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
-    try:
-        await sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    stream = trio.SocketStream(sock)
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", f"/api/ws?token={token}", **kwargs
-            )
-            try:
-                yield RawClient(ws, stream)
-            finally:
-                with trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        await trio.aclose_forcefully(stream)
 
 
 async def receive_events(ws: trio_websocket.WebSocketConnection, count: int) -> list[Any]:

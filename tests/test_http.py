@@ -222,18 +222,34 @@ async def test_remote_update_endpoint(gateway: Gateway) -> None:
             gateway, "POST", "/api/remote-updates", body=json.dumps(update), headers=AUTH
         )
         assert status == 202
-        assert await receive_json(ws) == {"type": "remote.update", "remote_env_id": "R", "status": "ready"}
+        assert await receive_json(ws) == {
+            "type": "remote.update",
+            "remote_env_id": "R",
+            "status": "ready",
+        }
 
 
 @pytest.mark.parametrize(
     ("path", "body", "reason"),
     [
         ("/api/session-updates", {"workspace_id": "W", "lifecycle": "x"}, "session_id is required"),
-        ("/api/session-updates", {"session_id": "S", "workspace_id": "W", "lifecycle": 1}, "lifecycle"),
-        ("/api/session-updates", {"session_id": "S", "workspace_id": "W", "lifecycle": "x", "stats": []}, "stats"),
+        (
+            "/api/session-updates",
+            {"session_id": "S", "workspace_id": "W", "lifecycle": 1},
+            "lifecycle",
+        ),
+        (
+            "/api/session-updates",
+            {"session_id": "S", "workspace_id": "W", "lifecycle": "x", "stats": []},
+            "stats",
+        ),
         ("/api/session-updates", [], "Body must be a JSON object"),
         ("/api/remote-updates", {"remote_env_id": "R", "workspace_id": "W"}, "status is required"),
-        ("/api/remote-updates", {"remote_env_id": "R", "workspace_id": "W", "status": "s", "public_ip": 5}, "public_ip"),
+        (
+            "/api/remote-updates",
+            {"remote_env_id": "R", "workspace_id": "W", "status": "s", "public_ip": 5},
+            "public_ip",
+        ),
     ],
 )
 async def test_invalid_update_bodies_get_400(
@@ -430,7 +446,9 @@ async def test_websocket_upgrade_after_http_request_on_same_connection(gateway: 
         assert b"HTTP/1.1 101 " in received
 
 
-async def test_shutdown_closes_idle_keepalive_connections(nursery: trio.Nursery, config: Config) -> None:
+async def test_shutdown_closes_idle_keepalive_connections(
+    nursery: trio.Nursery, config: Config
+) -> None:
     from trio_gateway import serve
 
     gateway: Gateway = await nursery.start(serve, with_settings(config, request_timeout=30))

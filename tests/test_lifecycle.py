@@ -7,12 +7,10 @@ disconnect uses `wait_all_tasks_blocked()` in a loop, never a sleep.
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -25,6 +23,7 @@ from .helpers import (
     API_KEY,
     MemoryListener,
     closed_with,
+    raw_client,
     ready,
     receive_json,
     subscribe,
@@ -60,59 +59,6 @@ def all_tasks() -> set[trio.lowlevel.Task]:
         for child_nursery in task.child_nurseries:
             pending.extend(child_nursery.child_tasks)
     return found
-
-
-@attrs.define
-class RawClient:
-    ws: trio_websocket.WebSocketConnection
-    stream: trio.SocketStream
-
-    def drop(self, *, reset: bool) -> None:
-        """Close the TCP socket without a close frame: FIN, or RST when `reset`."""
-        if reset:
-            self.stream.socket.setsockopt(
-                trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
-        self.stream.socket.close()
-
-
-@asynccontextmanager
-async def raw_client(
-    port: int, token: str | None = API_KEY, **kwargs: Any
-) -> AsyncIterator[RawClient]:
-    """A trio-websocket client over a TCP stream this helper owns and always closes.
-
-    Owning the socket lets a test drop it without a close frame (`drop`), and closing it
-    ourselves means no leak when the server closes first (trio-websocket's client waits for
-    the server's FIN and never closes its own stream).
-    """
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    resource = "/api/ws" if token is None else f"/api/ws?token={token}"
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", resource, **kwargs
-            )
-            try:
-                yield RawClient(ws, stream)
-            finally:
-                with trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-@asynccontextmanager
-async def ws_client(
-    port: int, token: str | None = API_KEY, **kwargs: Any
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    async with raw_client(port, token, **kwargs) as raw:
-        yield raw.ws
 
 
 @asynccontextmanager
@@ -206,7 +152,7 @@ async def test_aborted_connections_leave_no_tasks(gateway: Gateway) -> None:
             await subscribe(doomed.ws, scope="all")
             doomed.drop(reset=True)
         # A rejected token.
-        async with ws_client(gateway.port, token="nope") as rejected:
+        async with tcp_client(gateway.port, token="nope") as rejected:
             assert (await closed_with(rejected)).code == 4001
 
         await wait_until(lambda: all_tasks() == idle)
@@ -228,7 +174,7 @@ async def test_shutdown_returns_and_leaves_no_tasks(config: Config) -> None:
 
         async with trio.open_nursery() as nursery:
             gw: Gateway = await nursery.start(run_serve)
-            async with ws_client(gw.port) as one, ws_client(gw.port) as two:
+            async with tcp_client(gw.port) as one, tcp_client(gw.port) as two:
                 await ready(one)
                 await ready(two)
                 await subscribe(one, scope="all")
@@ -260,7 +206,7 @@ async def test_shutdown_with_no_clients_returns_promptly(config: Config) -> None
 
 async def test_client_gets_1001_on_shutdown(gateway: Gateway) -> None:
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port) as ws:
+        async with tcp_client(gateway.port) as ws:
             await ready(ws)
             gateway.shutdown()
             reason = await closed_with(ws)
@@ -270,7 +216,7 @@ async def test_client_gets_1001_on_shutdown(gateway: Gateway) -> None:
 async def test_queued_events_are_delivered_before_1001(gateway: Gateway) -> None:
     total = 50
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port) as ws, ws_client(gateway.port) as other:
+        async with tcp_client(gateway.port) as ws, tcp_client(gateway.port) as other:
             await ready(ws)
             await ready(other)
             await subscribe(ws, scope="all")
@@ -304,7 +250,7 @@ async def test_cancelling_serve_closes_clients_1001(nursery: trio.Nursery, confi
 
     with trio.fail_after(TIMEOUT):
         gw: Gateway = await nursery.start(run_serve)
-        async with ws_client(gw.port) as one, ws_client(gw.port) as two:
+        async with tcp_client(gw.port) as one, tcp_client(gw.port) as two:
             await ready(one)
             await ready(two)
             await subscribe(one, scope="all")

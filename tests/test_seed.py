@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -24,10 +21,10 @@ import trio_websocket
 from trio_gateway import Config, Gateway, serve
 
 from .helpers import (
-    API_KEY,
     MemoryListener,
     closed_with,
     memory_client,
+    raw_client,
     ready,
     receive_json,
     send_json,
@@ -61,60 +58,6 @@ async def no_frame_then_closed(
     return info.value.reason
 
 
-@attrs.define
-class RawClient:
-    """A WebSocket client whose TCP socket the test owns, so it can vanish abruptly."""
-
-    ws: trio_websocket.WebSocketConnection
-    stream: trio.SocketStream
-
-    def reset(self) -> None:
-        """Drop the connection with a TCP RST: no close frame, no FIN.
-
-        Closing the socket wakes the client's frame reader with ClosedResourceError, which
-        trio-websocket treats as an abnormal closure; the test body is not cancelled.
-        """
-        self.stream.socket.setsockopt(
-            trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0)
-        )
-        self.stream.socket.close()
-
-
-@asynccontextmanager
-async def raw_client(
-    port: int, token: str | None = API_KEY, *, path: str = "/api/ws", **kwargs: Any
-) -> AsyncIterator[RawClient]:
-    """A trio-websocket client over a TCP stream this helper owns and always closes.
-
-    Owning the socket lets a test drop it abruptly (`reset`), and closing it ourselves means
-    no leak when the *server* closes first (trio-websocket's client waits for the server's FIN
-    and never closes its own stream: a ResourceWarning, an error under filterwarnings=error).
-    """
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    resource = path if token is None else f"{path}?token={token}"
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", resource, **kwargs
-            )
-            try:
-                yield RawClient(ws, stream)
-            finally:
-                with trio.move_on_after(1):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-@asynccontextmanager
-async def ws_client(
-    port: int, token: str | None = API_KEY, **kwargs: Any
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    async with raw_client(port, token, **kwargs) as raw:
-        yield raw.ws
-
-
 # --- 1-3: connecting --------------------------------------------------------------------------
 
 
@@ -133,7 +76,7 @@ async def test_seed_01_valid_token_connects(gateway: Gateway) -> None:
 
 async def test_seed_02_invalid_token_closes_4001(gateway: Gateway) -> None:
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port, token="wrong-key") as ws:
+        async with tcp_client(gateway.port, token="wrong-key") as ws:
             reason = await no_frame_then_closed(ws)
         assert (reason.code, reason.reason) == (4001, "Unauthorized")
         assert gateway.client_count() == 0
@@ -141,7 +84,7 @@ async def test_seed_02_invalid_token_closes_4001(gateway: Gateway) -> None:
 
 async def test_seed_03_missing_token_closes_4001(gateway: Gateway) -> None:
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port, token=None) as ws:
+        async with tcp_client(gateway.port, token=None) as ws:
             reason = await no_frame_then_closed(ws)
         assert (reason.code, reason.reason) == (4001, "Unauthorized")
 
@@ -373,7 +316,7 @@ async def test_seed_16_client_disconnect_during_broadcast(gateway: Gateway) -> N
                 gateway.broadcaster.broadcast_event(event("W", n=n))
             # Let the fan-out get going, then vanish in the middle of it.
             early = [(await receive_json(first))["event"]["n"] for _ in range(10)]
-            doomed.reset()
+            doomed.drop(reset=True)
             for n in range(total // 2, total):
                 gateway.broadcaster.broadcast_event(event("W", n=n))
 
@@ -429,14 +372,14 @@ async def test_seed_19_client_count_tracks_connections(gateway: Gateway) -> None
             await wait_until(lambda: gateway.client_count() == 1)
         await wait_until(lambda: gateway.client_count() == 0)
         # Rejected clients are never counted.
-        async with ws_client(gateway.port, token="wrong") as rejected:
+        async with tcp_client(gateway.port, token="wrong") as rejected:
             assert (await closed_with(rejected)).code == 4001
             assert gateway.client_count() == 0
 
 
 async def test_seed_20_shutdown_closes_all_clients(gateway: Gateway) -> None:
     with trio.fail_after(TIMEOUT):
-        async with ws_client(gateway.port) as one, ws_client(gateway.port) as two:
+        async with tcp_client(gateway.port) as one, tcp_client(gateway.port) as two:
             await ready(one)
             await ready(two)
             await subscribe(one, scope="all")
