@@ -21,17 +21,13 @@ import logging
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
-from trio_gateway.client import (
-    ClientError,
-    Unauthorized,
-    health,
-    open_client,
-    publish_events,
-    websocket_url,
-)
+from trio_gateway.client import ClientError, Unauthorized, open_client, websocket_url
+from trio_gateway.http_client import health, publish_events
+from trio_gateway.protocol.codec import loads
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -83,7 +79,8 @@ async def _health(args: argparse.Namespace) -> int:
 def _read_events(source: str | None) -> Any:
     text = sys.stdin.read() if source in (None, "-") else source
     try:
-        events = json.loads(text)
+        # Strict, as the server parses: NaN and Infinity are not JSON.
+        events = loads(text)
     except ValueError as exc:
         raise UsageError(f"invalid JSON: {exc}") from None
     if not isinstance(events, dict | list):
@@ -152,11 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        parser.error(f"--url must be an http:// or https:// URL, got {args.url!r}")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     try:
         if args.command == "subscribe":
             if not (args.all or args.workspace or args.session):
                 parser.error("subscribe needs --all, --workspace or --session")
+            if "" in args.workspace + args.session:
+                parser.error("--workspace and --session need a non-empty id")
             return trio.run(_subscribe, args)
         if args.command == "publish-event":
             return trio.run(_publish_event, args, _read_events(args.event))

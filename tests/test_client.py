@@ -21,23 +21,20 @@ import trio_websocket
 
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.client import (
-    ApiError,
     ConnectFailed,
     Disconnected,
     GatewayClient,
     SubscriptionError,
     Unauthorized,
     backoff_delay,
-    health,
-    http_request,
     open_client,
-    publish_events,
     websocket_url,
 )
+from trio_gateway.http_client import ApiError, health, http_request, publish_events
 from trio_gateway.protocol.errors import SLOW_CONSUMER
 
 from .conftest import with_settings
-from .helpers import API_KEY, ready
+from .helpers import API_KEY, ready, tcp_client
 
 TIMEOUT = 10
 
@@ -99,7 +96,7 @@ async def no_sleep(delay: float) -> None:
 
 @asynccontextmanager
 async def own_gateway(config: Config) -> AsyncIterator[tuple[Gateway, trio.Event]]:
-    """A gateway this test can stop (gracefully) and then restart on the same port."""
+    """A gateway this test can stop (`shutdown`) and then restart on the same port."""
     stopped = trio.Event()
     async with trio.open_nursery() as nursery:
 
@@ -113,9 +110,7 @@ async def own_gateway(config: Config) -> AsyncIterator[tuple[Gateway, trio.Event
         try:
             yield gateway, stopped
         finally:
-            # Graceful, not cancelled: a cancelled gateway spends close_timeout on every
-            # connected client (see the report on connection.py).
-            gateway.shutdown()
+            nursery.cancel_scope.cancel()
 
 
 # --- subscribe and receive ------------------------------------------------------------------
@@ -192,24 +187,6 @@ async def test_concurrent_requests_are_matched_to_their_replies(gateway: Gateway
 # --- keepalive ------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def raw_client(port: int) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """A bare WebSocket client that owns its TCP stream.
-
-    Not `helpers.tcp_client`: trio-websocket's client never closes its stream when the server
-    closes first, and the leaked socket becomes a ResourceWarning error under pytest.
-    """
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream, trio.open_nursery() as nursery:
-        ws = await trio_websocket.wrap_client_stream(
-            nursery, stream, f"127.0.0.1:{port}", f"/api/ws?token={API_KEY}"
-        )
-        try:
-            yield ws
-        finally:
-            nursery.cancel_scope.cancel()
-
-
 async def count_pings_until_closed(
     ws: trio_websocket.WebSocketConnection,
 ) -> tuple[int, trio_websocket.CloseReason | None]:
@@ -235,7 +212,7 @@ class TestKeepalive:
                 client_id = await connections.next()
                 # A client that never answers is the clock: the server reaps it after
                 # ping_interval + pong_timeout of silence, i.e. at its third ping cycle.
-                async with raw_client(gateway.port) as silent:
+                async with tcp_client(gateway.port) as silent:
                     await ready(silent)
                     pings, reason = await count_pings_until_closed(silent)
                 assert reason is not None

@@ -303,7 +303,20 @@ async def test_wrong_method_is_405_with_allow(gateway: Gateway) -> None:
     assert status == 405
     assert headers["allow"] == "POST"
     status, headers, _ = await request(gateway, "POST", "/api/health", body="{}")
-    assert (status, headers["allow"]) == (405, "GET")
+    assert (status, headers["allow"]) == (405, "GET, HEAD")
+
+
+async def test_head_is_get_without_a_body_and_keeps_the_connection(gateway: Gateway) -> None:
+    http = await connect(gateway)
+    async with http.stream:
+        for _ in range(2):
+            status, headers, body = await http.request("HEAD", "/api/health")
+            assert (status, body) == (200, None)
+            assert int(headers["content-length"]) > 0
+        status, headers, body = await http.request("HEAD", "/api/events")
+        assert (status, headers["allow"], body) == (405, "POST", None)
+        status, _, body = await http.request("GET", "/api/health")
+        assert (status, body["status"]) == (200, "ok")
 
 
 async def test_plain_get_on_websocket_path_is_426(gateway: Gateway) -> None:

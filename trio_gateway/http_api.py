@@ -232,12 +232,12 @@ def _route(method: str, path: str) -> Handler:
     methods = ROUTES.get(path)
     if methods is None:
         raise HttpError(404, "Not found")
-    handler = methods.get(method)
+    # HEAD is GET without the body (RFC 9110), wherever GET is served.
+    handler = methods.get("GET" if method == "HEAD" else method)
     if handler is None:
+        allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
         raise HttpError(
-            405,
-            f"Method {method} not allowed",
-            headers=[(b"allow", ", ".join(sorted(methods)).encode())],
+            405, f"Method {method} not allowed", headers=[(b"allow", ", ".join(allowed).encode())]
         )
     return handler
 
@@ -289,6 +289,8 @@ async def _send_response(
     body: object,
     headers: list[tuple[bytes, bytes]],
     close: bool,
+    *,
+    head_only: bool = False,
 ) -> None:
     payload = dumps(body).encode()
     all_headers = [
@@ -301,7 +303,8 @@ async def _send_response(
         all_headers.append((b"connection", b"close"))
     try:
         await stream.send_all(conn.send(h11.Response(status_code=status, headers=all_headers)))
-        await stream.send_all(conn.send(h11.Data(data=payload)))
+        if not head_only:
+            await stream.send_all(conn.send(h11.Data(data=payload)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _PeerGone from None
@@ -331,7 +334,7 @@ async def _answer(
         status, payload, headers, close = exc.status, exc.body, exc.headers, exc.close
     close = close or app.context.shutting_down.is_set() or conn.their_state is not h11.DONE
     log.info("http request", extra=fields(method=method, path=path, status=status))
-    await _send_response(conn, stream, status, payload, headers, close)
+    await _send_response(conn, stream, status, payload, headers, close, head_only=method == "HEAD")
     return not close and conn.our_state is h11.DONE
 
 

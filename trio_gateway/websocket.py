@@ -1,4 +1,4 @@
-"""The WebSocket adapter: the only module that imports trio-websocket or wsproto.
+"""The WebSocket adapter: the only server module that imports trio-websocket or wsproto.
 
 The port speaks HTTP first (http_api.py reads the request head with h11), so an upgrade
 arrives here with its head already consumed. `PrefixedStream` replays the head to
