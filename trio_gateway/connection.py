@@ -11,10 +11,11 @@ either closes 4001 (bad token) or registers a `Client` and runs two tasks:
 - the writer is the only task that writes frames: it drains the outbox in order.
 
 A close is requested through `Client.close(reason)` by anyone (hub: slow consumer,
-keepalive: stale, server: shutdown, reader: peer closed). The session then stops the reader,
-lets the writer finish (draining the queue first when the close asked for a flush), and sends
-the close frame inside a shielded, time-bounded scope. If the writer was cut off mid-frame the
-stream is corrupt, so no close frame is attempted and the socket is just dropped.
+keepalive: stale, server: shutdown, reader/writer: the WebSocket is already closed). The
+session then stops the reader, lets the writer finish (draining the queue first when the close
+asked for a flush), and sends the close frame inside a shielded, time-bounded scope. If the
+writer was cut off mid-frame the stream is corrupt, so no close frame is attempted and the
+socket is just dropped.
 
 Must not raise: failures are logged and closed with 1011; only cancellation propagates.
 """
@@ -67,8 +68,6 @@ log = logging.getLogger("trio_gateway.connection")
 
 PONG_TEXT = encode(Pong())
 BINARY_ERROR = encode(Error("Binary frames are not supported; send JSON text frames"))
-# Closed by the peer or the transport: there is no close frame left for us to send.
-PEER_CLOSED = CloseReason(1000, "closed by client")
 
 
 @attrs.define
@@ -78,7 +77,8 @@ class GatewayContext:
     config: Config
     hub: Hub
     new_id: IdFactory
-    # Requests a graceful close of live sessions; set by the server's shutdown sequence.
+    # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
+    # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
 
 
@@ -133,7 +133,16 @@ async def _read_loop(ws: WebSocketConnection, client: Client, context: GatewayCo
             else:
                 dispatch(client, context.hub, context.config, decode(frame))
     except ConnectionClosed:
-        client.close(PEER_CLOSED)
+        client.close(_closed_reason(ws))
+
+
+def _closed_reason(ws: WebSocketConnection) -> CloseReason:
+    """Why an already-closed WebSocket closed: the peer's code, 1009 from the frame reader,
+    or 1006 when the transport just went away."""
+    closed = ws.closed
+    if closed is None:
+        return CloseReason(1006, "connection lost")
+    return CloseReason(closed.code, closed.reason or "")
 
 
 @attrs.define
@@ -154,7 +163,7 @@ class _Writer:
                     self.mid_frame = False
         except ConnectionClosed:
             self.mid_frame = False
-            client.close(PEER_CLOSED)
+            client.close(_closed_reason(ws))
         finally:
             self.done.set()
 
@@ -190,7 +199,9 @@ async def _run_session(
             # Cancelled from outside without a close request: the server is stopping.
             reason = SHUTTING_DOWN
             client.close(reason)
-        if reason is not PEER_CLOSED and not writer.mid_frame:
+        # No close frame when the WebSocket is already closed, or when the writer was cut off
+        # mid-frame (the stream is corrupt; the socket is just dropped).
+        if ws.closed is None and not writer.mid_frame:
             with trio.CancelScope(shield=True), trio.move_on_after(context.config.close_timeout):
                 await ws.aclose(reason.code, reason.reason)
 
