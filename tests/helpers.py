@@ -12,6 +12,9 @@ import attrs
 import trio
 import trio.testing
 import trio_websocket
+from wsproto import ConnectionType
+from wsproto.connection import Connection
+from wsproto.events import TextMessage
 
 API_KEY = "test-key"
 
@@ -33,6 +36,14 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     async def aclose(self) -> None:
         self._receive.close()
         await trio.lowlevel.checkpoint()
+
+
+def unframe(frame: bytes) -> str:
+    """The text of one pre-built server frame, parsed the way a client would."""
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(frame)
+    (message,) = [event for event in client.events() if isinstance(event, TextMessage)]
+    return message.data
 
 
 def ws_url(port: int, token: str | None = API_KEY, path: str = "/api/ws") -> str:

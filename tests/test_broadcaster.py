@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import unframe
 from trio_gateway import Broadcaster, GatewayClosed, PublishQueueFull
 from trio_gateway.broadcaster import (
     Batch,
@@ -35,8 +36,8 @@ def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[Batch]:
             return batches
 
 
-def subscriber(hub: Hub, client_id: str, *keys: str) -> trio.MemoryReceiveChannel[str]:
-    send, receive = trio.open_memory_channel[str](64)
+def subscriber(hub: Hub, client_id: str, *keys: str) -> trio.MemoryReceiveChannel[bytes]:
+    send, receive = trio.open_memory_channel[bytes](64)
     client = Client(id=client_id, outbox=send, connected_at=0.0, last_pong=0.0)
     hub.add(client)
     for key in keys:
@@ -44,11 +45,11 @@ def subscriber(hub: Hub, client_id: str, *keys: str) -> trio.MemoryReceiveChanne
     return receive
 
 
-def frames(receive: trio.MemoryReceiveChannel[str]) -> list[dict[str, Any]]:
+def frames(receive: trio.MemoryReceiveChannel[bytes]) -> list[dict[str, Any]]:
     out = []
     while True:
         try:
-            out.append(json.loads(receive.receive_nowait()))
+            out.append(json.loads(unframe(receive.receive_nowait())))
         except trio.WouldBlock:
             return out
 

@@ -16,8 +16,9 @@ import trio.testing
 
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.hub import Client, Hub
-from trio_gateway.keepalive import PING_TEXT, sweep
+from trio_gateway.keepalive import PING_FRAME, sweep
 from trio_gateway.protocol.errors import PONG_TIMEOUT
+from trio_gateway.protocol.frames import text_frame
 
 from .conftest import with_settings
 from .helpers import MemoryListener, closed_with, memory_client, ready, receive_json, send_json
@@ -257,14 +258,14 @@ async def test_unsolicited_pong_is_accepted_silently(
 
 def hand_built_client(
     hub: Hub, client_id: str, last_pong: float, depth: int = 4
-) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
-    send, receive = trio.open_memory_channel[str](depth)
+) -> tuple[Client, trio.MemoryReceiveChannel[bytes]]:
+    send, receive = trio.open_memory_channel[bytes](depth)
     client = Client(id=client_id, outbox=send, connected_at=0.0, last_pong=last_pong)
     hub.add(client)
     return client, receive
 
 
-def outbox_frames(receive: trio.MemoryReceiveChannel[str]) -> list[str]:
+def outbox_frames(receive: trio.MemoryReceiveChannel[bytes]) -> list[bytes]:
     out = []
     while True:
         try:
@@ -282,10 +283,10 @@ def test_sweep_pings_the_fresh_and_reaps_the_stale() -> None:
 
     sweep(hub, now=100.0, stale_after=40.0)
 
-    assert PING_TEXT == '{"type":"ping"}'
-    assert outbox_frames(fresh_out) == [PING_TEXT]
+    assert text_frame('{"type":"ping"}') == PING_FRAME
+    assert outbox_frames(fresh_out) == [PING_FRAME]
     # Silent for exactly stale_after is not yet stale: the rule is "longer than".
-    assert outbox_frames(boundary_out) == [PING_TEXT]
+    assert outbox_frames(boundary_out) == [PING_FRAME]
     assert outbox_frames(stale_out) == []
     assert outbox_frames(ancient_out) == []
     for client in (fresh, boundary):

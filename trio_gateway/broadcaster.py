@@ -15,6 +15,7 @@ import trio
 
 from .hub import Hub
 from .protocol.codec import encode
+from .protocol.frames import text_frame
 from .protocol.messages import EventMessage, RemoteUpdate, SessionUpdate
 from .protocol.routing import event_problem, route_keys
 
@@ -29,10 +30,16 @@ class GatewayClosed(Exception):
 
 @attrs.frozen
 class Publication:
-    """A server message serialised once, with the subscription keys that receive it."""
+    """A server message serialised and framed once, with the subscription keys it goes to."""
 
     text: str
     keys: tuple[str, ...]
+    # The WebSocket frame every recipient's writer sends, derived from `text` once.
+    frame: bytes = attrs.field(init=False, eq=False, repr=False)
+
+    @frame.default
+    def _frame(self) -> bytes:
+        return text_frame(self.text)
 
 
 # What travels on the publish channel: publications queued together stay together and ordered.
@@ -163,4 +170,4 @@ async def run_broadcast(
         task_status.started()
         async for batch in channel:
             for publication in batch:
-                hub.publish(publication.text, publication.keys)
+                hub.publish(publication.frame, publication.keys)

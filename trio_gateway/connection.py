@@ -41,6 +41,7 @@ from .protocol.errors import (
     ProtocolError,
     message_too_big,
 )
+from .protocol.frames import text_frame
 from .protocol.messages import (
     ClientMessage,
     Error,
@@ -61,13 +62,17 @@ from .websocket import (
     frame_reader_nursery,
     linger_close,
     open_websocket,
+    send_frames,
     token_matches,
 )
 
 log = logging.getLogger("trio_gateway.connection")
 
-PONG_TEXT = encode(Pong())
-BINARY_ERROR = encode(Error("Binary frames are not supported; send JSON text frames"))
+PONG_FRAME = text_frame(encode(Pong()))
+BINARY_ERROR = text_frame(encode(Error("Binary frames are not supported; send JSON text frames")))
+# Most bytes one write may gather from a client's queue: enough to batch a burst of small
+# frames into one send_all, small enough not to copy large messages around needlessly.
+COALESCE_LIMIT = 64 * 1024
 
 
 @attrs.define
@@ -86,7 +91,7 @@ def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | 
     """Act on one decoded client message. Synchronous: no checkpoint between state and reply."""
     try:
         if isinstance(message, Error):
-            client.send(encode(message))
+            client.send(text_frame(encode(message)))
         elif isinstance(message, Subscribe):
             key = subscription_key(message)
             if (
@@ -97,21 +102,21 @@ def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | 
                     f"Too many subscriptions: at most {config.max_subscriptions} per connection"
                 )
             hub.subscribe(client, key)
-            client.send(encode(Subscribed(key)))
+            client.send(text_frame(encode(Subscribed(key))))
         elif isinstance(message, Unsubscribe):
             maybe_key = unsubscription_key(message)
             if maybe_key is None:
                 hub.unsubscribe_all(client)
-                client.send(encode(Unsubscribed(ALL)))
+                client.send(text_frame(encode(Unsubscribed(ALL))))
             else:
                 hub.unsubscribe(client, maybe_key)
-                client.send(encode(Unsubscribed(maybe_key)))
+                client.send(text_frame(encode(Unsubscribed(maybe_key))))
         elif isinstance(message, Pong):
             client.last_pong = trio.current_time()
         elif isinstance(message, Ping):
-            client.send(PONG_TEXT)
+            client.send(PONG_FRAME)
     except ProtocolError as exc:
-        client.send(encode(Error(exc.message[: ECHO_LIMIT * 2])))
+        client.send(text_frame(encode(Error(exc.message[: ECHO_LIMIT * 2]))))
 
 
 def _utf8_size_exceeds(text: str, limit: int) -> bool:
@@ -147,19 +152,26 @@ def _closed_reason(ws: WebSocketConnection) -> CloseReason:
 
 @attrs.define
 class _Writer:
+    """The only task writing to the socket: drains the outbox, several frames per write."""
+
     done: trio.Event = attrs.field(factory=trio.Event)
     mid_frame: bool = False
 
     async def run(
-        self, ws: WebSocketConnection, client: Client, outbox: trio.MemoryReceiveChannel[str]
+        self, ws: WebSocketConnection, client: Client, outbox: trio.MemoryReceiveChannel[bytes]
     ) -> None:
         try:
             async with outbox:
-                async for text in outbox:
+                while True:
+                    try:
+                        batch = [await outbox.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    _gather(outbox, batch)
                     if client.close_reason is not None and not client.flush_before_close:
-                        break
+                        return
                     self.mid_frame = True
-                    await ws.send_message(text)
+                    await send_frames(ws, b"".join(batch))
                     self.mid_frame = False
         except ConnectionClosed:
             self.mid_frame = False
@@ -168,10 +180,22 @@ class _Writer:
             self.done.set()
 
 
+def _gather(outbox: trio.MemoryReceiveChannel[bytes], batch: list[bytes]) -> None:
+    # Whatever is already queued goes out in the same write, up to COALESCE_LIMIT bytes.
+    size = len(batch[0])
+    while size < COALESCE_LIMIT:
+        try:
+            frame = outbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        batch.append(frame)
+        size += len(frame)
+
+
 async def _run_session(
     ws: WebSocketConnection,
     client: Client,
-    outbox: trio.MemoryReceiveChannel[str],
+    outbox: trio.MemoryReceiveChannel[bytes],
     context: GatewayContext,
 ) -> None:
     writer = _Writer()
@@ -252,12 +276,12 @@ async def serve_websocket(
         await linger_close(stream, config.close_timeout)
 
 
-def _register(context: GatewayContext) -> tuple[Client, trio.MemoryReceiveChannel[str]]:
+def _register(context: GatewayContext) -> tuple[Client, trio.MemoryReceiveChannel[bytes]]:
     config = context.config
-    outbox_send, outbox_receive = trio.open_memory_channel[str](config.queue_depth)
+    outbox_send, outbox_receive = trio.open_memory_channel[bytes](config.queue_depth)
     now = trio.current_time()
     client = Client(id=context.new_id(), outbox=outbox_send, connected_at=now, last_pong=now)
-    client.send(encode(Ready(client.id, round(config.ping_interval * 1000))))
+    client.send(text_frame(encode(Ready(client.id, round(config.ping_interval * 1000)))))
     context.hub.add(client)
     log.info("client connected", extra=fields(client_id=client.id))
     return client, outbox_receive

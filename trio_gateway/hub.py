@@ -5,9 +5,10 @@ bounded outbox. Must not: await, touch a socket, or decide how a close is carrie
 (connection.py does that when a Client asks to close).
 
 Delivery policy (see python-trio/trio#987 on why there is no "unbounded" channel here): a
-message is serialised once by the publisher and the same `str` is `send_nowait`-ed into each
-matching client's outbox. `WouldBlock` means the client is not keeping up: it is asked to
-close with 4008 and skipped from then on, so a slow consumer costs the others nothing.
+message is serialised and framed once by the publisher and the same `bytes` frame is
+`send_nowait`-ed into each matching client's outbox. `WouldBlock` means the client is not
+keeping up: it is asked to close with 4008 and skipped from then on, so a slow consumer costs
+the others nothing.
 `BrokenResourceError`/`ClosedResourceError` mean its connection is already going away.
 """
 
@@ -26,7 +27,7 @@ class Client:
     """One authenticated connection as the hub sees it."""
 
     id: str
-    outbox: trio.MemorySendChannel[str]
+    outbox: trio.MemorySendChannel[bytes]
     connected_at: float
     last_pong: float
     subscriptions: set[str] = attrs.field(factory=set)
@@ -35,12 +36,12 @@ class Client:
     flush_before_close: bool = False
     closing: trio.Event = attrs.field(factory=trio.Event)
 
-    def send(self, text: str) -> bool:
+    def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""
         if self.close_reason is not None:
             return False
         try:
-            self.outbox.send_nowait(text)
+            self.outbox.send_nowait(frame)
         except trio.WouldBlock:
             self.close(SLOW_CONSUMER)
             return False
@@ -98,8 +99,8 @@ class Hub:
         """Distinct keys with at least one subscriber (0 once everyone has left)."""
         return len(self._index)
 
-    def publish(self, text: str, keys: Iterable[str]) -> int:
-        """Queue `text` once for every client subscribed to any of `keys`.
+    def publish(self, frame: bytes, keys: Iterable[str]) -> int:
+        """Queue `frame` once for every client subscribed to any of `keys`.
 
         Returns how many clients it was queued for. Never blocks; see the module docstring.
         """
@@ -112,10 +113,5 @@ class Hub:
         # Iterate a snapshot: a failed send may close a client, which must not resize the set
         # under our feet even though removal itself happens later in its connection task.
         for client in tuple(recipients):
-            delivered += client.send(text)
+            delivered += client.send(frame)
         return delivered
-
-    def send_all(self, text: str) -> None:
-        """Queue `text` for every connected client (keepalive pings)."""
-        for client in tuple(self.clients.values()):
-            client.send(text)

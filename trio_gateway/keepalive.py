@@ -16,11 +16,12 @@ from .hub import Hub
 from .jsonlog import fields
 from .protocol.codec import encode
 from .protocol.errors import PONG_TIMEOUT
+from .protocol.frames import text_frame
 from .protocol.messages import Ping
 
 log = logging.getLogger("trio_gateway.keepalive")
 
-PING_TEXT = encode(Ping())
+PING_FRAME = text_frame(encode(Ping()))
 
 
 def sweep(hub: Hub, now: float, stale_after: float) -> None:
@@ -34,7 +35,7 @@ def sweep(hub: Hub, now: float, stale_after: float) -> None:
             )
             client.close(PONG_TIMEOUT)
         else:
-            client.send(PING_TEXT)
+            client.send(PING_FRAME)
 
 
 async def run_keepalive(

@@ -18,6 +18,7 @@ import h11
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.connection import ConnectionState
 
 __all__ = [
     "ConnectionClosed",
@@ -30,6 +31,7 @@ __all__ = [
     "linger_close",
     "open_websocket",
     "replay_head",
+    "send_frames",
     "token_matches",
 ]
 
@@ -171,6 +173,29 @@ async def open_websocket(
         nursery, stream, message_queue_size=INBOUND_QUEUE, max_message_size=max_message_size
     )
     return await request.accept()
+
+
+async def send_frames(ws: WebSocketConnection, frames: bytes) -> None:
+    """Write pre-built data frames (protocol/frames.py) on an open WebSocket.
+
+    This is the fan-out's fast path, the one seam where we go under trio-websocket's API:
+    `send_message` frames every message per connection, while a broadcast frame is the same
+    bytes for everyone. Ordering with the library's own frames (pongs, close) is kept by
+    taking the same FIFO stream lock its `_send` takes, and nothing is written once the
+    close handshake has started. Depends on trio-websocket 0.12's private `_stream`,
+    `_stream_lock` and `_wsproto` (pinned < 0.13; tests/test_fast_path.py guards them).
+
+    Raises:
+        ConnectionClosed: the connection is closed or closing, or the transport broke.
+    """
+    async with ws._stream_lock:
+        if ws._wsproto.state is not ConnectionState.OPEN:
+            raise ConnectionClosed(ws.closed)
+        try:
+            await ws._stream.send_all(frames)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws.closed) from None
 
 
 async def linger_close(stream: trio.abc.Stream, grace: float) -> None:
