@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint conformance venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# RFC 6455 conformance (Autobahn TestSuite) of the real reader/writer path, via /api/echo.
+conformance: $(STAMP)
+	bash scripts/conformance.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -77,6 +77,11 @@ def test_api_key_flag_repeats() -> None:
     assert settings.config.port == 0
 
 
+def test_enable_echo_is_a_switch_without_a_value() -> None:
+    assert parse().config.enable_echo is False
+    assert parse("--enable-echo").config.enable_echo is True
+
+
 def test_abbreviated_flags_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse("--max", "5")

@@ -312,3 +312,23 @@ def test_toml_syntax_error_names_file_and_position() -> None:
     # The parser's own wording varies between Python versions; the position does not.
     assert message.startswith("config: gw.toml is not valid TOML: ")
     assert message.endswith("(at line 2, column 6)")
+
+
+def test_enable_echo_switch_from_each_source() -> None:
+    assert load().config.enable_echo is False
+    assert load({"enable_echo": "true"}).config.enable_echo is True
+    for text, expected in [("1", True), ("Yes", True), ("off", False), ("false", False)]:
+        assert load(env={"TRIO_GATEWAY_ENABLE_ECHO": text}).config.enable_echo is expected
+    assert load(toml="enable_echo = true").config.enable_echo is True
+    # The flag (a switch: presence means true) beats an environment that says false.
+    assert load({"enable_echo": "true"}, {"TRIO_GATEWAY_ENABLE_ECHO": "0"}).config.enable_echo
+
+
+def test_enable_echo_rejects_non_booleans() -> None:
+    assert error(env={"TRIO_GATEWAY_ENABLE_ECHO": "maybe"}) == (
+        "enable_echo: must be one of 1, true, yes, on, 0, false, no, off, got 'maybe'"
+        " (from TRIO_GATEWAY_ENABLE_ECHO)"
+    )
+    assert error(toml='enable_echo = "yes"') == (
+        "enable_echo: must be true or false, got 'yes' (from gw.toml)"
+    )

@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"TOML file of settings (env {CONFIG_FILE_ENV})",
     )
     for setting in SETTINGS:
+        if setting.switch:
+            serve_parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_const",
+                const="true",
+                help=_flag_help(setting),
+            )
+            continue
         serve_parser.add_argument(
             setting.flag,
             dest=setting.name,

@@ -66,6 +66,10 @@ class Config:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     # Seconds a graceful shutdown may spend flushing queues before cancelling everything.
     drain_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Serve /api/echo, which sends every client message straight back through the same
+    # reader and writer as real clients: for RFC 6455 conformance runs (Autobahn), not
+    # production, so it is off unless asked for.
+    enable_echo: bool = False
 
     @property
     def stale_after(self) -> float:

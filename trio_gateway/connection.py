@@ -41,7 +41,7 @@ from .protocol.errors import (
     ProtocolError,
     message_too_big,
 )
-from .protocol.frames import text_frame
+from .protocol.frames import binary_frame, text_frame
 from .protocol.messages import (
     ClientMessage,
     Error,
@@ -124,17 +124,21 @@ def _utf8_size_exceeds(text: str, limit: int) -> bool:
     return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
 
 
-async def _read_loop(ws: WebSocketConnection, client: Client, context: GatewayContext) -> None:
+async def _read_loop(
+    ws: WebSocketConnection, client: Client, context: GatewayContext, echo: bool
+) -> None:
     limit = context.config.max_message_size
     try:
         while True:
             frame = await ws.get_message()
             if isinstance(frame, bytes):
-                client.send(BINARY_ERROR)
+                client.send(binary_frame(frame) if echo else BINARY_ERROR)
             elif _utf8_size_exceeds(frame, limit):
                 # trio-websocket counts a text message in characters; the limit is in bytes.
                 client.close(message_too_big(limit))
                 return
+            elif echo:
+                client.send(text_frame(frame))
             else:
                 dispatch(client, context.hub, context.config, decode(frame))
     except ConnectionClosed:
@@ -197,11 +201,13 @@ async def _run_session(
     client: Client,
     outbox: trio.MemoryReceiveChannel[bytes],
     context: GatewayContext,
+    *,
+    echo: bool,
 ) -> None:
     writer = _Writer()
     try:
         async with trio.open_nursery() as session_nursery:
-            session_nursery.start_soon(_read_loop, ws, client, context)
+            session_nursery.start_soon(_read_loop, ws, client, context, echo)
             session_nursery.start_soon(writer.run, ws, client, outbox)
             await client.closing.wait()
             client.outbox.close()
@@ -231,9 +237,13 @@ async def _run_session(
 
 
 async def serve_websocket(
-    stream: PrefixedStream, request: h11.Request, context: GatewayContext
+    stream: PrefixedStream, request: h11.Request, context: GatewayContext, *, echo: bool = False
 ) -> None:
     """Run one WebSocket client on `stream`, whose head `request` was already parsed.
+
+    With `echo`, the client is a diagnostics peer: every message it sends comes straight back
+    through the same reader, queue and writer, and it gets no `ready`, no pings and no place
+    in the hub (so it never counts as a client or receives broadcasts).
 
     Resource handling:
         Always closes `stream` before returning, lingering briefly so the peer reads our
@@ -252,10 +262,10 @@ async def serve_websocket(
                 with trio.move_on_after(config.close_timeout):
                     await ws.aclose(UNAUTHORIZED.code, UNAUTHORIZED.reason)
                 return
-            client, outbox_receive = _register(context)
+            client, outbox_receive = _register(context, echo=echo)
             if context.shutting_down.is_set():
                 client.close(SHUTTING_DOWN)
-            await _run_session(ws, client, outbox_receive, context)
+            await _run_session(ws, client, outbox_receive, context, echo=echo)
     except* trio.TooSlowError:
         log.info("websocket handshake timed out", extra=fields(remote=_remote(stream)))
     except* Exception:
@@ -276,14 +286,17 @@ async def serve_websocket(
         await linger_close(stream, config.close_timeout)
 
 
-def _register(context: GatewayContext) -> tuple[Client, trio.MemoryReceiveChannel[bytes]]:
+def _register(
+    context: GatewayContext, *, echo: bool
+) -> tuple[Client, trio.MemoryReceiveChannel[bytes]]:
     config = context.config
     outbox_send, outbox_receive = trio.open_memory_channel[bytes](config.queue_depth)
     now = trio.current_time()
     client = Client(id=context.new_id(), outbox=outbox_send, connected_at=now, last_pong=now)
-    client.send(text_frame(encode(Ready(client.id, round(config.ping_interval * 1000)))))
-    context.hub.add(client)
-    log.info("client connected", extra=fields(client_id=client.id))
+    if not echo:
+        client.send(text_frame(encode(Ready(client.id, round(config.ping_interval * 1000)))))
+        context.hub.add(client)
+    log.info("client connected", extra=fields(client_id=client.id, echo=echo))
     return client, outbox_receive
 
 

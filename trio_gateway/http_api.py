@@ -38,6 +38,7 @@ from .connection import GatewayContext, serve_websocket
 from .jsonlog import fields
 from .protocol.codec import dumps, loads
 from .websocket import (
+    ECHO_PATH,
     RECEIVE_SIZE,
     WS_PATH,
     PrefixedStream,
@@ -413,7 +414,8 @@ async def _upgrade(
 ) -> bool:
     """Hand an upgrade request to the WebSocket side; False if it was answered with an error."""
     path = urlsplit(head.target.decode("latin-1")).path
-    if path != WS_PATH:
+    echo = path == ECHO_PATH and app.context.config.enable_echo
+    if path != WS_PATH and not echo:
         status, message = 404, "Not found"
     elif app.context.shutting_down.is_set():
         status, message = 503, "Server shutting down"
@@ -422,7 +424,7 @@ async def _upgrade(
     else:
         trailing, _closed = conn.trailing_data
         await serve_websocket(
-            PrefixedStream(stream, replay_head(head, trailing)), head, app.context
+            PrefixedStream(stream, replay_head(head, trailing)), head, app.context, echo=echo
         )
         return True
     log.info("websocket upgrade refused", extra=fields(path=path, status=status))

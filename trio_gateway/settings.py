@@ -114,6 +114,25 @@ def _toml_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+_TRUE_TEXTS = ("1", "true", "yes", "on")
+_FALSE_TEXTS = ("0", "false", "no", "off")
+
+
+def _bool_from_text(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE_TEXTS:
+        return True
+    if word in _FALSE_TEXTS:
+        return False
+    raise _Invalid(f"must be one of {', '.join(_TRUE_TEXTS + _FALSE_TEXTS)}, got {text!r}")
+
+
+def _bool_from_toml(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {value!r}")
+    return value
+
+
 def _level_from_text(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -136,6 +155,8 @@ class Setting:
     from_toml: Callable[[object], Any]
     #: Parses the list a repeatable flag collects; None for a flag given once.
     from_flags: Callable[[Sequence[str]], Any] | None = None
+    #: A flag that takes no value (`--enable-echo`); its presence means "true".
+    switch: bool = False
     flag: str = attrs.field(
         default=attrs.Factory(lambda self: "--" + self.name.replace("_", "-"), takes_self=True)
     )
@@ -155,6 +176,10 @@ def _integer(name: str, help: str) -> Setting:
 
 def _seconds(name: str, help: str) -> Setting:
     return Setting(name, help, "SECONDS", _float_from_text, _float_from_toml)
+
+
+def _switch(name: str, help: str) -> Setting:
+    return Setting(name, help, "", _bool_from_text, _bool_from_toml, switch=True)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -179,6 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
     _integer("max_body_size", "largest HTTP request body in bytes; bigger ones get 413"),
     _seconds("close_timeout", "seconds a close handshake may take"),
     _seconds("drain_timeout", "seconds a graceful shutdown may take before cancelling"),
+    _switch("enable_echo", "serve the diagnostics echo endpoint /api/echo (conformance tests)"),
     Setting(
         "log_level",
         "least severe log level written: " + ", ".join(LOG_LEVELS),

@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 WS_PATH = "/api/ws"
+# Diagnostics echo endpoint, served only with `enable_echo`.
+ECHO_PATH = "/api/echo"
 # Bytes read from the socket per receive call.
 RECEIVE_SIZE = 64 * 1024
 # Client messages trio-websocket buffers before it stops reading the socket (backpressure).
