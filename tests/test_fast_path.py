@@ -8,7 +8,6 @@ import json
 import trio
 import trio.lowlevel
 import trio.testing
-import trio_websocket
 
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.broadcaster import event_publication
@@ -38,15 +37,6 @@ class RecordingListener(MemoryListener):
 
         send_stream.send_all = recording_send_all  # type: ignore[method-assign]
         return stream
-
-
-def test_trio_websocket_still_has_what_the_seam_uses() -> None:
-    # websocket.send_frames relies on these private names of trio-websocket 0.12.
-    connection = trio_websocket.WebSocketConnection.__init__
-    source = connection.__code__.co_names
-    for name in ("_stream", "_stream_lock", "_wsproto"):
-        assert name in source, name
-    assert callable(trio_websocket.WebSocketConnection._abort_web_socket)
 
 
 async def test_a_burst_goes_out_in_few_writes(

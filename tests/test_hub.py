@@ -174,13 +174,12 @@ def test_full_outbox_closes_slow_consumer_without_affecting_others() -> None:
     assert hub.publish(b"1", ("all",)) == 2
     assert hub.publish(b"2", ("all",)) == 2
     assert slow.close_reason is None
-    assert not slow.closing.is_set()
 
     assert hub.publish(b"3", ("all",)) == 1  # the slow client's outbox is full
     assert slow.close_reason == SLOW_CONSUMER
     assert slow.close_reason.code == 4008
     assert slow.close_reason.reason == "Slow consumer"
-    assert slow.closing.is_set()
+    assert slow.reader_scope.cancel_called
     assert slow.flush_before_close is False
 
     # Skipped from then on, even once its outbox has room again.
@@ -206,7 +205,7 @@ def test_first_close_reason_wins() -> None:
     client.close(SHUTTING_DOWN, flush=True)
     assert client.close_reason == PONG_TIMEOUT
     assert client.flush_before_close is False
-    assert client.closing.is_set()
+    assert client.reader_scope.cancel_called
 
 
 def test_close_with_flush_records_it() -> None:

@@ -22,10 +22,10 @@ Must not raise: failures are logged and closed with 1011; only cancellation prop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import attrs
-import h11
 import trio
 
 from .config import Config
@@ -37,9 +37,7 @@ from .protocol.errors import (
     INTERNAL_ERROR,
     SHUTTING_DOWN,
     UNAUTHORIZED,
-    CloseReason,
     ProtocolError,
-    message_too_big,
 )
 from .protocol.frames import binary_frame, text_frame
 from .protocol.messages import (
@@ -54,17 +52,7 @@ from .protocol.messages import (
     Unsubscribed,
 )
 from .protocol.routing import ALL, subscription_key, unsubscription_key
-from .websocket import (
-    ConnectionClosed,
-    PrefixedStream,
-    WebSocketConnection,
-    extract_token,
-    frame_reader_nursery,
-    linger_close,
-    open_websocket,
-    send_frames,
-    token_matches,
-)
+from .websocket import ConnectionClosed, WebSocket, linger_close, token_matches
 
 log = logging.getLogger("trio_gateway.connection")
 
@@ -119,69 +107,48 @@ def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | 
         client.send(text_frame(encode(Error(exc.message[: ECHO_LIMIT * 2]))))
 
 
-def _utf8_size_exceeds(text: str, limit: int) -> bool:
-    # UTF-8 needs at most 4 bytes a character, so short texts skip the encode.
-    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
-
-
-async def _read_loop(
-    ws: WebSocketConnection, client: Client, context: GatewayContext, echo: bool
-) -> None:
-    limit = context.config.max_message_size
+async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
     try:
         while True:
-            frame = await ws.get_message()
+            frame = await ws.receive()
             if isinstance(frame, bytes):
                 client.send(binary_frame(frame) if echo else BINARY_ERROR)
-            elif _utf8_size_exceeds(frame, limit):
-                # trio-websocket counts a text message in characters; the limit is in bytes.
-                client.close(message_too_big(limit))
-                return
             elif echo:
                 client.send(text_frame(frame))
             else:
                 dispatch(client, context.hub, context.config, decode(frame))
-    except ConnectionClosed:
-        client.close(_closed_reason(ws))
-
-
-def _closed_reason(ws: WebSocketConnection) -> CloseReason:
-    """Why an already-closed WebSocket closed: the peer's code, 1009 from the frame reader,
-    or 1006 when the transport just went away."""
-    closed = ws.closed
-    if closed is None:
-        return CloseReason(1006, "connection lost")
-    return CloseReason(closed.code, closed.reason or "")
+    except ConnectionClosed as exc:
+        client.close(exc.closed)
 
 
 @attrs.define
 class _Writer:
-    """The only task writing to the socket: drains the outbox, several frames per write."""
+    """The only task writing data frames: drains the outbox, several frames per write."""
 
-    done: trio.Event = attrs.field(factory=trio.Event)
+    # The session sets a deadline on it once reading has stopped: the grace for draining.
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     mid_frame: bool = False
 
     async def run(
-        self, ws: WebSocketConnection, client: Client, outbox: trio.MemoryReceiveChannel[bytes]
+        self, ws: WebSocket, client: Client, outbox: trio.MemoryReceiveChannel[bytes]
     ) -> None:
-        try:
-            async with outbox:
-                while True:
-                    try:
-                        batch = [await outbox.receive()]
-                    except trio.EndOfChannel:
-                        return
-                    _gather(outbox, batch)
-                    if client.close_reason is not None and not client.flush_before_close:
-                        return
-                    self.mid_frame = True
-                    await send_frames(ws, b"".join(batch))
-                    self.mid_frame = False
-        except ConnectionClosed:
-            self.mid_frame = False
-            client.close(_closed_reason(ws))
-        finally:
-            self.done.set()
+        with self.scope:
+            try:
+                async with outbox:
+                    while True:
+                        try:
+                            batch = [await outbox.receive()]
+                        except trio.EndOfChannel:
+                            return
+                        _gather(outbox, batch)
+                        if client.close_reason is not None and not client.flush_before_close:
+                            return
+                        self.mid_frame = True
+                        await ws.send_frames(b"".join(batch))
+                        self.mid_frame = False
+            except ConnectionClosed as exc:
+                self.mid_frame = False
+                client.close(exc.closed)
 
 
 def _gather(outbox: trio.MemoryReceiveChannel[bytes], batch: list[bytes]) -> None:
@@ -197,53 +164,62 @@ def _gather(outbox: trio.MemoryReceiveChannel[bytes], batch: list[bytes]) -> Non
 
 
 async def _run_session(
-    ws: WebSocketConnection,
+    ws: WebSocket,
     client: Client,
     outbox: trio.MemoryReceiveChannel[bytes],
     context: GatewayContext,
     *,
     echo: bool,
 ) -> None:
+    config = context.config
     writer = _Writer()
     try:
         async with trio.open_nursery() as session_nursery:
-            session_nursery.start_soon(_read_loop, ws, client, context, echo)
             session_nursery.start_soon(writer.run, ws, client, outbox)
-            await client.closing.wait()
-            client.outbox.close()
-            grace = (
-                context.config.drain_timeout
-                if client.flush_before_close
-                else context.config.close_timeout
-            )
-            with trio.move_on_after(grace):
-                await writer.done.wait()
-            session_nursery.cancel_scope.cancel()
+            with client.reader_scope:
+                await _read_loop(ws, client, context, echo)
+            # Reading stopped because a close was requested or the peer left: the writer gets
+            # a bounded time to finish (a queue to drain for a graceful shutdown).
+            grace = config.drain_timeout if client.flush_before_close else config.close_timeout
+            writer.scope.deadline = trio.current_time() + grace
     except Exception:
         client.close(INTERNAL_ERROR)
         raise
     finally:
         context.hub.remove(client)
-        reason = client.close_reason
-        if reason is None:
+        if client.close_reason is None:
             # Cancelled from outside without a close request: the server is stopping.
-            reason = SHUTTING_DOWN
-            client.close(reason)
+            client.close(SHUTTING_DOWN)
+        reason = client.close_reason
+        assert reason is not None
         # No close frame when the WebSocket is already closed, or when the writer was cut off
         # mid-frame (the stream is corrupt; the socket is just dropped).
         if ws.closed is None and not writer.mid_frame:
-            with trio.CancelScope(shield=True), trio.move_on_after(context.config.close_timeout):
-                await ws.aclose(reason.code, reason.reason)
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(config.close_timeout),
+                contextlib.suppress(ConnectionClosed),
+            ):
+                await ws.send_close(reason.code, reason.reason)
 
 
 async def serve_websocket(
-    stream: PrefixedStream, request: h11.Request, context: GatewayContext, *, echo: bool = False
+    stream: trio.abc.Stream,
+    token: str | None,
+    trailing: bytes,
+    context: GatewayContext,
+    *,
+    echo: bool = False,
 ) -> None:
-    """Run one WebSocket client on `stream`, whose head `request` was already parsed.
+    """Run one WebSocket client on `stream`, after http_api.py has answered 101.
 
-    With `echo`, the client is a diagnostics peer: every message it sends comes straight back
-    through the same reader, queue and writer, and it gets no `ready`, no pings and no place
-    in the hub (so it never counts as a client or receives broadcasts).
+    Args:
+        stream: the connection, positioned after the upgrade request.
+        token: the credential the upgrade request carried, if any.
+        trailing: bytes already read after the request head (the first frames, if any).
+        echo: a diagnostics peer: every message it sends comes straight back through the
+            same reader, queue and writer, and it gets no `ready`, no pings and no place in
+            the hub (so it never counts as a client or receives broadcasts).
 
     Resource handling:
         Always closes `stream` before returning, lingering briefly so the peer reads our
@@ -252,26 +228,20 @@ async def serve_websocket(
         Never raises except `Cancelled`: a failure is logged and closed with 1011.
     """
     config = context.config
+    ws = WebSocket(stream, trailing, config.max_message_size)
     client: Client | None = None
     try:
-        async with frame_reader_nursery() as frame_nursery:
-            with trio.fail_after(config.request_timeout):
-                ws = await open_websocket(frame_nursery, stream, config.max_message_size)
-            if not token_matches(extract_token(request), config.api_keys):
-                log.info("unauthorized websocket", extra=fields(remote=_remote(stream)))
-                with trio.move_on_after(config.close_timeout):
-                    await ws.aclose(UNAUTHORIZED.code, UNAUTHORIZED.reason)
-                return
-            client, outbox_receive = _register(context, echo=echo)
-            if context.shutting_down.is_set():
-                client.close(SHUTTING_DOWN)
-            await _run_session(ws, client, outbox_receive, context, echo=echo)
-    except* trio.TooSlowError:
-        log.info("websocket handshake timed out", extra=fields(remote=_remote(stream)))
-    except* Exception:
+        if not token_matches(token, config.api_keys):
+            log.info("unauthorized websocket", extra=fields(remote=_remote(stream)))
+            with trio.move_on_after(config.close_timeout), contextlib.suppress(ConnectionClosed):
+                await ws.send_close(UNAUTHORIZED.code, UNAUTHORIZED.reason)
+            return
+        client, outbox_receive = _register(context, echo=echo)
+        if context.shutting_down.is_set():
+            client.close(SHUTTING_DOWN)
+        await _run_session(ws, client, outbox_receive, context, echo=echo)
+    except Exception:
         log.exception("websocket connection failed", extra=fields(client_id=_id(client)))
-        if client is not None:
-            client.close(INTERNAL_ERROR)
     finally:
         if client is not None:
             context.hub.remove(client)
@@ -304,8 +274,8 @@ def _id(client: Client | None) -> str | None:
     return client.id if client is not None else None
 
 
-def _remote(stream: PrefixedStream) -> str | None:
-    socket = getattr(stream.stream, "socket", None)
+def _remote(stream: trio.abc.Stream) -> str | None:
+    socket = getattr(stream, "socket", None)
     if socket is None:
         return None
     try:

@@ -41,11 +41,11 @@ from .websocket import (
     ECHO_PATH,
     RECEIVE_SIZE,
     WS_PATH,
-    PrefixedStream,
+    accept_headers,
+    extract_token,
     handshake_problem,
     is_upgrade,
     linger_close,
-    replay_head,
     token_matches,
 )
 
@@ -364,17 +364,36 @@ async def _next_request(
     return None
 
 
+@attrs.frozen
+class _Handoff:
+    """What the WebSocket side needs once the upgrade is accepted (and nothing of HTTP)."""
+
+    token: str | None
+    trailing: bytes
+    echo: bool
+
+
 async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     """Serve one accepted stream: HTTP requests until close, or one WebSocket client.
 
     Resource handling:
-        Closes `stream` before returning (the WebSocket path closes it itself), lingering
+        Closes `stream` before returning (the WebSocket side closes it itself), lingering
         so that a client still sending gets our error response rather than a reset.
     Error handling:
         Never raises except `Cancelled`; malformed HTTP gets 400/431, failures are logged.
     """
+    handoff = await _serve_http(app, stream)
+    if handoff is not None:
+        # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
+        await serve_websocket(
+            stream, handoff.token, handoff.trailing, app.context, echo=handoff.echo
+        )
+
+
+async def _serve_http(app: HttpApp, stream: trio.abc.Stream) -> _Handoff | None:
+    """Answer HTTP requests until the connection ends; a `_Handoff` once an upgrade is
+    accepted (then the stream is the WebSocket side's to close)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
-    handed_off = False
     try:
         while not app.context.shutting_down.is_set():
             try:
@@ -391,9 +410,9 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
             if head is None:
                 break
             if is_upgrade(head):
-                handed_off = await _upgrade(app, conn, stream, head)
-                if handed_off:
-                    return
+                handoff = await _upgrade(app, conn, stream, head)
+                if handoff is not None:
+                    return handoff
                 break
             if not await _answer(app, conn, stream, head):
                 break
@@ -404,15 +423,14 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
         pass
     except Exception:
         log.exception("http connection failed")
-    finally:
-        if not handed_off:
-            await linger_close(stream, app.context.config.close_timeout)
+    await linger_close(stream, app.context.config.close_timeout)
+    return None
 
 
 async def _upgrade(
     app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream, head: h11.Request
-) -> bool:
-    """Hand an upgrade request to the WebSocket side; False if it was answered with an error."""
+) -> _Handoff | None:
+    """Answer 101 and describe the handoff, or answer an error and return None."""
     path = urlsplit(head.target.decode("latin-1")).path
     echo = path == ECHO_PATH and app.context.config.enable_echo
     if path != WS_PATH and not echo:
@@ -422,11 +440,16 @@ async def _upgrade(
     elif (problem := handshake_problem(head)) is not None:
         status, message = 400, problem
     else:
+        # h11 lets the protocol switch only once the (empty) request body is consumed.
+        while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
+            pass
+        response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
+        try:
+            await stream.send_all(conn.send(response))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _PeerGone from None
         trailing, _closed = conn.trailing_data
-        await serve_websocket(
-            PrefixedStream(stream, replay_head(head, trailing)), head, app.context, echo=echo
-        )
-        return True
+        return _Handoff(extract_token(head), bytes(trailing), echo)
     log.info("websocket upgrade refused", extra=fields(path=path, status=status))
     await _send_response(conn, stream, status, {"error": message}, [], True)
-    return False
+    return None

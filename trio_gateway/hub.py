@@ -31,10 +31,11 @@ class Client:
     connected_at: float
     last_pong: float
     subscriptions: set[str] = attrs.field(factory=set)
-    # Set once, by the first close request; connection.py waits on `closing`.
+    # Set once, by the first close request.
     close_reason: CloseReason | None = None
     flush_before_close: bool = False
-    closing: trio.Event = attrs.field(factory=trio.Event)
+    # The connection reads inside this scope; a close request cancels it.
+    reader_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""
@@ -50,15 +51,17 @@ class Client:
         return True
 
     def close(self, reason: CloseReason, *, flush: bool = False) -> None:
-        """Ask the connection task to close; the first reason wins.
+        """Ask the connection to close; the first reason wins. Never blocks.
 
-        With `flush`, frames already queued are written before the close frame.
+        Reading stops at once and nothing more is queued; the writer ends after the frames
+        already queued (with `flush`) or after the one it is writing (without).
         """
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self.flush_before_close = flush
-        self.closing.set()
+        self.outbox.close()
+        self.reader_scope.cancel()
 
 
 class Hub:

@@ -1,78 +1,64 @@
-"""The WebSocket adapter: the only server module that imports trio-websocket or wsproto.
+"""The server side of one WebSocket over a Trio stream: the only server module on wsproto.
 
-The port speaks HTTP first (http_api.py reads the request head with h11), so an upgrade
-arrives here with its head already consumed. `PrefixedStream` replays the head to
-trio-websocket, which then runs the RFC 6455 handshake and framing as usual. Owns: handshake
-checks, token extraction, and tearing a socket down politely. Must not know about hubs or
-subscriptions.
+Theory of operation
+-------------------
+http_api.py reads the upgrade request with h11 and answers `101 Switching Protocols`
+(`accept_headers`), then hands over the stream and any bytes already read after the head.
+From there `WebSocket` drives wsproto's frame layer (`wsproto.connection.Connection`):
+
+- `receive()` is called by one task, the connection's reader. It reads the socket, lets
+  wsproto parse and validate frames (masking, opcodes, UTF-8, fragmentation), answers pings
+  with pongs, enforces the message size limit (close 1009), answers a peer's close frame, and
+  fails the connection with the close code wsproto chose on a protocol error (1002/1007).
+- `send_frames()` writes data frames built once by protocol/frames.py: a broadcast frame is
+  the same bytes for every recipient (no extension is ever negotiated), so nothing is framed
+  per connection. Frames leave in whole writes under one FIFO lock shared with pongs and the
+  close frame, so control frames never tear a data frame and nothing follows a close.
+- `send_close()` sends our close frame without waiting for the answer. The peer's answer,
+  and its TCP close, are awaited by `linger_close`, which half-closes and drains the socket:
+  closing with unread input would send a TCP reset that can destroy the close frame in
+  flight (a 1009 after an oversize message is the usual case).
+
+One reader task and one writer task per connection, no channel inside: this module owns the
+per-connection cost of the WebSocket layer, which is what an idle connection costs.
+
+Must not know about hubs, subscriptions or message types; must not log tokens.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
-import trio_websocket
-from trio_websocket import ConnectionClosed, WebSocketConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason as WsCloseCode
+from wsproto.utilities import generate_accept_token
 
-__all__ = [
-    "ConnectionClosed",
-    "PrefixedStream",
-    "WebSocketConnection",
-    "extract_token",
-    "frame_reader_nursery",
-    "handshake_problem",
-    "is_upgrade",
-    "linger_close",
-    "open_websocket",
-    "replay_head",
-    "send_frames",
-    "token_matches",
-]
+from .protocol.errors import CloseReason, message_too_big
 
 WS_PATH = "/api/ws"
 # Diagnostics echo endpoint, served only with `enable_echo`.
 ECHO_PATH = "/api/echo"
 # Bytes read from the socket per receive call.
 RECEIVE_SIZE = 64 * 1024
-# Client messages trio-websocket buffers before it stops reading the socket (backpressure).
-INBOUND_QUEUE = 16
+# How a connection ended when the transport went away without a close frame (RFC 6455 1006).
+CONNECTION_LOST = CloseReason(WsCloseCode.ABNORMAL_CLOSURE, "connection lost")
 
 
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A stream that first yields `prefix`, then whatever `stream` yields."""
+class ConnectionClosed(Exception):
+    """The WebSocket is closed (or closing); `closed` says how."""
 
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.stream = stream
-        self._prefix = prefix
+    def __init__(self, closed: CloseReason) -> None:
+        super().__init__(f"{closed.code} {closed.reason}".strip())
+        self.closed = closed
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
-            return chunk
-        return await self.stream.receive_some(max_bytes)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self.stream, trio.abc.HalfCloseableStream):
-            await self.stream.send_eof()
-        else:
-            await trio.lowlevel.checkpoint()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
+# --- the opening handshake (pure functions over the parsed h11 request) ----------------------
 
 
 def _header(request: h11.Request, name: bytes) -> bytes | None:
@@ -108,6 +94,16 @@ def handshake_problem(request: h11.Request) -> str | None:
     return None
 
 
+def accept_headers(request: h11.Request) -> list[tuple[bytes, bytes]]:
+    """Headers of the 101 answer to a valid handshake (no subprotocol, no extension)."""
+    key = _header(request, b"sec-websocket-key") or b""
+    return [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", generate_accept_token(key)),
+    ]
+
+
 def extract_token(request: h11.Request) -> str | None:
     """The credential from `?token=` or, failing that, `Authorization: Bearer <token>`."""
     query = urlsplit(request.target.decode("latin-1")).query
@@ -133,79 +129,133 @@ def token_matches(token: str | None, keys: Sequence[str]) -> bool:
     return matched
 
 
-def replay_head(request: h11.Request, trailing: bytes) -> bytes:
-    """Re-serialise a parsed request head (original header casing) plus any bytes after it."""
-    lines = [b"%s %s HTTP/1.1" % (request.method, request.target)]
-    lines.extend(b"%s: %s" % (name, value) for name, value in request.headers.raw_items())
-    return b"\r\n".join(lines) + b"\r\n\r\n" + trailing
+# --- the open connection -------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def frame_reader_nursery() -> AsyncIterator[trio.Nursery]:
-    """A nursery for trio-websocket's frame reader that survives the caller's cancellation.
+def _utf8_size_exceeds(text: str, limit: int) -> bool:
+    # UTF-8 needs at most 4 bytes a character, so short texts skip the encode.
+    return len(text) * 4 > limit and len(text.encode("utf-8")) > limit
 
-    A close handshake needs the reader: `aclose()` waits for the peer's close frame, which
-    only the reader can see. If the reader died with its caller, every close after an outside
-    cancel (server stop, drain deadline) would wait out its whole timeout. So the reader runs
-    shielded, and is cancelled only when this block exits, after the caller's own (shielded,
-    time-bounded) close has finished.
-    """
-    async with trio.open_nursery() as holder:
-        scope, nursery = await holder.start(_hold_shielded_nursery)
+
+class WebSocket:
+    """One accepted server-side WebSocket on `stream`. See the module docstring."""
+
+    def __init__(self, stream: trio.abc.Stream, trailing: bytes, max_message_size: int) -> None:
+        self.stream = stream
+        self._limit = max_message_size
+        self._protocol = Connection(ConnectionType.SERVER)
+        self._send_lock = trio.StrictFIFOLock()
+        self._pending = trailing
+        self._parts: list[Any] = []
+        self._size = 0
+        self.closed: CloseReason | None = None
+
+    async def receive(self) -> str | bytes:
+        """The next whole message from the peer.
+
+        Raises:
+            ConnectionClosed: the peer closed (its code), the transport ended (1006), a
+                protocol error (1002/1007, our close frame sent) or an oversize message
+                (1009, our close frame sent).
+        """
+        while True:
+            for event in self._protocol.events():
+                if isinstance(event, TextMessage | BytesMessage):
+                    message = self._collect(event)
+                    if message is not None:
+                        return message
+                    if self.closed is not None:
+                        await self.send_close(self.closed.code, self.closed.reason)
+                        raise ConnectionClosed(self.closed)
+                elif isinstance(event, Ping):
+                    await self._send_control(event.response())
+                elif isinstance(event, CloseConnection):
+                    await self._closed_by_peer(event)
+            if self.closed is not None:
+                raise ConnectionClosed(self.closed)
+            data = self._pending or await self._receive_some()
+            self._pending = b""
+            self._protocol.receive_data(data)
+
+    def _collect(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        # Whole messages come back; fragments are kept until the last one. Characters count
+        # as bytes while collecting (a text is never shorter in bytes than in characters),
+        # and the exact UTF-8 size is checked once the message is whole.
+        self._parts.append(event.data)
+        self._size += len(event.data)
+        if self._size > self._limit:
+            self.closed = message_too_big(self._limit)
+            self._parts, self._size = [], 0
+            return None
+        if not event.message_finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if isinstance(event, TextMessage):
+            text = "".join(parts)
+            if _utf8_size_exceeds(text, self._limit):
+                self.closed = message_too_big(self._limit)
+                return None
+            return text
+        return b"".join(parts)
+
+    async def _closed_by_peer(self, event: CloseConnection) -> None:
+        # Also how wsproto reports a protocol error: a CloseConnection with 1002/1007 while
+        # the connection is still open, which we then send ourselves.
+        if self.closed is None:
+            self.closed = CloseReason(event.code, event.reason or "")
+        if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            await self._send_control(event.response())
+
+    async def _receive_some(self) -> bytes:
         try:
-            yield nursery
-        finally:
-            scope.cancel()
-
-
-async def _hold_shielded_nursery(
-    task_status: trio.TaskStatus[tuple[trio.CancelScope, trio.Nursery]],
-) -> None:
-    with trio.CancelScope(shield=True) as scope:
-        async with trio.open_nursery() as nursery:
-            task_status.started((scope, nursery))
-            await trio.sleep_forever()
-
-
-async def open_websocket(
-    nursery: trio.Nursery, stream: PrefixedStream, max_message_size: int
-) -> WebSocketConnection:
-    """Complete the opening handshake on `stream`; the frame reader runs in `nursery`."""
-    request = await trio_websocket.wrap_server_stream(
-        nursery, stream, message_queue_size=INBOUND_QUEUE, max_message_size=max_message_size
-    )
-    return await request.accept()
-
-
-async def send_frames(ws: WebSocketConnection, frames: bytes) -> None:
-    """Write pre-built data frames (protocol/frames.py) on an open WebSocket.
-
-    This is the fan-out's fast path, the one seam where we go under trio-websocket's API:
-    `send_message` frames every message per connection, while a broadcast frame is the same
-    bytes for everyone. Ordering with the library's own frames (pongs, close) is kept by
-    taking the same FIFO stream lock its `_send` takes, and nothing is written once the
-    close handshake has started. Depends on trio-websocket 0.12's private `_stream`,
-    `_stream_lock` and `_wsproto` (pinned < 0.13; tests/test_fast_path.py guards them).
-
-    Raises:
-        ConnectionClosed: the connection is closed or closing, or the transport broke.
-    """
-    async with ws._stream_lock:
-        if ws._wsproto.state is not ConnectionState.OPEN:
-            raise ConnectionClosed(ws.closed)
-        try:
-            await ws._stream.send_all(frames)
+            data = await self.stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise ConnectionClosed(ws.closed) from None
+            data = b""
+        if not data:
+            self.closed = self.closed or CONNECTION_LOST
+            raise ConnectionClosed(self.closed)
+        return bytes(data)
+
+    async def send_frames(self, frames: bytes) -> None:
+        """Write pre-built data frames (protocol/frames.py), in one write.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed, or the transport broke.
+        """
+        async with self._send_lock:
+            if self._protocol.state is not ConnectionState.OPEN:
+                raise ConnectionClosed(self.closed or CONNECTION_LOST)
+            await self._write(frames)
+
+    async def send_close(self, code: int, reason: str) -> None:
+        """Send our close frame unless one was sent already; does not wait for the answer."""
+        if self.closed is None:
+            self.closed = CloseReason(code, reason)
+        await self._send_control(CloseConnection(code=code, reason=reason))
+
+    async def _send_control(self, event: CloseConnection | Pong) -> None:
+        # wsproto allows a pong only while open, and a close while open or answering the
+        # peer's close; anything else is a frame that must not go out any more.
+        allowed: tuple[ConnectionState, ...] = (ConnectionState.OPEN,)
+        if isinstance(event, CloseConnection):
+            allowed = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
+        async with self._send_lock:
+            if self._protocol.state in allowed:
+                await self._write(self._protocol.send(event))
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = self.closed or CONNECTION_LOST
+            raise ConnectionClosed(self.closed) from None
 
 
 async def linger_close(stream: trio.abc.Stream, grace: float) -> None:
-    """Close `stream` without a TCP reset eating our close frame.
+    """Close `stream` without a TCP reset eating what we wrote last.
 
-    Closing a socket with unread input sends RST, and the peer may then never see the close
-    frame we just wrote (a 1009 after an oversize message is the usual case). So: send FIN,
-    read and discard until the peer closes or `grace` seconds pass, then close.
+    Send FIN, read and discard until the peer closes or `grace` seconds pass, then close.
+    Shielded: it is cleanup, and runs even while the caller is being cancelled.
     """
     with trio.CancelScope(shield=True), trio.move_on_after(grace):
         try:
