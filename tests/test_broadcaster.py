@@ -20,6 +20,7 @@ from trio_gateway.broadcaster import (
     session_update_publication,
 )
 from trio_gateway.hub import Client, Hub
+from trio_gateway.outbox import Outbox
 
 
 def open_broadcaster(depth: int = 16) -> tuple[Broadcaster, trio.MemoryReceiveChannel[Batch]]:
@@ -36,22 +37,17 @@ def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[Batch]:
             return batches
 
 
-def subscriber(hub: Hub, client_id: str, *keys: str) -> trio.MemoryReceiveChannel[bytes]:
-    send, receive = trio.open_memory_channel[bytes](64)
-    client = Client(id=client_id, outbox=send, connected_at=0.0, last_pong=0.0)
+def subscriber(hub: Hub, client_id: str, *keys: str) -> Outbox:
+    outbox = Outbox(64)
+    client = Client(id=client_id, outbox=outbox, connected_at=0.0, last_pong=0.0)
     hub.add(client)
     for key in keys:
         hub.subscribe(client, key)
-    return receive
+    return outbox
 
 
-def frames(receive: trio.MemoryReceiveChannel[bytes]) -> list[dict[str, Any]]:
-    out = []
-    while True:
-        try:
-            out.append(json.loads(unframe(receive.receive_nowait())))
-        except trio.WouldBlock:
-            return out
+def frames(outbox: Outbox) -> list[dict[str, Any]]:
+    return [json.loads(unframe(frame)) for frame in outbox.take_nowait()]
 
 
 # --- building publications -----------------------------------------------------------------

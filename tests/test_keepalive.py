@@ -17,6 +17,7 @@ import trio.testing
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.hub import Client, Hub
 from trio_gateway.keepalive import PING_FRAME, sweep
+from trio_gateway.outbox import Outbox
 from trio_gateway.protocol.errors import PONG_TIMEOUT
 from trio_gateway.protocol.frames import text_frame
 
@@ -258,20 +259,15 @@ async def test_unsolicited_pong_is_accepted_silently(
 
 def hand_built_client(
     hub: Hub, client_id: str, last_pong: float, depth: int = 4
-) -> tuple[Client, trio.MemoryReceiveChannel[bytes]]:
-    send, receive = trio.open_memory_channel[bytes](depth)
-    client = Client(id=client_id, outbox=send, connected_at=0.0, last_pong=last_pong)
+) -> tuple[Client, Outbox]:
+    outbox = Outbox(depth)
+    client = Client(id=client_id, outbox=outbox, connected_at=0.0, last_pong=last_pong)
     hub.add(client)
-    return client, receive
+    return client, outbox
 
 
-def outbox_frames(receive: trio.MemoryReceiveChannel[bytes]) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(receive.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return out
+def outbox_frames(outbox: Outbox) -> list[bytes]:
+    return outbox.take_nowait()
 
 
 def test_sweep_pings_the_fresh_and_reaps_the_stale() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import attrs
 import trio
@@ -32,6 +33,7 @@ from .config import Config
 from .hub import Client, Hub
 from .ids import IdFactory
 from .jsonlog import fields
+from .outbox import Outbox
 from .protocol.codec import ECHO_LIMIT, decode, encode
 from .protocol.errors import (
     INTERNAL_ERROR,
@@ -123,65 +125,57 @@ async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, ech
 
 @attrs.define
 class _Writer:
-    """The only task writing data frames: drains the outbox, several frames per write."""
+    """The only task writing data frames: takes everything queued, writes it in few chunks."""
 
-    # The session sets a deadline on it once reading has stopped: the grace for draining.
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     mid_frame: bool = False
 
-    async def run(
-        self, ws: WebSocket, client: Client, outbox: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
-        with self.scope:
-            try:
-                async with outbox:
-                    while True:
-                        try:
-                            batch = [await outbox.receive()]
-                        except trio.EndOfChannel:
-                            return
-                        _gather(outbox, batch)
-                        if client.close_reason is not None and not client.flush_before_close:
-                            return
-                        self.mid_frame = True
-                        await ws.send_frames(b"".join(batch))
-                        self.mid_frame = False
-            except ConnectionClosed as exc:
-                self.mid_frame = False
-                client.close(exc.closed)
-
-
-def _gather(outbox: trio.MemoryReceiveChannel[bytes], batch: list[bytes]) -> None:
-    # Whatever is already queued goes out in the same write, up to COALESCE_LIMIT bytes.
-    size = len(batch[0])
-    while size < COALESCE_LIMIT:
+    async def run(self, ws: WebSocket, client: Client) -> None:
         try:
-            frame = outbox.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            return
+            while True:
+                try:
+                    frames = await client.outbox.take()
+                except trio.EndOfChannel:
+                    return
+                for chunk in _coalesce(frames):
+                    if client.close_reason is not None and not client.flush_before_close:
+                        return
+                    self.mid_frame = True
+                    await ws.send_frames(chunk)
+                    self.mid_frame = False
+        except ConnectionClosed as exc:
+            self.mid_frame = False
+            client.close(exc.closed)
+
+
+def _coalesce(frames: list[bytes]) -> Iterator[bytes]:
+    # Small frames are joined into writes of up to COALESCE_LIMIT bytes; a large one is
+    # written on its own rather than copied into a join.
+    batch: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if batch and size + len(frame) > COALESCE_LIMIT:
+            yield b"".join(batch)
+            batch, size = [], 0
         batch.append(frame)
         size += len(frame)
+    if batch:
+        yield batch[0] if len(batch) == 1 else b"".join(batch)
 
 
 async def _run_session(
-    ws: WebSocket,
-    client: Client,
-    outbox: trio.MemoryReceiveChannel[bytes],
-    context: GatewayContext,
-    *,
-    echo: bool,
+    ws: WebSocket, client: Client, context: GatewayContext, *, echo: bool
 ) -> None:
     config = context.config
     writer = _Writer()
     try:
         async with trio.open_nursery() as session_nursery:
-            session_nursery.start_soon(writer.run, ws, client, outbox)
+            session_nursery.start_soon(writer.run, ws, client)
             with client.reader_scope:
                 await _read_loop(ws, client, context, echo)
             # Reading stopped because a close was requested or the peer left: the writer gets
             # a bounded time to finish (a queue to drain for a graceful shutdown).
             grace = config.drain_timeout if client.flush_before_close else config.close_timeout
-            writer.scope.deadline = trio.current_time() + grace
+            session_nursery.cancel_scope.deadline = trio.current_time() + grace
     except Exception:
         client.close(INTERNAL_ERROR)
         raise
@@ -236,10 +230,10 @@ async def serve_websocket(
             with trio.move_on_after(config.close_timeout), contextlib.suppress(ConnectionClosed):
                 await ws.send_close(UNAUTHORIZED.code, UNAUTHORIZED.reason)
             return
-        client, outbox_receive = _register(context, echo=echo)
+        client = _register(context, echo=echo)
         if context.shutting_down.is_set():
             client.close(SHUTTING_DOWN)
-        await _run_session(ws, client, outbox_receive, context, echo=echo)
+        await _run_session(ws, client, context, echo=echo)
     except Exception:
         log.exception("websocket connection failed", extra=fields(client_id=_id(client)))
     finally:
@@ -256,18 +250,17 @@ async def serve_websocket(
         await linger_close(stream, config.close_timeout)
 
 
-def _register(
-    context: GatewayContext, *, echo: bool
-) -> tuple[Client, trio.MemoryReceiveChannel[bytes]]:
+def _register(context: GatewayContext, *, echo: bool) -> Client:
     config = context.config
-    outbox_send, outbox_receive = trio.open_memory_channel[bytes](config.queue_depth)
     now = trio.current_time()
-    client = Client(id=context.new_id(), outbox=outbox_send, connected_at=now, last_pong=now)
+    client = Client(
+        id=context.new_id(), outbox=Outbox(config.queue_depth), connected_at=now, last_pong=now
+    )
     if not echo:
         client.send(text_frame(encode(Ready(client.id, round(config.ping_interval * 1000)))))
         context.hub.add(client)
     log.info("client connected", extra=fields(client_id=client.id, echo=echo))
-    return client, outbox_receive
+    return client
 
 
 def _id(client: Client | None) -> str | None:

@@ -4,12 +4,11 @@ Owns: which clients exist, what each is subscribed to, and delivery into each cl
 bounded outbox. Must not: await, touch a socket, or decide how a close is carried out
 (connection.py does that when a Client asks to close).
 
-Delivery policy (see python-trio/trio#987 on why there is no "unbounded" channel here): a
-message is serialised and framed once by the publisher and the same `bytes` frame is
-`send_nowait`-ed into each matching client's outbox. `WouldBlock` means the client is not
+Delivery policy (see python-trio/trio#987 on why nothing here is unbounded): a message is
+serialised and framed once by the publisher and the same `bytes` frame is put into each
+matching client's bounded outbox without waiting. `WouldBlock` means the client is not
 keeping up: it is asked to close with 4008 and skipped from then on, so a slow consumer costs
-the others nothing.
-`BrokenResourceError`/`ClosedResourceError` mean its connection is already going away.
+the others nothing. `ClosedResourceError` means its connection is already going away.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from collections.abc import Iterable
 import attrs
 import trio
 
+from .outbox import Outbox
 from .protocol.errors import SLOW_CONSUMER, CloseReason
 
 
@@ -27,7 +27,7 @@ class Client:
     """One authenticated connection as the hub sees it."""
 
     id: str
-    outbox: trio.MemorySendChannel[bytes]
+    outbox: Outbox
     connected_at: float
     last_pong: float
     subscriptions: set[str] = attrs.field(factory=set)
@@ -42,11 +42,11 @@ class Client:
         if self.close_reason is not None:
             return False
         try:
-            self.outbox.send_nowait(frame)
+            self.outbox.put(frame)
         except trio.WouldBlock:
             self.close(SLOW_CONSUMER)
             return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.ClosedResourceError:
             return False
         return True
 

@@ -1,0 +1,82 @@
+"""A client's outgoing frame queue: bounded, never blocks a producer, one consumer.
+
+Owns the hand-off between the fan-out (which must never wait) and a connection's writer.
+Must not know what a frame means or touch a socket.
+
+Why not a trio memory channel: this sits on the per-delivery hot path and exists once per
+connection. A channel is built for many senders and receivers that may block; here the
+producer never blocks (a full queue is the slow-consumer signal, see hub.py) and the one
+consumer wants everything queued at once, to write it in as few `send_all`s as possible. A
+list, a limit and one parked task cost a fraction of a channel's memory and time.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class Outbox:
+    """Up to `limit` frames waiting for one writer task."""
+
+    __slots__ = ("_closed", "_frames", "_limit", "_waiter")
+
+    def __init__(self, limit: int) -> None:
+        self._frames: list[bytes] = []
+        self._limit = limit
+        self._closed = False
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put(self, frame: bytes) -> None:
+        """Queue `frame`; never blocks.
+
+        Raises:
+            trio.WouldBlock: `limit` frames are already waiting.
+            trio.ClosedResourceError: the outbox was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("outbox is closed")
+        if len(self._frames) >= self._limit:
+            raise trio.WouldBlock
+        self._frames.append(frame)
+        self._wake()
+
+    def close(self) -> None:
+        """Accept no more frames; the writer still gets those already queued. Idempotent."""
+        self._closed = True
+        self._wake()
+
+    def take_nowait(self) -> list[bytes]:
+        """Every queued frame, oldest first (possibly none)."""
+        frames, self._frames = self._frames, []
+        return frames
+
+    async def take(self) -> list[bytes]:
+        """Every queued frame, oldest first, waiting while there is none.
+
+        Raises:
+            trio.EndOfChannel: the outbox is closed and empty.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._frames and not self._closed:
+            if self._waiter is not None:
+                raise trio.BusyResourceError("another task is already taking from this outbox")
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if not self._frames:
+            raise trio.EndOfChannel
+        return self.take_nowait()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
