@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -290,7 +291,7 @@ async def test_run_broadcast_fans_out_in_order_and_ends_when_closed() -> None:
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_broadcast, receive, hub)
+            await nursery.start(run_broadcast, receive, hub, 8)
             broadcaster.broadcast_event({"workspace_id": "w1", "session_id": "s1", "n": 1})
             await broadcaster.publish(
                 session_update_publication("s1", "w1", "active"),
@@ -321,7 +322,7 @@ async def test_run_broadcast_drains_what_was_queued_before_close() -> None:
     broadcaster.close()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_broadcast, receive, hub)
+            await nursery.start(run_broadcast, receive, hub, 8)
     assert [frame["event"]["n"] for frame in frames(everyone)] == list(range(10))
     with pytest.raises(trio.ClosedResourceError):
         receive.receive_nowait()  # run_broadcast closed its end on the way out
@@ -333,7 +334,7 @@ async def test_run_broadcast_reports_started_before_consuming() -> None:
     broadcaster, receive = open_broadcaster()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_broadcast, receive, hub)
+            await nursery.start(run_broadcast, receive, hub, 8)
             broadcaster.broadcast_event({"workspace_id": "w", "n": 1})
             await trio.testing.wait_all_tasks_blocked()
             assert [frame["event"]["n"] for frame in frames(everyone)] == [1]
@@ -341,3 +342,30 @@ async def test_run_broadcast_reports_started_before_consuming() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert [frame["event"]["n"] for frame in frames(everyone)] == [2]
             broadcaster.close()
+
+
+async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> None:
+    # One HTTP batch may hold more events than a client's queue: it is fanned out in rounds
+    # with the writers running in between, so a client that keeps reading is not "slow".
+    hub = Hub()
+    outbox = Outbox(8)
+    client = Client(id="c", outbox=outbox, connected_at=0.0, last_pong=0.0)
+    hub.add(client)
+    hub.subscribe(client, "all")
+    send, receive = trio.open_memory_channel[Batch](4)
+    received: list[bytes] = []
+
+    async def writer() -> None:
+        with contextlib.suppress(trio.EndOfChannel):
+            while True:
+                received.extend(await outbox.take())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await nursery.start(run_broadcast, receive, hub, 2)
+        await send.send(tuple(event_publication({"workspace_id": "w", "n": n}) for n in range(50)))
+        await send.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.close_reason is None  # never taken for a slow consumer
+        outbox.close()  # lets the writer finish
+    assert [json.loads(unframe(frame))["event"]["n"] for frame in received] == list(range(50))

@@ -53,8 +53,9 @@ async def test_a_burst_goes_out_in_few_writes(
         gateway.broadcaster.publish_nowait(*(event_publication(event) for event in events))
         for n in range(100):
             assert (await receive_json(ws))["event"]["n"] == n
-        # 100 frames of ~60 bytes queued at once leave in one write, not a hundred.
-        assert len(listener.writes) - writes_before == 1
+        # 100 frames of ~60 bytes queued at once leave in one write per fan-out round
+        # (rounds of queue_depth // 4 = 64 publications), not a hundred.
+        assert len(listener.writes) - writes_before <= 2
 
 
 async def test_fan_out_and_protocol_pings_interleave_without_tearing(gateway: Gateway) -> None:

@@ -162,12 +162,31 @@ class Broadcaster:
 async def run_broadcast(
     channel: trio.MemoryReceiveChannel[Batch],
     hub: Hub,
+    round_size: int,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fan out publications in arrival order until the publish channel is closed."""
+    """Fan out publications in arrival order until the publish channel is closed.
+
+    Publications are handed to the hub in rounds of at most `round_size`: within a round each
+    client gets one write for all of it (Hub.publish_many), and between rounds the writers
+    get to run. Without that pause one large batch would be queued whole before any writer
+    ran, and a client reading at full speed would look like a slow consumer.
+    """
     async with channel:
         task_status.started()
         async for batch in channel:
-            for publication in batch:
-                hub.publish(publication.frame, publication.keys)
+            publications = list(batch)
+            # Whatever else is already queued joins this round, up to its size.
+            while len(publications) < round_size:
+                try:
+                    publications.extend(channel.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for start in range(0, len(publications), round_size):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                hub.publish_many(
+                    (publication.frame, publication.keys)
+                    for publication in publications[start : start + round_size]
+                )

@@ -123,28 +123,26 @@ async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, ech
         client.close(exc.closed)
 
 
-@attrs.define
-class _Writer:
-    """The only task writing data frames: takes everything queued, writes it in few chunks."""
-
-    mid_frame: bool = False
-
-    async def run(self, ws: WebSocket, client: Client) -> None:
-        try:
-            while True:
-                try:
-                    frames = await client.outbox.take()
-                except trio.EndOfChannel:
+async def _write_loop(ws: WebSocket, client: Client) -> None:
+    """The writer task: takes everything queued, writes it in few chunks, in order."""
+    try:
+        while True:
+            try:
+                frames = await client.outbox.take()
+            except trio.EndOfChannel:
+                return
+            for chunk in _coalesce(frames):
+                # A closing client gets no more data, except the rest of a frame already
+                # partly written (the stream would be corrupt without it).
+                if (
+                    client.close_reason is not None
+                    and not client.flush_before_close
+                    and not ws.incomplete
+                ):
                     return
-                for chunk in _coalesce(frames):
-                    if client.close_reason is not None and not client.flush_before_close:
-                        return
-                    self.mid_frame = True
-                    await ws.send_frames(chunk)
-                    self.mid_frame = False
-        except ConnectionClosed as exc:
-            self.mid_frame = False
-            client.close(exc.closed)
+                await ws.send_frames(chunk)
+    except ConnectionClosed as exc:
+        client.close(exc.closed)
 
 
 def _coalesce(frames: list[bytes]) -> Iterator[bytes]:
@@ -166,10 +164,10 @@ async def _run_session(
     ws: WebSocket, client: Client, context: GatewayContext, *, echo: bool
 ) -> None:
     config = context.config
-    writer = _Writer()
+    client.outbox.direct = ws.try_write
     try:
         async with trio.open_nursery() as session_nursery:
-            session_nursery.start_soon(writer.run, ws, client)
+            session_nursery.start_soon(_write_loop, ws, client)
             with client.reader_scope:
                 await _read_loop(ws, client, context, echo)
             # Reading stopped because a close was requested or the peer left: the writer gets
@@ -188,7 +186,7 @@ async def _run_session(
         assert reason is not None
         # No close frame when the WebSocket is already closed, or when the writer was cut off
         # mid-frame (the stream is corrupt; the socket is just dropped).
-        if ws.closed is None and not writer.mid_frame:
+        if ws.closed is None and not ws.incomplete:
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(config.close_timeout),

@@ -39,16 +39,28 @@ class Client:
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""
-        if self.close_reason is not None:
+        staged = self.stage(frame)
+        if staged is None:
             return False
+        self.outbox.flush()
+        return True
+
+    def stage(self, frame: bytes) -> bool | None:
+        """Queue one frame for a later `outbox.flush()`; None if it was not queued.
+
+        Returns True when the outbox was empty (this client needs the flush), False when the
+        frame joined frames already waiting, None when the client is closing, just closed,
+        or was just found too slow (and asked to close).
+        """
+        if self.close_reason is not None:
+            return None
         try:
-            self.outbox.put(frame)
+            return self.outbox.stage(frame)
         except trio.WouldBlock:
             self.close(SLOW_CONSUMER)
-            return False
+            return None
         except trio.ClosedResourceError:
-            return False
-        return True
+            return None
 
     def close(self, reason: CloseReason, *, flush: bool = False) -> None:
         """Ask the connection to close; the first reason wins. Never blocks.
@@ -107,14 +119,30 @@ class Hub:
 
         Returns how many clients it was queued for. Never blocks; see the module docstring.
         """
-        groups = [members for key in keys if (members := self._index.get(key))]
-        if not groups:
-            return 0
-        # A client matching several keys (all + workspace + session) gets one copy.
-        recipients = groups[0] if len(groups) == 1 else set().union(*groups)
+        return self.publish_many([(frame, keys)])
+
+    def publish_many(self, items: Iterable[tuple[bytes, Iterable[str]]]) -> int:
+        """`publish` for several frames in order, handing each client's share on once.
+
+        Every frame is queued first, then each touched outbox is flushed: one write per
+        client for the whole round, made at once when its writer is idle (outbox.py).
+        """
+        touched: list[Client] = []
         delivered = 0
-        # Iterate a snapshot: a failed send may close a client, which must not resize the set
-        # under our feet even though removal itself happens later in its connection task.
-        for client in tuple(recipients):
-            delivered += client.send(frame)
+        for frame, keys in items:
+            groups = [members for key in keys if (members := self._index.get(key))]
+            if not groups:
+                continue
+            # A client matching several keys (all + workspace + session) gets one copy.
+            recipients = groups[0] if len(groups) == 1 else set().union(*groups)
+            # Iterate a snapshot: a failed send may close a client, which must not resize the
+            # set under our feet even though removal happens later in its connection task.
+            for client in tuple(recipients):
+                staged = client.stage(frame)
+                if staged is not None:
+                    delivered += 1
+                    if staged:
+                        touched.append(client)
+        for client in touched:
+            client.outbox.flush()
         return delivered

@@ -8,9 +8,18 @@ connection. A channel is built for many senders and receivers that may block; he
 producer never blocks (a full queue is the slow-consumer signal, see hub.py) and the one
 consumer wants everything queued at once, to write it in as few `send_all`s as possible. A
 list, a limit and one parked task cost a fraction of a channel's memory and time.
+
+The fan-out goes one step further (`stage` then `flush`): it queues a whole round of
+publications first, then hands each touched outbox on once. If that outbox's writer is idle,
+`flush` writes the frames straight away through `direct` (a non-blocking write that never
+waits) instead of waking the writer: on a fan-out of one message to many clients, a task
+switch per recipient costs more than the write itself. What `direct` cannot write at once,
+and everything while the writer is busy, goes the usual way, in order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import trio
 
@@ -18,19 +27,25 @@ import trio
 class Outbox:
     """Up to `limit` frames waiting for one writer task."""
 
-    __slots__ = ("_closed", "_frames", "_limit", "_waiter")
+    __slots__ = ("_closed", "_frames", "_limit", "_waiter", "direct")
 
     def __init__(self, limit: int) -> None:
         self._frames: list[bytes] = []
         self._limit = limit
         self._closed = False
         self._waiter: trio.lowlevel.Task | None = None
+        #: Writes bytes without waiting if nothing else is writing: returns how many it
+        #: wrote, or -1 if it cannot write now. Set by the connection; None: always queue.
+        self.direct: Callable[[bytes], int] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put(self, frame: bytes) -> None:
-        """Queue `frame`; never blocks.
+    def stage(self, frame: bytes) -> bool:
+        """Queue `frame` without handing it on yet; `flush` must follow. Never blocks.
+
+        Returns:
+            True if the outbox was empty, i.e. the caller must remember to flush it.
 
         Raises:
             trio.WouldBlock: `limit` frames are already waiting.
@@ -41,6 +56,21 @@ class Outbox:
         if len(self._frames) >= self._limit:
             raise trio.WouldBlock
         self._frames.append(frame)
+        return len(self._frames) == 1
+
+    def flush(self) -> None:
+        """Hand staged frames on: written at once if the writer is idle, else left to it."""
+        if self._waiter is None or not self._frames:
+            # The writer is busy (or gone) and takes what is queued on its next round.
+            return
+        if self.direct is not None:
+            data = self._frames[0] if len(self._frames) == 1 else b"".join(self._frames)
+            written = self.direct(data)
+            if written == len(data):
+                self._frames = []
+                return
+            if written > 0:
+                self._frames = [data[written:]]
         self._wake()
 
     def close(self) -> None:

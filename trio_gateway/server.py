@@ -65,6 +65,12 @@ class Gateway:
         self._stop.set()
 
 
+def _round_size(config: Config) -> int:
+    # Writers run between rounds, at worst one round late: two rounds must fit in a client's
+    # queue, or a burst alone would make a fast client look slow.
+    return max(1, config.queue_depth // 4)
+
+
 def _addresses(listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> list[tuple[str, int]]:
     addresses = []
     for listener in listeners:
@@ -111,7 +117,9 @@ async def serve(
         async def broadcast(task_status: trio.TaskStatus[None]) -> None:
             try:
                 with broadcast_scope:
-                    await run_broadcast(publish_receive, hub, task_status=task_status)
+                    await run_broadcast(
+                        publish_receive, hub, _round_size(config), task_status=task_status
+                    )
             finally:
                 broadcast_done.set()
 

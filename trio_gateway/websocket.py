@@ -153,6 +153,9 @@ class WebSocket:
         self._parts: list[Any] = []
         self._size = 0
         self.closed: CloseReason | None = None
+        #: True while a frame has been written only in part: the stream is unusable for
+        #: anything but the rest of it (so, if cut off there, no close frame can follow).
+        self.incomplete = False
 
     async def receive(self) -> str | bytes:
         """The next whole message from the peer.
@@ -255,6 +258,29 @@ class WebSocket:
             if self._protocol.state in allowed:
                 await self._write(self._protocol.send(event))
 
+    def try_write(self, frames: bytes) -> int:
+        """Write data frames now, without waiting, if nothing else is writing.
+
+        The fan-out's shortcut past an idle writer task (outbox.py). Returns the number of
+        bytes the kernel took (the caller queues the rest for the writer), or -1 when it
+        cannot write now: another write in progress, not open, not a socket, or an error
+        (which the writer then meets and reports).
+        """
+        if (
+            self._socket is None
+            or self._send_lock.locked()
+            or self._protocol.state is not ConnectionState.OPEN
+        ):
+            return -1
+        try:
+            written = os.write(self._socket.fileno(), frames)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return -1
+        self.incomplete = written < len(frames)
+        return written
+
     async def _write(self, data: bytes) -> None:
         # Fast path on a TCP socket: one plain non-blocking write(2), which the kernel almost
         # always takes whole. trio's send_all would add two scheduling points per write, and
@@ -272,12 +298,15 @@ class WebSocket:
                 self.closed = self.closed or CONNECTION_LOST
                 raise ConnectionClosed(self.closed) from None
         if sent == len(data):
+            self.incomplete = False
             return
+        self.incomplete = True
         try:
             await self.stream.send_all(memoryview(data)[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = self.closed or CONNECTION_LOST
             raise ConnectionClosed(self.closed) from None
+        self.incomplete = False
 
 
 async def linger_close(stream: trio.abc.Stream, grace: float) -> None:
