@@ -1,21 +1,23 @@
-"""One WebSocket client from handshake to close: auth, reader, writer, close codes.
+"""One WebSocket client from the 101 to the close: auth, reader, writer, close codes.
 
 Theory of operation
 -------------------
-`serve_websocket` owns a nursery with trio-websocket's frame reader. After the handshake it
-either closes 4001 (bad token) or registers a `Client` and runs two tasks:
+`serve_websocket` gets the stream once http_api.py has answered the upgrade. A bad token is
+closed 4001; otherwise a `Client` is registered and its session runs two tasks:
 
-- the reader decodes client frames and dispatches them synchronously (subscribe, pong, ...);
-  every reply is queued in the client's outbox like any broadcast, so a subscribe ack is
-  always ahead of the first message it enables;
-- the writer is the only task that writes frames: it drains the outbox in order.
+- the reader (the connection's own task) receives messages and dispatches them
+  synchronously (subscribe, pong, ...); every reply is queued in the client's outbox like any
+  broadcast, so a subscribe ack is always ahead of the first message it enables;
+- the writer is the only task that writes data frames: it takes everything queued and writes
+  it in order, in few writes. The fan-out may write for it while it is idle (outbox.py).
 
 A close is requested through `Client.close(reason)` by anyone (hub: slow consumer,
-keepalive: stale, server: shutdown, reader/writer: the WebSocket is already closed). The
-session then stops the reader, lets the writer finish (draining the queue first when the close
-asked for a flush), and sends the close frame inside a shielded, time-bounded scope. If the
-writer was cut off mid-frame the stream is corrupt, so no close frame is attempted and the
-socket is just dropped.
+keepalive: stale, server: shutdown, reader/writer: the WebSocket is already closed). That
+cancels the reader and ends the outbox; the writer gets a bounded grace to finish (the whole
+queue when the close asked for a flush), then the close frame is sent inside a shielded,
+time-bounded scope, and `linger_close` waits for the peer's answer. If a frame was only
+partly written the stream is corrupt, so no close frame is attempted and the socket is just
+dropped.
 
 Must not raise: failures are logged and closed with 1011; only cancellation propagates.
 """
