@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint conformance venv clean
+.PHONY: run test lint conformance bench venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 # RFC 6455 conformance (Autobahn TestSuite) of the real reader/writer path, via /api/echo.
 conformance: $(STAMP)
 	bash scripts/conformance.sh
+
+# Benchmark against the naive trio and aiohttp baselines (needs 2 cores; a full run takes
+# about 15 minutes, BENCH_ARGS=--quick about 2).
+bench: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
+	$(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
