@@ -53,9 +53,21 @@ fi
 
 status=0
 AUTOBAHN_AGENT=trio-gateway AUTOBAHN_EXCLUDE="12.* 13.*" WSTEST="$WSTEST" \
-    bash "$TOOLS/run.sh" 127.0.0.1 "$port" "$OUT" "/api/echo?token=$key" || status=$?
+    bash "$TOOLS/run.sh" 127.0.0.1 "$port" "$OUT" "/api/echo?token=$key" \
+    | tee "$OUT/summary.txt" || status=$?
 if ! kill -0 "$server" 2>/dev/null; then
     echo "conformance: the gateway died during the run; log in $OUT/server.log" >&2
     status=1
+fi
+# One closing line in the plain "N passed, N failed" form (passed: OK, non-strict and
+# informational verdicts), so CI logs end with a count of what ran.
+counts=$(sed -n 's/^autobahn: \([0-9]*\) ok, \([0-9]*\) non-strict, \([0-9]*\) informational, \([0-9]*\) failed of [0-9]*$/\1 \2 \3 \4/p' \
+    "$OUT/summary.txt")
+if [ -n "$counts" ]; then
+    read -r ok nonstrict informational failed <<< "$counts"
+    echo "conformance: $((ok + nonstrict + informational)) passed, $failed failed"
+else
+    echo "conformance: no result line from run.sh" >&2
+    [ "$status" -ne 0 ] || status=2
 fi
 exit "$status"
