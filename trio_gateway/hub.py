@@ -1,8 +1,9 @@
 """The subscription index and the non-blocking fan-out.
 
 Owns: which clients exist, what each is subscribed to, and delivery into each client's
-bounded outbox. Must not: await, touch a socket, or decide how a close is carried out
-(connection.py does that when a Client asks to close).
+bounded outbox. Must not: await, or decide how a close is carried out (connection.py does
+that when a Client asks to close). It reaches a socket only through `Outbox.flush`, whose
+direct write never waits.
 
 Delivery policy (see python-trio/trio#987 on why nothing here is unbounded): a message is
 serialised and framed once by the publisher and the same `bytes` frame is put into each
