@@ -243,6 +243,7 @@ async def serve_websocket(
                 "client disconnected",
                 extra=fields(
                     client_id=client.id,
+                    connected_for=round(trio.current_time() - client.connected_at, 3),
                     code=client.close_reason.code if client.close_reason else None,
                     reason=client.close_reason.reason if client.close_reason else None,
                 ),

@@ -115,16 +115,10 @@ class Hub:
         """Distinct keys with at least one subscriber (0 once everyone has left)."""
         return len(self._index)
 
-    def publish(self, frame: bytes, keys: Iterable[str]) -> int:
-        """Queue `frame` once for every client subscribed to any of `keys`.
-
-        Returns how many clients it was queued for. Never blocks; see the module docstring.
-        """
-        return self.publish_many([(frame, keys)])
-
     def publish_many(self, items: Iterable[tuple[bytes, Iterable[str]]]) -> int:
-        """`publish` for several frames in order, handing each client's share on once.
+        """Queue each frame, in order, once for every client subscribed to any of its keys.
 
+        Returns how many deliveries were queued. Never blocks; see the module docstring.
         Every frame is queued first, then each touched outbox is flushed: one write per
         client for the whole round, made at once when its writer is idle (outbox.py).
         """

@@ -38,9 +38,6 @@ class Outbox:
         #: wrote, or -1 if it cannot write now. Set by the connection; None: always queue.
         self.direct: Callable[[bytes], int] | None = None
 
-    def __len__(self) -> int:
-        return len(self._frames)
-
     def stage(self, frame: bytes) -> bool:
         """Queue `frame` without handing it on yet; `flush` must follow. Never blocks.
 
