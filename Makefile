@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint conformance bench venv clean
+.PHONY: run test lint conformance bench venv clean redis-server
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,22 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/trio-gateway serve $(ARGS)
 
-test: $(STAMP)
+# The broker tests run real redis-server processes: install Debian's package when it is
+# missing and we may (root), otherwise stop here with the reason rather than skip them.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (Debian package) for the broker tests"; \
+	    (apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) && \
+	    command -v redis-server >/dev/null; \
+	  else \
+	    echo "make test: redis-server is missing; install it (apt-get install redis-server) or run as root" >&2; \
+	    exit 1; \
+	  fi; \
+	}
+
+test: $(STAMP) redis-server
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # RFC 6455 conformance (Autobahn TestSuite) of the real reader/writer path, via /api/echo.

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import attrs
 import pytest
 import trio
@@ -7,6 +10,7 @@ import trio
 from trio_gateway import Config, Gateway, serve
 
 from .helpers import API_KEY
+from .redis_server import RedisServer
 
 
 @pytest.fixture
@@ -23,3 +27,14 @@ async def gateway(nursery: trio.Nursery, config: Config) -> Gateway:
 
 def with_settings(config: Config, **changes: object) -> Config:
     return attrs.evolve(config, **changes)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on an ephemeral port, stopped after the test."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

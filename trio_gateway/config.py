@@ -34,6 +34,23 @@ def _keys(
             raise ConfigError(f"{attribute.name}: keys must be non-empty strings")
 
 
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def _redis_url(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not value.startswith(REDIS_SCHEMES):
+        # Only the scheme is shown: the rest of the URL may hold a password.
+        scheme = value.partition("://")[0] if "://" in value else "(none)"
+        raise ConfigError(
+            f"{attribute.name}: must start with redis:// or rediss://, got scheme {scheme!r}"
+        )
+
+
+def _prefix(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if any(character.isspace() for character in value):
+        raise ConfigError(f"{attribute.name}: must not contain whitespace, got {value!r}")
+
+
 def _key_tuple(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(keys)
 
@@ -70,6 +87,24 @@ class Config:
     # reader and writer as real clients: for RFC 6455 conformance runs (Autobahn), not
     # production, so it is off unless asked for.
     enable_echo: bool = False
+    # Where the broker lives: None runs the in-memory broker (one process); a
+    # redis://[:password@]host:port/db or rediss:// URL makes instances share one Redis.
+    redis_url: str | None = attrs.field(default=None, validator=_redis_url)
+    # Prepended to every Redis channel name, so several deployments can share one Redis.
+    redis_prefix: str = attrs.field(default="trio-gateway:", validator=_prefix)
+    # At startup, keep retrying an unreachable Redis (with backoff) instead of exiting.
+    redis_wait: bool = False
+    # Processes sharing the port (SO_REUSEPORT); more than 1 needs redis_url.
+    workers: int = attrs.field(default=1, validator=_positive)
+    # Set SO_REUSEPORT on the listening socket, so other processes may bind the same port.
+    reuse_port: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.workers > 1 and self.redis_url is None:
+            raise ConfigError(
+                f"workers: {self.workers} workers need a shared broker; set redis_url "
+                "(--redis-url redis://host:port/db)"
+            )
 
     @property
     def stale_after(self) -> float:

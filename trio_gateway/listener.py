@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -56,3 +57,41 @@ async def run_listeners(
         for listener in listeners:
             accept_nursery.start_soon(_accept_loop, listener, handler, connection_nursery)
         task_status.started()
+
+
+async def open_listeners(
+    host: str, port: int, *, reuse_port: bool = False
+) -> list[trio.SocketListener]:
+    """TCP listeners on every address `host` resolves to (port 0 picks a free port).
+
+    With `reuse_port`, SO_REUSEPORT lets several processes bind the same port and the kernel
+    spreads new connections over them (`--workers`).
+
+    Raises:
+        OSError: nothing could be bound.
+    """
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners = []
+    try:
+        for family, type_, proto, _, address in infos:
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(socket.SOMAXCONN)
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners

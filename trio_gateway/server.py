@@ -35,7 +35,7 @@ from .hub import Hub
 from .ids import IdFactory, new_client_id
 from .jsonlog import fields
 from .keepalive import run_keepalive
-from .listener import run_listeners
+from .listener import open_listeners, run_listeners
 from .protocol.errors import SHUTTING_DOWN
 
 log = logging.getLogger("trio_gateway.server")
@@ -102,7 +102,7 @@ async def serve(
         OSError: the TCP listener could not be bound.
     """
     if listeners is None:
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+        listeners = await open_listeners(config.host, config.port, reuse_port=config.reuse_port)
     hub = Hub()
     context = GatewayContext(config=config, hub=hub, new_id=new_id)
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)

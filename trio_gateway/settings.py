@@ -206,6 +206,23 @@ SETTINGS: tuple[Setting, ...] = (
     _seconds("drain_timeout", "seconds a graceful shutdown may take before cancelling"),
     _switch("enable_echo", "serve the diagnostics echo endpoint /api/echo (conformance tests)"),
     Setting(
+        "redis_url",
+        "Redis broker shared by instances, redis://[:password@]host:port/db or rediss://",
+        "URL",
+        _str_from_text,
+        _str_from_toml,
+    ),
+    Setting(
+        "redis_prefix",
+        "prefix of every Redis channel name",
+        "PREFIX",
+        _str_from_text,
+        _str_from_toml,
+    ),
+    _switch("redis_wait", "retry an unreachable Redis at startup instead of exiting"),
+    _integer("workers", "processes sharing the port (SO_REUSEPORT); more than 1 needs Redis"),
+    _switch("reuse_port", "set SO_REUSEPORT so other processes may bind the same port"),
+    Setting(
         "log_level",
         "least severe log level written: " + ", ".join(LOG_LEVELS),
         "LEVEL",
