@@ -17,25 +17,35 @@ from trio_gateway.broadcaster import (
     Publication,
     event_publication,
     remote_update_publication,
-    run_broadcast,
+    run_publisher,
     session_update_publication,
 )
+from trio_gateway.broker.memory import MemoryBroker
 from trio_gateway.hub import Client, Hub
 from trio_gateway.outbox import Outbox
 
 
 def open_broadcaster(depth: int = 16) -> tuple[Broadcaster, trio.MemoryReceiveChannel[Batch]]:
     send, receive = trio.open_memory_channel[Batch](depth)
-    return Broadcaster(send), receive
+    return Broadcaster(send, MemoryBroker(8)), receive
 
 
-def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[Batch]:
+def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[tuple[Publication, ...]]:
     batches = []
     while True:
         try:
-            batches.append(receive.receive_nowait())
+            batches.append(receive.receive_nowait().publications)
         except (trio.WouldBlock, trio.EndOfChannel):
             return batches
+
+
+async def start_publisher(
+    nursery: trio.Nursery, receive: trio.MemoryReceiveChannel[Batch], hub: Hub, round_size: int
+) -> None:
+    """The publisher task over an in-memory broker delivering to `hub`, as serve() runs it."""
+    broker = MemoryBroker(round_size)
+    await nursery.start(broker.run, hub.publish_many)
+    await nursery.start(run_publisher, receive, broker, round_size)
 
 
 def subscriber(hub: Hub, client_id: str, *keys: str) -> Outbox:
@@ -238,9 +248,45 @@ async def test_publish_keeps_a_batch_together() -> None:
     first = event_publication({"workspace_id": "w", "n": 1})
     second = session_update_publication("s", "w", "active")
     third = remote_update_publication("r", "w", "ready")
-    await broadcaster.publish(first, second, third)
-    broadcaster.publish_nowait(second, first)
-    assert queued(receive) == [(first, second, third), (second, first)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broadcaster.publish, first, second, third)
+        await trio.testing.wait_all_tasks_blocked()
+        broadcaster.publish_nowait(second, first)
+        assert queued(receive) == [(first, second, third), (second, first)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_publish_returns_once_the_broker_took_the_batch() -> None:
+    hub = Hub()
+    everyone = subscriber(hub, "everyone", "all")
+    broadcaster, receive = open_broadcaster()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await start_publisher(nursery, receive, hub, 8)
+            await broadcaster.publish(event_publication({"workspace_id": "w", "n": 1}))
+            # Returned: already in the subscriber's queue, not merely in the publish queue.
+            assert [frame["event"]["n"] for frame in frames(everyone)] == [1]
+            broadcaster.close()
+
+
+async def test_batches_left_when_the_publisher_is_cancelled_fail_with_gateway_closed() -> None:
+    broadcaster, receive = open_broadcaster()
+    outcomes: list[str] = []
+
+    async def publish() -> None:
+        try:
+            await broadcaster.publish(event_publication({"workspace_id": "w"}))
+        except GatewayClosed:
+            outcomes.append("closed")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await run_publisher(receive, MemoryBroker(8), 8)
+    assert outcomes == ["closed"]
 
 
 async def test_publish_waits_for_room_instead_of_raising() -> None:
@@ -258,9 +304,13 @@ async def test_publish_waits_for_room_instead_of_raising() -> None:
         nursery.start_soon(publisher)
         await trio.testing.wait_all_tasks_blocked()
         assert not published.is_set()
-        assert await receive.receive() == (first,)
+        assert (await receive.receive()).publications == (first,)
+        # Room again: the waiting batch is queued; it returns once it has been published.
+        batch = await receive.receive()
+        assert batch.publications == (second,)
+        assert batch.done is not None
+        batch.done.set()
         await published.wait()
-    assert queued(receive) == [(second,)]
 
 
 async def test_publish_blocked_on_a_full_queue_raises_gateway_closed_on_close() -> None:
@@ -278,10 +328,10 @@ async def test_publish_blocked_on_a_full_queue_raises_gateway_closed_on_close() 
             receive.close()
 
 
-# --- the broadcast task --------------------------------------------------------------------
+# --- the publisher task ---------------------------------------------------------------------
 
 
-async def test_run_broadcast_fans_out_in_order_and_ends_when_closed() -> None:
+async def test_run_publisher_fans_out_in_order_and_ends_when_closed() -> None:
     hub = Hub()
     everyone = subscriber(hub, "everyone", "all")
     workspace = subscriber(hub, "workspace", "workspace:w1")
@@ -291,7 +341,7 @@ async def test_run_broadcast_fans_out_in_order_and_ends_when_closed() -> None:
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_broadcast, receive, hub, 8)
+            await start_publisher(nursery, receive, hub, 8)
             broadcaster.broadcast_event({"workspace_id": "w1", "session_id": "s1", "n": 1})
             await broadcaster.publish(
                 session_update_publication("s1", "w1", "active"),
@@ -313,7 +363,7 @@ async def test_run_broadcast_fans_out_in_order_and_ends_when_closed() -> None:
     assert frames(other) == [event_2]
 
 
-async def test_run_broadcast_drains_what_was_queued_before_close() -> None:
+async def test_run_publisher_drains_what_was_queued_before_close() -> None:
     hub = Hub()
     everyone = subscriber(hub, "everyone", "all")
     broadcaster, receive = open_broadcaster()
@@ -322,19 +372,19 @@ async def test_run_broadcast_drains_what_was_queued_before_close() -> None:
     broadcaster.close()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_broadcast, receive, hub, 8)
+            await start_publisher(nursery, receive, hub, 8)
     assert [frame["event"]["n"] for frame in frames(everyone)] == list(range(10))
     with pytest.raises(trio.ClosedResourceError):
-        receive.receive_nowait()  # run_broadcast closed its end on the way out
+        receive.receive_nowait()  # run_publisher closed its end on the way out
 
 
-async def test_run_broadcast_reports_started_before_consuming() -> None:
+async def test_run_publisher_reports_started_before_consuming() -> None:
     hub = Hub()
     everyone = subscriber(hub, "everyone", "all")
     broadcaster, receive = open_broadcaster()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_broadcast, receive, hub, 8)
+            await start_publisher(nursery, receive, hub, 8)
             broadcaster.broadcast_event({"workspace_id": "w", "n": 1})
             await trio.testing.wait_all_tasks_blocked()
             assert [frame["event"]["n"] for frame in frames(everyone)] == [1]
@@ -362,8 +412,10 @@ async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> 
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
-        await nursery.start(run_broadcast, receive, hub, 2)
-        await send.send(tuple(event_publication({"workspace_id": "w", "n": n}) for n in range(50)))
+        await start_publisher(nursery, receive, hub, 2)
+        await send.send(
+            Batch(tuple(event_publication({"workspace_id": "w", "n": n}) for n in range(50)))
+        )
         await send.aclose()
         await trio.testing.wait_all_tasks_blocked()
         assert client.close_reason is None  # never taken for a slow consumer

@@ -1,23 +1,41 @@
-"""The publishing side: build a publication once, queue it, and the one broadcast task.
+"""The publishing side: build a publication once, queue it, and the one publisher task.
 
-Owns the publish channel between publishers (in-process callers, the HTTP API) and the hub.
-Must not touch clients directly: `run_broadcast` hands each publication to `Hub.publish` in
-arrival order, which is what gives every client the same total publish order.
+Owns the publish channel between publishers (in-process callers, the HTTP API) and the broker.
+Must not touch clients or the hub: `run_publisher` hands publications to the broker in arrival
+order, one round at a time, and the broker brings them to every instance's hub. One task per
+instance is what keeps a publisher's publications in the order they were made.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import trio
 
-from .hub import Hub
+from .broker import Broker, BrokerUnavailable
+from .jsonlog import fields
 from .protocol.codec import encode
-from .protocol.frames import text_frame
 from .protocol.messages import EventMessage, RemoteUpdate, SessionUpdate
 from .protocol.routing import event_problem, route_keys
+from .publication import Publication
+
+log = logging.getLogger("trio_gateway.broadcaster")
+
+__all__ = [
+    "Batch",
+    "Broadcaster",
+    "BrokerUnavailable",
+    "GatewayClosed",
+    "Publication",
+    "PublishQueueFull",
+    "event_publication",
+    "remote_update_publication",
+    "run_publisher",
+    "session_update_publication",
+]
 
 
 class PublishQueueFull(Exception):
@@ -28,22 +46,17 @@ class GatewayClosed(Exception):
     """The gateway is shutting down and accepts no more publications."""
 
 
-@attrs.frozen
-class Publication:
-    """A server message serialised and framed once, with the subscription keys it goes to."""
+@attrs.define(eq=False)
+class Batch:
+    """Publications queued together: they stay together and in order.
 
-    text: str
-    keys: tuple[str, ...]
-    # The WebSocket frame every recipient's writer sends, derived from `text` once.
-    frame: bytes = attrs.field(init=False, eq=False, repr=False)
+    An awaited publish carries `done`, set once the broker took the batch or refused it
+    (`error`); a fire-and-forget one carries none.
+    """
 
-    @frame.default
-    def _frame(self) -> bytes:
-        return text_frame(self.text)
-
-
-# What travels on the publish channel: publications queued together stay together and ordered.
-Batch = tuple[Publication, ...]
+    publications: tuple[Publication, ...]
+    done: trio.Event | None = None
+    error: Exception | None = None
 
 
 def _encode(message: EventMessage | SessionUpdate | RemoteUpdate) -> str:
@@ -108,14 +121,19 @@ def remote_update_publication(
 class Broadcaster:
     """In-process publishing API. The `broadcast_*` methods never block.
 
-    Each builds and serialises the message in the caller, then queues it for the broadcast
+    Each builds and serialises the message in the caller, then queues it for the publisher
     task. They raise `ValueError` for malformed arguments, `PublishQueueFull` when the
-    publish queue is full (nothing is dropped silently), and `GatewayClosed` after shutdown
-    began. `publish` is the awaiting form: it waits for room instead of raising.
+    publish queue is full, `BrokerUnavailable` when the broker is known to be down, and
+    `GatewayClosed` after shutdown began. They are fire-and-forget: if the broker fails
+    while the publication is queued, it is dropped and logged.
+
+    `publish` is the awaiting form: it waits for room in the queue and then for the broker to
+    take the publications, and raises `BrokerUnavailable` if it did not.
     """
 
-    def __init__(self, channel: trio.MemorySendChannel[Batch]) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[Batch], broker: Broker) -> None:
         self._channel = channel
+        self._broker = broker
 
     def broadcast_event(self, event: Mapping[str, Any]) -> None:
         self.publish_nowait(event_publication(event))
@@ -140,53 +158,108 @@ class Broadcaster:
         )
 
     def publish_nowait(self, *publications: Publication) -> None:
+        self._check_broker()
         try:
-            self._channel.send_nowait(publications)
+            self._channel.send_nowait(Batch(publications))
         except trio.WouldBlock:
             raise PublishQueueFull("publish queue is full") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise GatewayClosed("gateway is shutting down") from None
 
     async def publish(self, *publications: Publication) -> None:
-        """Queue publications as one batch (kept together, in order), waiting for room."""
+        """Publish as one batch (kept together, in order); return once the broker took it.
+
+        Raises:
+            BrokerUnavailable: the broker is down; nothing was published.
+            GatewayClosed: shutdown began before the batch went out.
+        """
+        self._check_broker()
+        batch = Batch(publications, trio.Event())
         try:
-            await self._channel.send(publications)
+            await self._channel.send(batch)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise GatewayClosed("gateway is shutting down") from None
+        assert batch.done is not None
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
 
     def close(self) -> None:
-        """Refuse further publications; the broadcast task drains what is queued and ends."""
+        """Refuse further publications; the publisher task drains what is queued and ends."""
         self._channel.close()
 
+    def _check_broker(self) -> None:
+        if not self._broker.ok:
+            raise BrokerUnavailable(f"{self._broker.kind} broker is unavailable")
 
-async def run_broadcast(
+
+async def run_publisher(
     channel: trio.MemoryReceiveChannel[Batch],
-    hub: Hub,
+    broker: Broker,
     round_size: int,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Fan out publications in arrival order until the publish channel is closed.
+    """Hand publications to the broker in arrival order until the publish channel is closed.
 
-    Publications are handed to the hub in rounds of at most `round_size`: within a round each
-    client gets one write for all of it (Hub.publish_many), and between rounds the writers
-    get to run. Without that pause one large batch would be queued whole before any writer
-    ran, and a client reading at full speed would look like a slow consumer.
+    Whatever is queued when a round starts joins it, up to `round_size` publications (more
+    when one batch is larger: a batch is never split), so a burst of small publishes costs
+    one broker call. A round the broker refuses fails every awaited batch in it with
+    `BrokerUnavailable`; fire-and-forget ones in it are dropped and logged. Batches still
+    queued when this task ends fail with `GatewayClosed`.
     """
-    async with channel:
+    pending: list[Batch] = []
+    try:
         task_status.started()
-        async for batch in channel:
-            publications = list(batch)
-            # Whatever else is already queued joins this round, up to its size.
-            while len(publications) < round_size:
+        async for first in channel:
+            pending = [first]
+            count = len(first.publications)
+            while count < round_size:
                 try:
-                    publications.extend(channel.receive_nowait())
+                    batch = channel.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            for start in range(0, len(publications), round_size):
-                if start:
-                    await trio.lowlevel.checkpoint()
-                hub.publish_many(
-                    (publication.frame, publication.keys)
-                    for publication in publications[start : start + round_size]
-                )
+                pending.append(batch)
+                count += len(batch.publications)
+            await _publish_round(broker, pending)
+            pending = []
+            # Writers and readers run between rounds.
+            await trio.lowlevel.checkpoint()
+    finally:
+        leftover = pending + _drain(channel)
+        channel.close()
+        for batch in leftover:
+            _finish(batch, GatewayClosed("gateway is shutting down"))
+
+
+async def _publish_round(broker: Broker, batches: list[Batch]) -> None:
+    publications = [publication for batch in batches for publication in batch.publications]
+    try:
+        await broker.publish(publications)
+    except BrokerUnavailable as exc:
+        dropped = sum(len(batch.publications) for batch in batches if batch.done is None)
+        if dropped:
+            log.error(
+                "broker unavailable; dropped fire-and-forget publications",
+                extra=fields(dropped=dropped, error=str(exc)),
+            )
+        for batch in batches:
+            _finish(batch, exc)
+    else:
+        for batch in batches:
+            _finish(batch, None)
+
+
+def _finish(batch: Batch, error: Exception | None) -> None:
+    if batch.done is not None and not batch.done.is_set():
+        batch.error = error
+        batch.done.set()
+
+
+def _drain(channel: trio.MemoryReceiveChannel[Batch]) -> list[Batch]:
+    drained = []
+    while True:
+        try:
+            drained.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return drained

@@ -27,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from functools import partial
 
 import attrs
 import trio
 
+from .broker import Broker
 from .config import Config
 from .hub import Client, Hub
 from .ids import IdFactory
@@ -74,13 +76,21 @@ class GatewayContext:
     config: Config
     hub: Hub
     new_id: IdFactory
+    broker: Broker
     # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
     # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
 
 
-def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | Error) -> None:
-    """Act on one decoded client message. Synchronous: no checkpoint between state and reply."""
+def dispatch(client: Client, context: GatewayContext, message: ClientMessage | Error) -> None:
+    """Act on one decoded client message. Synchronous: no checkpoint between state and reply.
+
+    A subscribe is acked once the broker says the key is live (`Broker.when_live`): at once
+    in memory, after Redis confirmed the channel otherwise. Either way the ack is queued before
+    the first message the subscription brings, and whatever is published after the ack
+    reaches the client.
+    """
+    hub, config = context.hub, context.config
     try:
         if isinstance(message, Error):
             client.send(text_frame(encode(message)))
@@ -94,9 +104,16 @@ def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | 
                     f"Too many subscriptions: at most {config.max_subscriptions} per connection"
                 )
             hub.subscribe(client, key)
-            client.send(text_frame(encode(Subscribed(key))))
+            if client.pending_acks is None:
+                client.pending_acks = set()
+            client.pending_acks.add(key)
+            context.broker.when_live(key, partial(_ack_subscribed, client, key))
         elif isinstance(message, Unsubscribe):
             maybe_key = unsubscription_key(message)
+            # An ack still waiting for the broker goes first: replies keep their order.
+            for key in list(client.pending_acks or ()):
+                if maybe_key is None or key == maybe_key:
+                    _ack_subscribed(client, key)
             if maybe_key is None:
                 hub.unsubscribe_all(client)
                 client.send(text_frame(encode(Unsubscribed(ALL))))
@@ -111,6 +128,12 @@ def dispatch(client: Client, hub: Hub, config: Config, message: ClientMessage | 
         client.send(text_frame(encode(Error(exc.message[: ECHO_LIMIT * 2]))))
 
 
+def _ack_subscribed(client: Client, key: str) -> None:
+    if client.pending_acks is not None and key in client.pending_acks:
+        client.pending_acks.discard(key)
+        client.send(text_frame(encode(Subscribed(key))))
+
+
 async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
     try:
         while True:
@@ -120,7 +143,7 @@ async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, ech
             elif echo:
                 client.send(text_frame(frame))
             else:
-                dispatch(client, context.hub, context.config, decode(frame))
+                dispatch(client, context, decode(frame))
     except ConnectionClosed as exc:
         client.close(exc.closed)
 

@@ -28,6 +28,7 @@ import trio
 
 from .broadcaster import (
     Broadcaster,
+    BrokerUnavailable,
     GatewayClosed,
     Publication,
     event_publication,
@@ -54,6 +55,9 @@ log = logging.getLogger("trio_gateway.http")
 # Largest request head (request line + headers) in bytes; h11 answers 431 beyond it.
 MAX_HEAD_SIZE = 16 * 1024
 SERVER_HEADER = b"trio-gateway"
+# Seconds a publisher should wait after a 503 for an unavailable broker: about one reconnect
+# attempt of the subscriber's backoff.
+BROKER_RETRY_AFTER = b"1"
 
 
 class HttpError(Exception):
@@ -99,6 +103,7 @@ class HttpApp:
     context: GatewayContext
     broadcaster: Broadcaster
     version: str
+    instance: str
     started_at: float
     # Cancel scopes of keep-alive connections waiting idle for their next request; shutdown
     # cancels them so drain does not wait out the idle timeout.
@@ -148,15 +153,23 @@ async def _publish(app: HttpApp, publications: list[Publication]) -> None:
         await app.broadcaster.publish(*publications)
     except GatewayClosed:
         raise HttpError(503, "Server shutting down", close=True) from None
+    except BrokerUnavailable:
+        raise HttpError(
+            503,
+            "Broker unavailable: nothing was published; retry later",
+            headers=[(b"retry-after", BROKER_RETRY_AFTER)],
+        ) from None
 
 
 async def health(app: HttpApp, request: Request) -> tuple[int, object]:
-    return 200, {
-        "status": "ok",
+    broker = app.context.broker
+    return 200 if broker.ok else 503, {
+        "status": "ok" if broker.ok else "degraded",
+        "instance": app.instance,
         "ws_clients": len(app.context.hub),
         "uptime": round(trio.current_time() - app.started_at, 3),
         "version": app.version,
-        "broker": {"kind": "memory", "ok": True},
+        "broker": {"kind": broker.kind, "ok": broker.ok},
     }
 
 

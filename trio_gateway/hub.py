@@ -14,7 +14,7 @@ the others nothing. `ClosedResourceError` means its connection is already going 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -32,6 +32,9 @@ class Client:
     connected_at: float
     last_pong: float
     subscriptions: set[str] = attrs.field(factory=set)
+    # Subscribe acks waiting for the broker to confirm their key (connection.dispatch); None
+    # rather than an empty set, which every idle connection would carry.
+    pending_acks: set[str] | None = None
     # Set once, by the first close request.
     close_reason: CloseReason | None = None
     flush_before_close: bool = False
@@ -77,12 +80,26 @@ class Client:
         self.reader_scope.cancel()
 
 
-class Hub:
-    """Clients by id and an index from subscription key to subscribed clients."""
+def _ignore(key: str) -> None:
+    pass
 
-    def __init__(self) -> None:
+
+class Hub:
+    """Clients by id and an index from subscription key to subscribed clients.
+
+    `on_first(key)` runs when a key gets its first subscriber and `on_last(key)` when its last
+    one leaves: that is how the broker learns which keys this instance needs (broker/).
+    """
+
+    def __init__(
+        self,
+        on_first: Callable[[str], None] = _ignore,
+        on_last: Callable[[str], None] = _ignore,
+    ) -> None:
         self.clients: dict[str, Client] = {}
         self._index: dict[str, set[Client]] = {}
+        self._on_first = on_first
+        self._on_last = on_last
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -97,7 +114,11 @@ class Hub:
 
     def subscribe(self, client: Client, key: str) -> None:
         client.subscriptions.add(key)
-        self._index.setdefault(key, set()).add(client)
+        members = self._index.get(key)
+        if members is None:
+            members = self._index[key] = set()
+            self._on_first(key)
+        members.add(client)
 
     def unsubscribe(self, client: Client, key: str) -> None:
         client.subscriptions.discard(key)
@@ -106,6 +127,7 @@ class Hub:
             members.discard(client)
             if not members:
                 del self._index[key]
+                self._on_last(key)
 
     def unsubscribe_all(self, client: Client) -> None:
         for key in list(client.subscriptions):

@@ -1,7 +1,9 @@
 """One JSON object per log line. Owns the formatter; must not decide what gets logged.
 
 Structured fields travel in `extra={"fields": {...}}` so they never collide with LogRecord
-attributes. Values that are not JSON types are logged as their `str()`.
+attributes. Values that are not JSON types are logged as their `str()`. Every line logged from
+a gateway's tasks carries that gateway's `instance` id: serve() sets `instance_field`, and the
+tasks it starts inherit the context.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import datetime
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
+
+instance_field: ContextVar[str | None] = ContextVar("trio_gateway_instance", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,6 +28,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        if (instance := instance_field.get()) is not None:
+            line["instance"] = instance
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)

@@ -3,7 +3,8 @@
 Task tree (every task started with `nursery.start`, so "started" is observable):
 
     serve                 supervisor nursery
-    ├── run_broadcast     publish channel -> hub
+    ├── broker.run        memory: nothing; Redis: subscriber connection -> hub
+    ├── run_publisher     publish channel -> broker
     ├── run_keepalive     ping / reap
     └── connection nursery
         ├── run_listeners accept loop(s) -> handle_stream in the connection nursery
@@ -27,13 +28,16 @@ import attrs
 import trio
 
 from . import __version__
-from .broadcaster import Batch, Broadcaster, run_broadcast
+from .broadcaster import Batch, Broadcaster, run_publisher
+from .broker import Broker, BrokerUnavailable
+from .broker.memory import MemoryBroker
+from .broker.redis import RedisBroker
 from .config import Config
 from .connection import GatewayContext
 from .http_api import HttpApp, handle_stream
 from .hub import Hub
 from .ids import IdFactory, new_client_id
-from .jsonlog import fields
+from .jsonlog import fields, instance_field
 from .keepalive import run_keepalive
 from .listener import open_listeners, run_listeners
 from .protocol.errors import SHUTTING_DOWN
@@ -48,6 +52,9 @@ class Gateway:
     config: Config
     broadcaster: Broadcaster
     hub: Hub
+    broker: Broker
+    #: This instance's id (a ULID): in /api/health, every log line, and Redis message ids.
+    instance: str
     #: (host, port) of each TCP listener; empty when serving caller-supplied listeners.
     addresses: list[tuple[str, int]]
     _stop: trio.Event = attrs.field(factory=trio.Event, alias="_stop")
@@ -100,64 +107,99 @@ async def serve(
 
     Raises:
         OSError: the TCP listener could not be bound.
+        BrokerUnavailable: Redis was unreachable at startup (and `redis_wait` is off).
     """
+    instance = new_client_id()
+    instance_field.set(instance)
     if listeners is None:
         listeners = await open_listeners(config.host, config.port, reuse_port=config.reuse_port)
-    hub = Hub()
-    context = GatewayContext(config=config, hub=hub, new_id=new_id)
+    broker = _broker(config, instance)
+    hub = Hub(on_first=broker.want, on_last=broker.unwant)
+    context = GatewayContext(config=config, hub=hub, new_id=new_id, broker=broker)
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
-    broadcaster = Broadcaster(publish_send)
-    gateway = Gateway(config, broadcaster, hub, _addresses(listeners))
-    app = HttpApp(context, broadcaster, __version__, started_at=trio.current_time())
+    broadcaster = Broadcaster(publish_send, broker)
+    gateway = Gateway(config, broadcaster, hub, broker, instance, _addresses(listeners))
+    app = HttpApp(context, broadcaster, __version__, instance, started_at=trio.current_time())
 
+    failure: BrokerUnavailable | None = None
     async with trio.open_nursery() as supervisor:
-        broadcast_scope = trio.CancelScope()
-        broadcast_done = trio.Event()
-
-        async def broadcast(task_status: trio.TaskStatus[None]) -> None:
-            try:
-                with broadcast_scope:
-                    await run_broadcast(
-                        publish_receive, hub, _round_size(config), task_status=task_status
-                    )
-            finally:
-                broadcast_done.set()
-
-        await supervisor.start(broadcast)
-        await supervisor.start(run_keepalive, hub, config)
-        async with trio.open_nursery() as connection_nursery:
-            listener_scope = trio.CancelScope()
-
-            async def listen(task_status: trio.TaskStatus[None]) -> None:
-                with listener_scope:
-                    await run_listeners(
-                        listeners,
-                        partial(handle_stream, app),
-                        connection_nursery,
-                        task_status=task_status,
-                    )
-
-            await connection_nursery.start(listen)
-            log.info(
-                "gateway started",
-                extra=fields(addresses=[f"{h}:{p}" for h, p in gateway.addresses]),
-            )
-            task_status.started(gateway)
-            await gateway._stop.wait()
-
-            log.info("gateway shutting down")
-            listener_scope.cancel()
-            connection_nursery.cancel_scope.deadline = trio.current_time() + config.drain_timeout
-            broadcaster.close()
-            with trio.move_on_after(config.drain_timeout):
-                await broadcast_done.wait()
-            broadcast_scope.cancel()
-            context.shutting_down.set()
-            for client in tuple(hub.clients.values()):
-                client.close(SHUTTING_DOWN, flush=True)
-            app.begin_shutdown()
+        try:
+            await supervisor.start(broker.run, hub.publish_many)
+        except BrokerUnavailable as exc:
+            failure = exc
+        else:
+            await _supervise(gateway, app, listeners, publish_receive, supervisor, task_status)
         supervisor.cancel_scope.cancel()
+    if failure is not None:
+        for listener in listeners:
+            await listener.aclose()
+        raise failure
     log.info("gateway stopped")
+
+
+def _broker(config: Config, instance: str) -> Broker:
+    if config.redis_url is None:
+        return MemoryBroker(_round_size(config))
+    return RedisBroker(config.redis_url, config.redis_prefix, instance, wait=config.redis_wait)
+
+
+async def _supervise(
+    gateway: Gateway,
+    app: HttpApp,
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    publish_receive: trio.MemoryReceiveChannel[Batch],
+    supervisor: trio.Nursery,
+    task_status: trio.TaskStatus[Gateway],
+) -> None:
+    config, hub, context = gateway.config, gateway.hub, app.context
+    publisher_scope = trio.CancelScope()
+    publisher_done = trio.Event()
+
+    async def publisher(task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with publisher_scope:
+                await run_publisher(
+                    publish_receive, gateway.broker, _round_size(config), task_status=task_status
+                )
+        finally:
+            publisher_done.set()
+
+    await supervisor.start(publisher)
+    await supervisor.start(run_keepalive, hub, config)
+    async with trio.open_nursery() as connection_nursery:
+        listener_scope = trio.CancelScope()
+
+        async def listen(task_status: trio.TaskStatus[None]) -> None:
+            with listener_scope:
+                await run_listeners(
+                    listeners,
+                    partial(handle_stream, app),
+                    connection_nursery,
+                    task_status=task_status,
+                )
+
+        await connection_nursery.start(listen)
+        log.info(
+            "gateway started",
+            extra=fields(
+                addresses=[f"{h}:{p}" for h, p in gateway.addresses],
+                broker=gateway.broker.kind,
+            ),
+        )
+        task_status.started(gateway)
+        await gateway._stop.wait()
+
+        log.info("gateway shutting down")
+        listener_scope.cancel()
+        connection_nursery.cancel_scope.deadline = trio.current_time() + config.drain_timeout
+        gateway.broadcaster.close()
+        with trio.move_on_after(config.drain_timeout):
+            await publisher_done.wait()
+        publisher_scope.cancel()
+        context.shutting_down.set()
+        for client in tuple(hub.clients.values()):
+            client.close(SHUTTING_DOWN, flush=True)
+        app.begin_shutdown()
 
 
 @asynccontextmanager
@@ -167,12 +209,23 @@ async def open_gateway(
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] | None = None,
     new_id: IdFactory = new_client_id,
 ) -> AsyncIterator[Gateway]:
-    """`serve` as an async context manager: leaving the block shuts down gracefully."""
+    """`serve` as an async context manager: leaving the block shuts down gracefully.
+
+    Raises:
+        OSError, BrokerUnavailable: as `serve`, on entering, not wrapped in a group.
+    """
+    failure: OSError | BrokerUnavailable | None = None
     async with trio.open_nursery() as gateway_nursery:
-        gateway: Gateway = await gateway_nursery.start(
-            partial(serve, config, listeners=listeners, new_id=new_id)
-        )
         try:
-            yield gateway
-        finally:
-            gateway.shutdown()
+            gateway: Gateway = await gateway_nursery.start(
+                partial(serve, config, listeners=listeners, new_id=new_id)
+            )
+        except (OSError, BrokerUnavailable) as exc:
+            failure = exc
+        else:
+            try:
+                yield gateway
+            finally:
+                gateway.shutdown()
+    if failure is not None:
+        raise failure

@@ -35,6 +35,11 @@ def text_frame(text: str) -> bytes:
     return _frame(OPCODE_TEXT, text.encode("utf-8"))
 
 
+def utf8_text_frame(payload: bytes) -> bytes:
+    """One final, unmasked text frame carrying `payload`, which is already valid UTF-8."""
+    return _frame(OPCODE_TEXT, payload)
+
+
 def binary_frame(data: bytes) -> bytes:
     """One final, unmasked binary frame carrying `data`."""
     return _frame(OPCODE_BINARY, data)
