@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from tests.helpers import unframe
-from trio_gateway import Broadcaster, GatewayClosed, PublishQueueFull
+from trio_gateway import Broadcaster, Config, GatewayClosed, PublishQueueFull
 from trio_gateway.broadcaster import (
     Batch,
     Publication,
@@ -21,13 +21,14 @@ from trio_gateway.broadcaster import (
     session_update_publication,
 )
 from trio_gateway.broker.memory import MemoryBroker
+from trio_gateway.publication import Retain
 from trio_gateway.hub import Client, Hub
 from trio_gateway.outbox import Outbox
 
 
 def open_broadcaster(depth: int = 16) -> tuple[Broadcaster, trio.MemoryReceiveChannel[Batch]]:
     send, receive = trio.open_memory_channel[Batch](depth)
-    return Broadcaster(send, MemoryBroker(8)), receive
+    return Broadcaster(send, MemoryBroker(Config(), 8)), receive
 
 
 def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[tuple[Publication, ...]]:
@@ -42,10 +43,19 @@ def queued(receive: trio.MemoryReceiveChannel[Batch]) -> list[tuple[Publication,
 async def start_publisher(
     nursery: trio.Nursery, receive: trio.MemoryReceiveChannel[Batch], hub: Hub, round_size: int
 ) -> None:
-    """The publisher task over an in-memory broker delivering to `hub`, as serve() runs it."""
-    broker = MemoryBroker(round_size)
-    await nursery.start(broker.run, hub.publish_many)
-    await nursery.start(run_publisher, receive, broker, round_size)
+    """The publisher task over an in-memory broker delivering to `hub`, as serve() runs it.
+
+    The task ends when run_publisher does (the broker's sweep would run forever).
+    """
+    broker = MemoryBroker(Config(), round_size)
+
+    async def publisher(task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as inner:
+            await inner.start(broker.run, hub.publish_many)
+            await run_publisher(receive, broker, round_size, task_status=task_status)
+            inner.cancel_scope.cancel()
+
+    await nursery.start(publisher)
 
 
 def subscriber(hub: Hub, client_id: str, *keys: str) -> Outbox:
@@ -84,9 +94,15 @@ def test_session_update_publication_text_and_keys() -> None:
         '{"type":"session.update","session_id":"s1","lifecycle":"ended",'
         '"summary":"done","stats":{"duration_ms":5}}',
         ("all", "workspace:w1", "session:s1"),
+        # Retained as the session's state, for clients that subscribe later.
+        retain=Retain(
+            "session:s1",
+            '{"type":"session.state","session_id":"s1","lifecycle":"ended",'
+            '"summary":"done","stats":{"duration_ms":5}}',
+        ),
     )
     # The workspace routes the message but is not part of the seed's wire shape.
-    assert session_update_publication("s1", "w1", "active").text == (
+    assert session_update_publication("s1", "w1", "active").body == (
         '{"type":"session.update","session_id":"s1","lifecycle":"active"}'
     )
 
@@ -96,7 +112,7 @@ def test_remote_update_publication_text_and_keys() -> None:
         '{"type":"remote.update","remote_env_id":"r1","status":"ready","public_ip":"1.2.3.4"}',
         ("all", "workspace:w1"),
     )
-    assert remote_update_publication("r1", "w1", "stopped").text == (
+    assert remote_update_publication("r1", "w1", "stopped").body == (
         '{"type":"remote.update","remote_env_id":"r1","status":"stopped"}'
     )
 
@@ -188,7 +204,7 @@ def test_event_is_copied_when_queued() -> None:
     broadcaster.broadcast_event(event)
     event["n"] = 2
     (batch,) = queued(receive)
-    assert json.loads(batch[0].text)["event"]["n"] == 1
+    assert json.loads(batch[0].body)["event"]["n"] == 1
 
 
 def test_full_publish_queue_raises_publish_queue_full() -> None:
@@ -223,7 +239,7 @@ def test_closed_broadcaster_raises_gateway_closed() -> None:
     with pytest.raises(GatewayClosed):
         broadcaster.broadcast_remote_update("r", "w", "ready")
     with pytest.raises(GatewayClosed):
-        broadcaster.publish_nowait(event_publication({"workspace_id": "w"}))
+        broadcaster.send_nowait(event_publication({"workspace_id": "w"}))
     broadcaster.close()  # idempotent
     # What was queued before close is still there for the broadcast task to drain.
     assert len(queued(receive)) == 1
@@ -240,7 +256,7 @@ async def test_publish_after_close_raises_gateway_closed() -> None:
     broadcaster, _receive = open_broadcaster()
     broadcaster.close()
     with pytest.raises(GatewayClosed):
-        await broadcaster.publish(event_publication({"workspace_id": "w"}))
+        await broadcaster.send(event_publication({"workspace_id": "w"}))
 
 
 async def test_publish_keeps_a_batch_together() -> None:
@@ -249,9 +265,9 @@ async def test_publish_keeps_a_batch_together() -> None:
     second = session_update_publication("s", "w", "active")
     third = remote_update_publication("r", "w", "ready")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(broadcaster.publish, first, second, third)
+        nursery.start_soon(broadcaster.send, first, second, third)
         await trio.testing.wait_all_tasks_blocked()
-        broadcaster.publish_nowait(second, first)
+        broadcaster.send_nowait(second, first)
         assert queued(receive) == [(first, second, third), (second, first)]
         nursery.cancel_scope.cancel()
 
@@ -263,7 +279,7 @@ async def test_publish_returns_once_the_broker_took_the_batch() -> None:
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             await start_publisher(nursery, receive, hub, 8)
-            await broadcaster.publish(event_publication({"workspace_id": "w", "n": 1}))
+            await broadcaster.send(event_publication({"workspace_id": "w", "n": 1}))
             # Returned: already in the subscriber's queue, not merely in the publish queue.
             assert [frame["event"]["n"] for frame in frames(everyone)] == [1]
             broadcaster.close()
@@ -275,7 +291,7 @@ async def test_batches_left_when_the_publisher_is_cancelled_fail_with_gateway_cl
 
     async def publish() -> None:
         try:
-            await broadcaster.publish(event_publication({"workspace_id": "w"}))
+            await broadcaster.send(event_publication({"workspace_id": "w"}))
         except GatewayClosed:
             outcomes.append("closed")
 
@@ -285,7 +301,7 @@ async def test_batches_left_when_the_publisher_is_cancelled_fail_with_gateway_cl
             await trio.testing.wait_all_tasks_blocked()
             with trio.CancelScope() as scope:
                 scope.cancel()
-                await run_publisher(receive, MemoryBroker(8), 8)
+                await run_publisher(receive, MemoryBroker(Config(), 8), 8)
     assert outcomes == ["closed"]
 
 
@@ -293,11 +309,11 @@ async def test_publish_waits_for_room_instead_of_raising() -> None:
     broadcaster, receive = open_broadcaster(depth=1)
     first = event_publication({"workspace_id": "w", "n": 1})
     second = event_publication({"workspace_id": "w", "n": 2})
-    broadcaster.publish_nowait(first)
+    broadcaster.send_nowait(first)
     published = trio.Event()
 
     async def publisher() -> None:
-        await broadcaster.publish(second)
+        await broadcaster.send(second)
         published.set()
 
     async with trio.open_nursery() as nursery:
@@ -315,13 +331,13 @@ async def test_publish_waits_for_room_instead_of_raising() -> None:
 
 async def test_publish_blocked_on_a_full_queue_raises_gateway_closed_on_close() -> None:
     broadcaster, receive = open_broadcaster(depth=1)
-    broadcaster.publish_nowait(event_publication({"workspace_id": "w"}))
+    broadcaster.send_nowait(event_publication({"workspace_id": "w"}))
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
 
             async def publisher() -> None:
                 with pytest.raises(GatewayClosed):
-                    await broadcaster.publish(event_publication({"workspace_id": "w"}))
+                    await broadcaster.send(event_publication({"workspace_id": "w"}))
 
             nursery.start_soon(publisher)
             await trio.testing.wait_all_tasks_blocked()
@@ -343,7 +359,7 @@ async def test_run_publisher_fans_out_in_order_and_ends_when_closed() -> None:
         async with trio.open_nursery() as nursery:
             await start_publisher(nursery, receive, hub, 8)
             broadcaster.broadcast_event({"workspace_id": "w1", "session_id": "s1", "n": 1})
-            await broadcaster.publish(
+            await broadcaster.send(
                 session_update_publication("s1", "w1", "active"),
                 remote_update_publication("r1", "w1", "ready"),
             )

@@ -1,27 +1,54 @@
-"""The Redis envelope and channel names (pure), and URL redaction for logs."""
+"""The Redis envelope and names (pure), and URL redaction for logs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from trio_gateway.broker.envelope import Envelope, channel, decode, encode
+from tests.helpers import unframe
+from trio_gateway.broker.envelope import Envelope, channel, decode, history_name, log_name
 from trio_gateway.broker.redis import redacted
 
 
-def test_channel_is_the_prefix_and_the_subscription_key() -> None:
+def envelope(header: object, body: str = '{"type":"event","event":{}}') -> bytes:
+    return json.dumps(header).encode() + b"\n" + body.encode()
+
+
+def test_names_are_the_prefix_and_the_subscription_key() -> None:
     assert channel("trio-gateway:", "workspace:w1") == "trio-gateway:workspace:w1"
-    assert channel("app1:", "all") == "app1:all"
+    assert channel("app1:", "chat.room.1") == "app1:chat.room.1"
+    assert log_name("p:", "all") == "p:log:all"
+    assert history_name("p:", "session:s") == "p:hist:session:s"
 
 
-def test_envelope_round_trips_and_keeps_the_message_bytes_untouched() -> None:
-    text = '{"type":"event","event":{"workspace_id":"w","note":"line\\nbreak ü"}}'
-    data = encode("inst:7", ("all", "workspace:w"), text)
-    assert decode(data) == Envelope("inst:7", ("all", "workspace:w"), text.encode())
+def test_an_event_envelope_becomes_a_frame_with_its_offsets() -> None:
+    data = envelope(["i:1:1", ["all", "workspace:w"], [7, 3], 1700000000000, ""])
+    decoded = decode(data)
+    assert decoded == Envelope(
+        "i:1:1", ("all", "workspace:w"), (7, 3), 1700000000000, None, '{"type":"event","event":{}}'
+    )
+    plain, frame, keys, offsets, topic = decoded.delivery()
+    assert json.loads(unframe(plain)) == {"type": "event", "event": {}}
+    assert json.loads(unframe(frame)) == {
+        "type": "event",
+        "event": {},
+        "offsets": {"all": 7, "workspace:w": 3},
+    }
+    assert (keys, offsets, topic) == (("all", "workspace:w"), (7, 3), None)
+    assert decoded.offset_of("workspace:w") == 3
 
 
-def test_keys_with_any_characters_survive() -> None:
-    keys = ("workspace:a b\nc", 'session:"quoted"', "workspace:ü")
-    assert decode(encode("i:1", keys, "{}")).keys == keys
+def test_a_topic_envelope_has_a_single_offset() -> None:
+    body = '{"type":"message","topic":"chat.1","data":[1,"\\n"]}'
+    decoded = decode(envelope(["i:2:1", ["chat.1"], [42], 1, "chat.1"], body))
+    _, frame, *_ = decoded.delivery()
+    assert json.loads(unframe(frame)) == {
+        "type": "message",
+        "topic": "chat.1",
+        "data": [1, "\n"],
+        "offset": 42,
+    }
 
 
 @pytest.mark.parametrize(
@@ -30,11 +57,15 @@ def test_keys_with_any_characters_survive() -> None:
         b"no header at all",
         b"not json\n{}",
         b'{"id":"x"}\n{}',
-        b'["id"]\n{}',
-        b'[1, []]\n{}',
-        b'["id", "all"]\n{}',
-        b'["id", [1]]\n{}',
-        b'["id", ["all"]]\n\xff\xfe',
+        b'["id", ["all"], [1], 1]\n{}',
+        b'[1, ["all"], [1], 1, ""]\n{}',
+        b'["id", ["all"], [1, 2], 1, ""]\n{}',
+        b'["id", [], [], 1, ""]\n{}',
+        b'["id", ["all"], [true], 1, ""]\n{}',
+        b'["id", ["all"], [1], "1", ""]\n{}',
+        b'["id", ["all"], [1], 1, null]\n{}',
+        b'["id", ["all"], [1], 1, ""]\n\xff\xfe',
+        b'["id", ["all"], [1], 1, ""]\n[1]',
     ],
 )
 def test_anything_else_on_a_gateway_channel_is_refused(data: bytes) -> None:

@@ -119,7 +119,7 @@ async def test_binary_frame_is_refused(gateway: Gateway) -> None:
     [
         {"type": "subscribe"},
         {"type": "subscribe", "workspace_id": None},
-        {"type": "subscribe", "topic": "news"},
+        {"type": "subscribe", "room": "news"},
     ],
 )
 async def test_subscribe_without_a_key(gateway: Gateway, message: dict[str, Any]) -> None:
@@ -146,7 +146,7 @@ async def test_several_keys_are_refused(gateway: Gateway, verb: str, keys: dict[
             await expect_error(
                 ws,
                 json.dumps({"type": verb, **keys}),
-                f"Invalid {verb}: provide only one of scope, workspace_id, session_id",
+                f"Invalid {verb}: provide only one of scope, workspace_id, session_id, topic",
             )
 
 

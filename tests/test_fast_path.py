@@ -50,7 +50,7 @@ async def test_a_burst_goes_out_in_few_writes(
         await trio.testing.wait_all_tasks_blocked()
         writes_before = len(listener.writes)
         events = [{"workspace_id": "W", "n": n} for n in range(100)]
-        gateway.broadcaster.publish_nowait(*(event_publication(event) for event in events))
+        gateway.broadcaster.send_nowait(*(event_publication(event) for event in events))
         for n in range(100):
             assert (await receive_json(ws))["event"]["n"] == n
         # 100 frames of ~60 bytes queued at once leave in one write per fan-out round

@@ -6,12 +6,21 @@ memory channel need no running event loop.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from trio_gateway.hub import Client, Hub
 from trio_gateway.outbox import Outbox
 from trio_gateway.protocol.errors import PONG_TIMEOUT, SHUTTING_DOWN, SLOW_CONSUMER
 from trio_gateway.protocol.routing import route_keys
+from trio_gateway.publication import Delivery
+
+
+def item(frame: bytes, keys: Iterable[str]) -> Delivery:
+    """A publication as the hub gets it, with the same frame for every client."""
+    keys = tuple(keys)
+    return frame, frame, keys, tuple(range(1, len(keys) + 1)), None
 
 
 def make_client(client_id: str, depth: int = 16) -> tuple[Client, Outbox]:
@@ -42,9 +51,9 @@ def test_publish_reaches_exactly_the_matching_clients() -> None:
             hub.subscribe(client, key)
         outboxes[name] = receive
 
-    assert hub.publish_many([(b"frame-1", route_keys("w1", "s1"))]) == 3
-    assert hub.publish_many([(b"frame-2", route_keys("w2", None))]) == 2
-    assert hub.publish_many([(b"frame-3", route_keys("w3", "s2"))]) == 2
+    assert hub.publish_many([item(b"frame-1", route_keys("w1", "s1"))]) == 3
+    assert hub.publish_many([item(b"frame-2", route_keys("w2", None))]) == 2
+    assert hub.publish_many([item(b"frame-3", route_keys("w3", "s2"))]) == 2
 
     assert {name: drain(receive) for name, receive in outboxes.items()} == {
         "all": ["frame-1", "frame-2", "frame-3"],
@@ -66,7 +75,7 @@ def test_client_matching_several_keys_gets_one_copy() -> None:
     hub.add(other)
     hub.subscribe(other, "session:s")
 
-    assert hub.publish_many([(b"once", route_keys("w", "s"))]) == 2
+    assert hub.publish_many([item(b"once", route_keys("w", "s"))]) == 2
     assert drain(receive) == ["once"]
     assert drain(other_receive) == ["once"]
 
@@ -80,7 +89,7 @@ def test_publish_queues_the_same_serialised_object() -> None:
         hub.subscribe(client, "all")
         received.append(receive)
     text = b"".join([b"{", b'"type":"event"', b"}"])  # built at runtime: a distinct object
-    hub.publish_many([(text, ("all",))])
+    hub.publish_many([item(text, ("all",))])
     assert all(receive.take_nowait()[0] is text for receive in received)
 
 
@@ -89,8 +98,8 @@ def test_publish_returns_zero_without_subscribers() -> None:
     client, receive = make_client("c")
     hub.add(client)
     hub.subscribe(client, "workspace:other")
-    assert hub.publish_many([(b"x", route_keys("w", "s"))]) == 0
-    assert hub.publish_many([(b"x", ())]) == 0
+    assert hub.publish_many([item(b"x", route_keys("w", "s"))]) == 0
+    assert hub.publish_many([item(b"x", ())]) == 0
     assert drain(receive) == []
 
 
@@ -99,7 +108,7 @@ def test_publish_accepts_any_iterable_of_keys() -> None:
     client, receive = make_client("c")
     hub.add(client)
     hub.subscribe(client, "session:s")
-    assert hub.publish_many([(b"x", (key for key in ["all", "session:s"]))]) == 1
+    assert hub.publish_many([item(b"x", (key for key in ["all", "session:s"]))]) == 1
     assert drain(receive) == ["x"]
 
 
@@ -120,7 +129,7 @@ def test_subscribe_is_idempotent_and_unsubscribe_drops_empty_keys() -> None:
     assert hub.subscription_count() == 1
     hub.unsubscribe(b, "workspace:w")  # not subscribed: no error
     hub.unsubscribe(a, "never-subscribed")
-    assert hub.publish_many([(b"x", ("all",))]) == 2
+    assert hub.publish_many([item(b"x", ("all",))]) == 2
 
     hub.unsubscribe_all(a)
     hub.unsubscribe_all(b)
@@ -147,7 +156,7 @@ def test_remove_clears_client_and_all_its_index_entries() -> None:
     assert "c" not in hub.clients
     assert client.subscriptions == set()
     assert hub.subscription_count() == 1
-    assert hub.publish_many([(b"after", route_keys("w", "s"))]) == 1
+    assert hub.publish_many([item(b"after", route_keys("w", "s"))]) == 1
     assert drain(receive) == []
     assert drain(stay_receive) == ["after"]
 
@@ -155,7 +164,7 @@ def test_remove_clears_client_and_all_its_index_entries() -> None:
     hub.remove(stay)  # idempotent
     assert len(hub) == 0
     assert hub.subscription_count() == 0
-    assert hub.publish_many([(b"nobody", route_keys("w", "s"))]) == 0
+    assert hub.publish_many([item(b"nobody", route_keys("w", "s"))]) == 0
 
 
 def test_full_outbox_closes_slow_consumer_without_affecting_others() -> None:
@@ -166,11 +175,11 @@ def test_full_outbox_closes_slow_consumer_without_affecting_others() -> None:
         hub.add(client)
         hub.subscribe(client, "all")
 
-    assert hub.publish_many([(b"1", ("all",))]) == 2
-    assert hub.publish_many([(b"2", ("all",))]) == 2
+    assert hub.publish_many([item(b"1", ("all",))]) == 2
+    assert hub.publish_many([item(b"2", ("all",))]) == 2
     assert slow.close_reason is None
 
-    assert hub.publish_many([(b"3", ("all",))]) == 1  # the slow client's outbox is full
+    assert hub.publish_many([item(b"3", ("all",))]) == 1  # the slow client's outbox is full
     assert slow.close_reason == SLOW_CONSUMER
     assert slow.close_reason.code == 4008
     assert slow.close_reason.reason == "Slow consumer"
@@ -180,7 +189,7 @@ def test_full_outbox_closes_slow_consumer_without_affecting_others() -> None:
     # Skipped from then on, even once its outbox has room again.
     assert drain(slow_receive) == ["1", "2"]
     assert slow.send(b"4") is False
-    assert hub.publish_many([(b"5", ("all",))]) == 1
+    assert hub.publish_many([item(b"5", ("all",))]) == 1
     assert drain(slow_receive) == []
     assert drain(fast_receive) == ["1", "2", "3", "5"]
 
@@ -227,7 +236,7 @@ def test_send_after_outbox_closed_returns_false() -> None:
     hub = Hub()
     hub.add(client)
     hub.subscribe(client, "all")
-    assert hub.publish_many([(b"y", ("all",))]) == 0
+    assert hub.publish_many([item(b"y", ("all",))]) == 0
     assert drain(receive) == []
 
 
@@ -243,7 +252,7 @@ def test_slow_consumer_during_fan_out_does_not_disturb_iteration(depth: int) -> 
         hub.subscribe(client, f"workspace:{index}")
         clients.append((client, receive))
     counts = [
-        hub.publish_many([(str(n).encode(), route_keys(str(n % 10), None))])
+        hub.publish_many([item(str(n).encode(), route_keys(str(n % 10), None))])
         for n in range(depth + 1)
     ]
     assert counts == [10] * depth + [5]

@@ -18,9 +18,18 @@ import trio
 from .broker import Broker, BrokerUnavailable
 from .jsonlog import fields
 from .protocol.codec import encode
-from .protocol.messages import EventMessage, RemoteUpdate, SessionUpdate
-from .protocol.routing import event_problem, route_keys
-from .publication import Publication
+from .protocol.messages import (
+    EventMessage,
+    RemoteUpdate,
+    ServerMessage,
+    SessionDeleted,
+    SessionState,
+    SessionUpdate,
+    TopicMessage,
+)
+from .protocol.routing import encodable, event_problem, route_keys, session_key
+from .protocol.topics import topic_problem
+from .publication import Publication, Retain
 
 log = logging.getLogger("trio_gateway.broadcaster")
 
@@ -34,7 +43,9 @@ __all__ = [
     "event_publication",
     "remote_update_publication",
     "run_publisher",
+    "session_deleted_publication",
     "session_update_publication",
+    "topic_publication",
 ]
 
 
@@ -57,9 +68,11 @@ class Batch:
     publications: tuple[Publication, ...]
     done: trio.Event | None = None
     error: Exception | None = None
+    #: Each publication's offsets (aligned with its keys), once published.
+    offsets: list[tuple[int, ...]] = attrs.field(factory=list)
 
 
-def _encode(message: EventMessage | SessionUpdate | RemoteUpdate) -> str:
+def _encode(message: ServerMessage) -> str:
     try:
         return encode(message)
     except (TypeError, ValueError) as exc:
@@ -71,6 +84,8 @@ def _require_text(name: str, value: object, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
+    if not encodable(value):
+        raise ValueError(f"{name} must be valid Unicode text")
 
 
 def event_publication(event: Mapping[str, Any]) -> Publication:
@@ -101,10 +116,40 @@ def session_update_publication(
         raise ValueError("summary must be a string")
     if stats is not None and not isinstance(stats, Mapping):
         raise ValueError("stats must be an object")
-    message = SessionUpdate(
-        session_id, lifecycle, summary, dict(stats) if stats is not None else None
+    copied = dict(stats) if stats is not None else None
+    message = SessionUpdate(session_id, lifecycle, summary, copied)
+    # Kept as the session's state for clients that subscribe or sync later.
+    state = _encode(SessionState(session_id, lifecycle, summary, copied))
+    return Publication(
+        _encode(message),
+        route_keys(workspace_id, session_id),
+        retain=Retain(session_key(session_id), state),
     )
-    return Publication(_encode(message), route_keys(workspace_id, session_id))
+
+
+def session_deleted_publication(session_id: str, workspace_id: str) -> Publication:
+    """A `session.deleted` message; it also clears the session's retained state."""
+    _require_text("session_id", session_id)
+    _require_text("workspace_id", workspace_id)
+    return Publication(
+        _encode(SessionDeleted(session_id)),
+        route_keys(workspace_id, session_id),
+        retain=Retain(session_key(session_id), None),
+    )
+
+
+def topic_publication(topic: str, data: Any) -> Publication:
+    """A `message` on a generic topic; `data` is any JSON value.
+
+    Raises:
+        ValueError: `topic` is not a valid topic (a pattern is not), or `data` is not JSON.
+    """
+    if not isinstance(topic, str):
+        raise ValueError("topic must be a string")
+    problem = topic_problem(topic)
+    if problem is not None:
+        raise ValueError(problem)
+    return Publication(_encode(TopicMessage(topic, data)), (topic,), topic=topic)
 
 
 def remote_update_publication(
@@ -119,16 +164,18 @@ def remote_update_publication(
 
 
 class Broadcaster:
-    """In-process publishing API. The `broadcast_*` methods never block.
+    """In-process publishing API.
 
-    Each builds and serialises the message in the caller, then queues it for the publisher
-    task. They raise `ValueError` for malformed arguments, `PublishQueueFull` when the
-    publish queue is full, `BrokerUnavailable` when the broker is known to be down, and
-    `GatewayClosed` after shutdown began. They are fire-and-forget: if the broker fails
-    while the publication is queued, it is dropped and logged.
+    The `broadcast_*` methods and `publish_nowait` never block: each builds and serialises
+    the message in the caller, then queues it for the publisher task. They raise `ValueError`
+    for malformed arguments, `PublishQueueFull` when the publish queue is full,
+    `BrokerUnavailable` when the broker is known to be down, and `GatewayClosed` after
+    shutdown began. They are fire-and-forget: if the broker fails while the publication is
+    queued, it is dropped and logged.
 
-    `publish` is the awaiting form: it waits for room in the queue and then for the broker to
-    take the publications, and raises `BrokerUnavailable` if it did not.
+    `publish` and `send` are the awaiting forms: they wait for room in the queue, then for the
+    broker to take the publications, and return the offsets assigned; they raise
+    `BrokerUnavailable` if the broker did not take them.
     """
 
     def __init__(self, channel: trio.MemorySendChannel[Batch], broker: Broker) -> None:
@@ -136,7 +183,7 @@ class Broadcaster:
         self._broker = broker
 
     def broadcast_event(self, event: Mapping[str, Any]) -> None:
-        self.publish_nowait(event_publication(event))
+        self.send_nowait(event_publication(event))
 
     def broadcast_session_update(
         self,
@@ -146,18 +193,29 @@ class Broadcaster:
         summary: str | None = None,
         stats: Mapping[str, Any] | None = None,
     ) -> None:
-        self.publish_nowait(
+        self.send_nowait(
             session_update_publication(session_id, workspace_id, lifecycle, summary, stats)
         )
+
+    def broadcast_session_deleted(self, session_id: str, workspace_id: str) -> None:
+        self.send_nowait(session_deleted_publication(session_id, workspace_id))
 
     def broadcast_remote_update(
         self, remote_env_id: str, workspace_id: str, status: str, public_ip: str | None = None
     ) -> None:
-        self.publish_nowait(
-            remote_update_publication(remote_env_id, workspace_id, status, public_ip)
-        )
+        self.send_nowait(remote_update_publication(remote_env_id, workspace_id, status, public_ip))
 
-    def publish_nowait(self, *publications: Publication) -> None:
+    def publish_nowait(self, topic: str, data: Any) -> None:
+        """Publish `data` on a generic topic, fire-and-forget."""
+        self.send_nowait(topic_publication(topic, data))
+
+    async def publish(self, topic: str, data: Any) -> int:
+        """Publish `data` on a generic topic; returns its offset once the broker took it."""
+        (offsets,) = await self.send(topic_publication(topic, data))
+        return offsets[0]
+
+    def send_nowait(self, *publications: Publication) -> None:
+        """Queue publications as one batch (kept together, in order), fire-and-forget."""
         self._check_broker()
         try:
             self._channel.send_nowait(Batch(publications))
@@ -166,9 +224,11 @@ class Broadcaster:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise GatewayClosed("gateway is shutting down") from None
 
-    async def publish(self, *publications: Publication) -> None:
+    async def send(self, *publications: Publication) -> list[tuple[int, ...]]:
         """Publish as one batch (kept together, in order); return once the broker took it.
 
+        Returns:
+            Each publication's offsets, aligned with its keys.
         Raises:
             BrokerUnavailable: the broker is down; nothing was published.
             GatewayClosed: shutdown began before the batch went out.
@@ -183,6 +243,7 @@ class Broadcaster:
         await batch.done.wait()
         if batch.error is not None:
             raise batch.error
+        return batch.offsets
 
     def close(self) -> None:
         """Refuse further publications; the publisher task drains what is queued and ends."""
@@ -235,7 +296,7 @@ async def run_publisher(
 async def _publish_round(broker: Broker, batches: list[Batch]) -> None:
     publications = [publication for batch in batches for publication in batch.publications]
     try:
-        await broker.publish(publications)
+        offsets = await broker.publish(publications)
     except BrokerUnavailable as exc:
         dropped = sum(len(batch.publications) for batch in batches if batch.done is None)
         if dropped:
@@ -246,7 +307,10 @@ async def _publish_round(broker: Broker, batches: list[Batch]) -> None:
         for batch in batches:
             _finish(batch, exc)
     else:
+        start = 0
         for batch in batches:
+            batch.offsets = offsets[start : start + len(batch.publications)]
+            start += len(batch.publications)
             _finish(batch, None)
 
 

@@ -87,6 +87,12 @@ class Config:
     # reader and writer as real clients: for RFC 6455 conformance runs (Autobahn), not
     # production, so it is off unless asked for.
     enable_echo: bool = False
+    # Messages kept per key (topic, workspace, session, "all") for clients that resume.
+    history_size: int = attrs.field(default=100, validator=_positive)
+    # Seconds a message stays in history; a resume needing an older one gets recovered=false.
+    history_ttl: float = attrs.field(default=300.0, validator=_positive)
+    # Seconds the latest session.update of a session is retained for session.state.
+    state_ttl: float = attrs.field(default=3600.0, validator=_positive)
     # Where the broker lives: None runs the in-memory broker (one process); a
     # redis://[:password@]host:port/db or rediss:// URL makes instances share one Redis.
     redis_url: str | None = attrs.field(default=None, validator=_redis_url)

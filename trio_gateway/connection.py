@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from functools import partial
+from collections.abc import Callable, Iterator
 
 import attrs
 import trio
 
-from .broker import Broker
+from .broker import Broker, BrokerUnavailable
 from .config import Config
 from .hub import Client, Hub
 from .ids import IdFactory
@@ -52,12 +51,23 @@ from .protocol.messages import (
     Ping,
     Pong,
     Ready,
+    Since,
     Subscribe,
     Subscribed,
+    Sync,
     Unsubscribe,
     Unsubscribed,
 )
-from .protocol.routing import ALL, subscription_key, unsubscription_key
+from .protocol.routing import (
+    ALL,
+    SESSION_PREFIX,
+    encodable,
+    session_key,
+    subscription_key,
+    unsubscription_key,
+)
+from .protocol.topics import is_pattern
+from .publication import Position
 from .websocket import ConnectionClosed, WebSocket, linger_close, token_matches
 
 log = logging.getLogger("trio_gateway.connection")
@@ -82,56 +92,151 @@ class GatewayContext:
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
 
 
-def dispatch(client: Client, context: GatewayContext, message: ClientMessage | Error) -> None:
-    """Act on one decoded client message. Synchronous: no checkpoint between state and reply.
+async def handle(client: Client, context: GatewayContext, message: ClientMessage | Error) -> None:
+    """Act on one decoded client message; the reader awaits it before reading the next.
 
-    A subscribe is acked once the broker says the key is live (`Broker.when_live`): at once
-    in memory, after Redis confirmed the channel otherwise. Either way the ack is queued before
-    the first message the subscription brings, and whatever is published after the ack
-    reaches the client.
+    Most messages are handled synchronously (`dispatch`). A subscribe and a sync may wait for
+    the broker: a subscribe is acked once its key is live on this instance and its position
+    is known, and the reader reads nothing else meanwhile, so replies keep request order.
     """
-    hub, config = context.hub, context.config
     try:
-        if isinstance(message, Error):
-            client.send(text_frame(encode(message)))
-        elif isinstance(message, Subscribe):
-            key = subscription_key(message)
-            if (
-                key not in client.subscriptions
-                and len(client.subscriptions) >= config.max_subscriptions
-            ):
-                raise ProtocolError(
-                    f"Too many subscriptions: at most {config.max_subscriptions} per connection"
-                )
-            hub.subscribe(client, key)
-            if client.pending_acks is None:
-                client.pending_acks = set()
-            client.pending_acks.add(key)
-            context.broker.when_live(key, partial(_ack_subscribed, client, key))
-        elif isinstance(message, Unsubscribe):
-            maybe_key = unsubscription_key(message)
-            # An ack still waiting for the broker goes first: replies keep their order.
-            for key in list(client.pending_acks or ()):
-                if maybe_key is None or key == maybe_key:
-                    _ack_subscribed(client, key)
-            if maybe_key is None:
-                hub.unsubscribe_all(client)
-                client.send(text_frame(encode(Unsubscribed(ALL))))
-            else:
-                hub.unsubscribe(client, maybe_key)
-                client.send(text_frame(encode(Unsubscribed(maybe_key))))
-        elif isinstance(message, Pong):
-            client.last_pong = trio.current_time()
-        elif isinstance(message, Ping):
-            client.send(PONG_FRAME)
+        if isinstance(message, Subscribe):
+            await _subscribe(client, context, message)
+        elif isinstance(message, Sync):
+            await _sync(client, context, message)
+        else:
+            dispatch(client, context, message)
     except ProtocolError as exc:
-        client.send(text_frame(encode(Error(exc.message[: ECHO_LIMIT * 2]))))
+        client.send(_error_frame(exc.message))
 
 
-def _ack_subscribed(client: Client, key: str) -> None:
-    if client.pending_acks is not None and key in client.pending_acks:
-        client.pending_acks.discard(key)
-        client.send(text_frame(encode(Subscribed(key))))
+def dispatch(
+    client: Client, context: GatewayContext, message: Unsubscribe | Pong | Ping | Error
+) -> None:
+    """Act on a message that needs nothing from the broker. Synchronous: no checkpoint
+    between state and reply."""
+    if isinstance(message, Error):
+        client.send(text_frame(encode(message)))
+    elif isinstance(message, Unsubscribe):
+        maybe_key = unsubscription_key(message)
+        if maybe_key is None:
+            context.hub.unsubscribe_all(client)
+            client.send(text_frame(encode(Unsubscribed(ALL))))
+        else:
+            context.hub.unsubscribe(client, maybe_key)
+            client.send(text_frame(encode(Unsubscribed(maybe_key))))
+    elif isinstance(message, Pong):
+        client.last_pong = trio.current_time()
+    elif isinstance(message, Ping):
+        client.send(PONG_FRAME)
+
+
+async def _subscribe(client: Client, context: GatewayContext, message: Subscribe) -> None:
+    hub, config = context.hub, context.config
+    key = subscription_key(message)
+    if key not in client.subscriptions and len(client.subscriptions) >= config.max_subscriptions:
+        raise ProtocolError(
+            f"Too many subscriptions: at most {config.max_subscriptions} per connection"
+        )
+    recover = message.recover or message.since is not None
+    if is_pattern(key) and recover:
+        raise ProtocolError(
+            "Invalid subscribe: wildcard topics are live only (no since or recover)"
+        )
+    if recover:
+        client.offsets = True
+    elif is_pattern(key) or not key.startswith(SESSION_PREFIX):
+        hub.subscribe(client, key)
+        # Acked from the broker's side the moment the key is live, ahead of any message it
+        # brings (those reach the client straight through the hub).
+        ack = text_frame(encode(Subscribed(key)))
+        await _when_live(context, key, lambda: client.send(ack))
+        return
+    await _subscribe_with_position(client, context, key, message.since, recover=recover)
+
+
+async def _subscribe_with_position(
+    client: Client,
+    context: GatewayContext,
+    key: str,
+    since: Since | None,
+    *,
+    recover: bool,
+) -> None:
+    """Subscribe after asking the broker where `key` stands (and, for a session, its state).
+
+    What is published meanwhile is kept aside by the hub, then sent after the ack and any
+    replay, minus what the replay already covered: nothing lost or doubled on `key`.
+    """
+    hub = context.hub
+    hub.begin_recovery(client, key)
+    position: Position | None = None
+    try:
+        await _when_live(context, key, lambda: None)
+        position = await context.broker.fetch(
+            key,
+            (since.offset, since.epoch) if since is not None else None,
+            state=key.startswith(SESSION_PREFIX),
+        )
+    except BrokerUnavailable:
+        pass
+    # No checkpoint from here on: ack, replay and what was kept aside go out in one piece.
+    kept = hub.end_recovery(client, key)
+    if position is None:
+        # The broker is down: live from now on, and a resume cannot be vouched for.
+        client.send(
+            text_frame(encode(Subscribed(key, recovered=False if since is not None else None)))
+        )
+        for _, frame in kept:
+            client.send(frame)
+        return
+    if recover:
+        ack = Subscribed(key, position.epoch, position.offset, position.recovered)
+    else:
+        ack = Subscribed(key)
+    client.send(text_frame(encode(ack)))
+    if position.recovered:
+        for _, frame in position.replay:
+            client.send(frame)
+    elif position.state is not None:
+        # A client starting afresh gets the latest state first; one that recovered got every
+        # update it missed instead, and an older state now would go back in time.
+        client.send(text_frame(position.state))
+    for offset, frame in kept:
+        if offset > position.offset:
+            client.send(frame)
+
+
+async def _when_live(context: GatewayContext, key: str, on_live: Callable[[], object]) -> None:
+    """Run `on_live` once `key` is live on this instance, or after `request_timeout`."""
+    done = trio.Event()
+
+    def fire() -> None:
+        if not done.is_set():
+            done.set()
+            on_live()
+
+    context.broker.when_live(key, fire)
+    with trio.move_on_after(context.config.request_timeout):
+        await done.wait()
+    # Redis too slow to confirm: go on; the channel still comes up when Redis answers.
+    fire()
+
+
+async def _sync(client: Client, context: GatewayContext, message: Sync) -> None:
+    if not message.session_id or not encodable(message.session_id):
+        raise ProtocolError("Invalid sync: session_id must be a non-empty string")
+    try:
+        state = await context.broker.state(session_key(message.session_id))
+    except BrokerUnavailable:
+        raise ProtocolError("Broker unavailable: try again later") from None
+    if state is None:
+        raise ProtocolError(f"No state retained for session {message.session_id[:ECHO_LIMIT]}")
+    client.send(text_frame(state))
+
+
+def _error_frame(message: str) -> bytes:
+    return text_frame(encode(Error(message[: ECHO_LIMIT * 2])))
 
 
 async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
@@ -143,7 +248,7 @@ async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, ech
             elif echo:
                 client.send(text_frame(frame))
             else:
-                dispatch(client, context, decode(frame))
+                await handle(client, context, decode(frame))
     except ConnectionClosed as exc:
         client.close(exc.closed)
 

@@ -33,7 +33,9 @@ from .broadcaster import (
     Publication,
     event_publication,
     remote_update_publication,
+    session_deleted_publication,
     session_update_publication,
+    topic_publication,
 )
 from .connection import GatewayContext, serve_websocket
 from .jsonlog import fields
@@ -148,9 +150,9 @@ def _object_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _publish(app: HttpApp, publications: list[Publication]) -> None:
+async def _publish(app: HttpApp, publications: list[Publication]) -> list[tuple[int, ...]]:
     try:
-        await app.broadcaster.publish(*publications)
+        return await app.broadcaster.send(*publications)
     except GatewayClosed:
         raise HttpError(503, "Server shutting down", close=True) from None
     except BrokerUnavailable:
@@ -212,6 +214,38 @@ async def post_session_update(app: HttpApp, request: Request) -> tuple[int, obje
     return 202, {"accepted": 1}
 
 
+async def post_session_deleted(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    values = _fields(_object_body(request), ("session_id", "workspace_id"), ())
+    try:
+        publication = session_deleted_publication(*values)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    await _publish(app, [publication])
+    return 202, {"accepted": 1}
+
+
+async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    body = _json_body(request)
+    items = body if isinstance(body, list) else [body]
+    publications = []
+    for index, item in enumerate(items):
+        where = f"messages[{index}]: " if isinstance(body, list) else ""
+        try:
+            if not isinstance(item, dict):
+                raise ValueError("message must be a JSON object")
+            topic, data = _fields(item, ("topic", "data"), ())
+            publications.append(topic_publication(topic, data))
+        except (ValueError, HttpError) as exc:
+            message = exc.body["error"] if isinstance(exc, HttpError) else str(exc)
+            if isinstance(body, list):
+                raise HttpError(400, where + message, index=index) from None
+            raise HttpError(400, message) from None
+    offsets = await _publish(app, publications) if publications else []
+    return 202, {"accepted": len(publications), "offsets": [each[0] for each in offsets]}
+
+
 async def post_remote_update(app: HttpApp, request: Request) -> tuple[int, object]:
     _require_api_key(app, request)
     values = _fields(
@@ -238,6 +272,8 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/api/events": {"POST": post_events},
     "/api/session-updates": {"POST": post_session_update},
     "/api/remote-updates": {"POST": post_remote_update},
+    "/api/session-deleted": {"POST": post_session_deleted},
+    "/api/publish": {"POST": post_publish},
     WS_PATH: {"GET": websocket_without_upgrade},
 }
 

@@ -21,6 +21,8 @@ import trio
 
 from .outbox import Outbox
 from .protocol.errors import SLOW_CONSUMER, CloseReason
+from .protocol.topics import PatternIndex, is_pattern
+from .publication import Delivery
 
 
 @attrs.define(eq=False)
@@ -32,9 +34,9 @@ class Client:
     connected_at: float
     last_pong: float
     subscriptions: set[str] = attrs.field(factory=set)
-    # Subscribe acks waiting for the broker to confirm their key (connection.dispatch); None
-    # rather than an empty set, which every idle connection would carry.
-    pending_acks: set[str] | None = None
+    # Set by the first subscribe that asks for recovery: from then on this client gets the
+    # frames that carry offsets.
+    offsets: bool = False
     # Set once, by the first close request.
     close_reason: CloseReason | None = None
     flush_before_close: bool = False
@@ -87,17 +89,31 @@ def _ignore(key: str) -> None:
 class Hub:
     """Clients by id and an index from subscription key to subscribed clients.
 
-    `on_first(key)` runs when a key gets its first subscriber and `on_last(key)` when its last
-    one leaves: that is how the broker learns which keys this instance needs (broker/).
+    `on_first(key)` runs when a key gets its first local interest (a subscriber, or a client
+    recovering it) and `on_last(key)` when the last one goes: that is how the broker learns
+    which keys this instance needs (broker/).
+
+    Wildcard subscriptions are keys too ("chat.*"), indexed by a trie (protocol/topics.py):
+    a topic message also reaches every pattern that matches its topic, at a cost that depends
+    on the topic's segments, not on how many patterns exist.
+
+    Recovery (a subscribe that fetches its key's position or history from the broker): until
+    `end_recovery`, what is published on the key for that client is kept aside with its
+    offset instead of queued, so the caller can send the ack and the replay first and then
+    what arrived meanwhile, with nothing lost or doubled on that key.
     """
 
     def __init__(
         self,
         on_first: Callable[[str], None] = _ignore,
         on_last: Callable[[str], None] = _ignore,
+        recovery_limit: int = 256,
     ) -> None:
         self.clients: dict[str, Client] = {}
         self._index: dict[str, set[Client]] = {}
+        self._patterns = PatternIndex()
+        self._recovering: dict[str, dict[Client, list[tuple[int, bytes]]]] = {}
+        self._recovery_limit = recovery_limit
         self._on_first = on_first
         self._on_last = on_last
 
@@ -108,16 +124,25 @@ class Hub:
         self.clients[client.id] = client
 
     def remove(self, client: Client) -> None:
-        """Forget the client and every subscription it held. Idempotent."""
+        """Forget the client, every subscription it held and any recovery. Idempotent."""
+        for key in [key for key, waiting in self._recovering.items() if client in waiting]:
+            self._stop_recovery(client, key)
         self.unsubscribe_all(client)
         self.clients.pop(client.id, None)
+
+    def _wanted(self, key: str) -> bool:
+        return key in self._index or key in self._recovering
 
     def subscribe(self, client: Client, key: str) -> None:
         client.subscriptions.add(key)
         members = self._index.get(key)
         if members is None:
+            first = not self._wanted(key)
             members = self._index[key] = set()
-            self._on_first(key)
+            if is_pattern(key):
+                self._patterns.add(key)
+            if first:
+                self._on_first(key)
         members.add(client)
 
     def unsubscribe(self, client: Client, key: str) -> None:
@@ -127,7 +152,9 @@ class Hub:
             members.discard(client)
             if not members:
                 del self._index[key]
-                self._on_last(key)
+                self._patterns.discard(key)
+                if not self._wanted(key):
+                    self._on_last(key)
 
     def unsubscribe_all(self, client: Client) -> None:
         for key in list(client.subscriptions):
@@ -137,7 +164,40 @@ class Hub:
         """Distinct keys with at least one subscriber (0 once everyone has left)."""
         return len(self._index)
 
-    def publish_many(self, items: Iterable[tuple[bytes, Iterable[str]]]) -> int:
+    def begin_recovery(self, client: Client, key: str) -> None:
+        """Start keeping `key`'s publications aside for `client` (see the class docstring)."""
+        self.unsubscribe(client, key)
+        client.subscriptions.add(key)
+        if not self._wanted(key):
+            self._recovering[key] = {}
+            self._on_first(key)
+        self._recovering.setdefault(key, {})[client] = []
+
+    def end_recovery(self, client: Client, key: str) -> list[tuple[int, bytes]]:
+        """Subscribe `client` to `key` for real; returns (offset, frame) kept aside, in order."""
+        kept = self._stop_recovery(client, key, keep_interest=True)
+        if client.close_reason is None:
+            self.subscribe(client, key)
+        elif not self._wanted(key):
+            self._on_last(key)
+        return kept
+
+    def _stop_recovery(
+        self, client: Client, key: str, *, keep_interest: bool = False
+    ) -> list[tuple[int, bytes]]:
+        waiting = self._recovering.get(key)
+        if waiting is None or client not in waiting:
+            return []
+        kept = waiting.pop(client)
+        if not waiting:
+            del self._recovering[key]
+        if not keep_interest:
+            client.subscriptions.discard(key)
+            if not self._wanted(key):
+                self._on_last(key)
+        return kept
+
+    def publish_many(self, items: Iterable[Delivery]) -> int:
         """Queue each frame, in order, once for every client subscribed to any of its keys.
 
         Returns how many deliveries were queued. Never blocks; see the module docstring.
@@ -146,8 +206,12 @@ class Hub:
         """
         touched: list[Client] = []
         delivered = 0
-        for frame, keys in items:
+        for plain, complete, keys, offsets, topic in items:
             groups = [members for key in keys if (members := self._index.get(key))]
+            if topic is not None and self._patterns:
+                groups += [self._index[pattern] for pattern in self._patterns.match(topic)]
+            if self._recovering:
+                self._keep_aside(plain, complete, keys, offsets, groups)
             if not groups:
                 continue
             # A client matching several keys (all + workspace + session) gets one copy.
@@ -155,7 +219,7 @@ class Hub:
             # Iterate a snapshot: a failed send may close a client, which must not resize the
             # set under our feet even though removal happens later in its connection task.
             for client in tuple(recipients):
-                staged = client.stage(frame)
+                staged = client.stage(complete if client.offsets else plain)
                 if staged is not None:
                     delivered += 1
                     if staged:
@@ -163,3 +227,24 @@ class Hub:
         for client in touched:
             client.outbox.flush()
         return delivered
+
+    def _keep_aside(
+        self,
+        plain: bytes,
+        complete: bytes,
+        keys: tuple[str, ...],
+        offsets: tuple[int, ...],
+        live: list[set[Client]],
+    ) -> None:
+        for key, offset in zip(keys, offsets, strict=True):
+            waiting = self._recovering.get(key)
+            if not waiting:
+                continue
+            for client, kept in waiting.items():
+                # Queued live through another of its subscriptions: that copy is enough.
+                if any(client in members for members in live):
+                    continue
+                if len(kept) >= self._recovery_limit:
+                    client.close(SLOW_CONSUMER)
+                    continue
+                kept.append((offset, complete if client.offsets else plain))

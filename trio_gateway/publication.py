@@ -1,25 +1,76 @@
-"""What a publisher hands to the broker: one server message, serialised and framed once.
+"""What a publisher hands to the broker, and how a message gets its offsets. Pure.
 
-Owns the `Publication` value only. Building one from an event (validation, routing) lives in
-broadcaster.py; moving it between instances lives in broker/.
+Owns `Publication` (a message serialised once, without offsets), `Position` (where a key's
+history stands) and `with_offsets`, which completes a message text once its offsets are
+known. Building publications from events (validation, routing) lives in broadcaster.py;
+assigning offsets and moving publications between instances lives in broker/.
 """
 
 from __future__ import annotations
+
+import json
 
 import attrs
 
 from .protocol.frames import text_frame
 
+# One publication as the hub gets it: (frame, frame with offsets, keys, offsets aligned with
+# keys, topic or None). The plain frame is the seed protocol's byte-for-byte; a client that
+# asked for recovery gets the one with offsets. On a topic message the two are the same.
+Delivery = tuple[bytes, bytes, tuple[str, ...], tuple[int, ...], str | None]
+
+
+@attrs.frozen
+class Retain:
+    """Keep (or, with `state` None, forget) the latest state of a key: session.state."""
+
+    key: str
+    state: str | None
+
 
 @attrs.frozen
 class Publication:
-    """A server message serialised and framed once, with the subscription keys it goes to."""
+    """A server message serialised once, with the subscription keys it goes to.
 
-    text: str
+    `body` is the message JSON without its offsets (the broker assigns those); it ends with
+    the closing brace that `with_offsets` reopens.
+    """
+
+    body: str
     keys: tuple[str, ...]
-    # The WebSocket frame every recipient's writer sends, derived from `text` once.
-    frame: bytes = attrs.field(init=False, eq=False, repr=False)
+    # A generic-topic message: one key, the topic, and a single "offset" field.
+    topic: str | None = None
+    retain: Retain | None = None
 
-    @frame.default
-    def _frame(self) -> bytes:
-        return text_frame(self.text)
+
+@attrs.frozen
+class Position:
+    """Where a key's history stands, as a subscribe ack reports it, plus any replay."""
+
+    epoch: str
+    offset: int
+    # Answer to a `since`: None when none was asked.
+    recovered: bool | None = None
+    # Message frames after `since`, in order, with their offsets on this key.
+    replay: tuple[tuple[int, bytes], ...] = ()
+    # The retained state message (session.state) when asked for and present.
+    state: str | None = None
+
+
+def delivery(
+    body: str, keys: tuple[str, ...], offsets: tuple[int, ...], topic: str | None
+) -> Delivery:
+    """Both frames of a publication whose offsets are known, built once for every client."""
+    complete = text_frame(with_offsets(body, keys, offsets, topic))
+    plain = complete if topic is not None else text_frame(body)
+    return plain, complete, keys, offsets, topic
+
+
+def with_offsets(
+    body: str, keys: tuple[str, ...], offsets: tuple[int, ...], topic: str | None
+) -> str:
+    """`body` completed with its offsets: `"offset":N` on a topic message, else a key map."""
+    if topic is not None:
+        return f'{body[:-1]},"offset":{offsets[0]}}}'
+    mapping = json.dumps(dict(zip(keys, offsets, strict=True)), separators=(",", ":"))
+    return f'{body[:-1]},"offsets":{mapping}}}'

@@ -139,8 +139,8 @@ async def serve(
 
 def _broker(config: Config, instance: str) -> Broker:
     if config.redis_url is None:
-        return MemoryBroker(_round_size(config))
-    return RedisBroker(config.redis_url, config.redis_prefix, instance, wait=config.redis_wait)
+        return MemoryBroker(config, _round_size(config))
+    return RedisBroker(config, instance)
 
 
 async def _supervise(

@@ -205,6 +205,9 @@ SETTINGS: tuple[Setting, ...] = (
     _seconds("close_timeout", "seconds a close handshake may take"),
     _seconds("drain_timeout", "seconds a graceful shutdown may take before cancelling"),
     _switch("enable_echo", "serve the diagnostics echo endpoint /api/echo (conformance tests)"),
+    _integer("history_size", "messages kept per key for clients that resume"),
+    _seconds("history_ttl", "seconds a message stays available for resume"),
+    _seconds("state_ttl", "seconds the latest session update is retained (session.state)"),
     Setting(
         "redis_url",
         "Redis broker shared by instances, redis://[:password@]host:port/db or rediss://",

@@ -56,7 +56,7 @@ def test_decode_client_messages(text: str, expected: object) -> None:
         ('{"type":"pong","extra":1,"nested":{"a":[1,2]}}', Pong()),
         ('{"type":"ping","id":"abc"}', Ping()),
         ('{"type":"subscribe","scope":"all","token":"x","workspace":7}', Subscribe(scope="all")),
-        ('{"type":"unsubscribe","topic":["a"]}', Unsubscribe()),
+        ('{"type":"unsubscribe","room":["a"]}', Unsubscribe()),
     ],
 )
 def test_decode_ignores_unknown_fields(text: str, expected: object) -> None:

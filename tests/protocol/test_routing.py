@@ -59,7 +59,7 @@ def test_subscription_key_rejects_more_than_one(message: Subscribe) -> None:
     with pytest.raises(ProtocolError) as info:
         subscription_key(message)
     assert info.value.message == (
-        "Invalid subscribe: provide only one of scope, workspace_id, session_id"
+        "Invalid subscribe: provide only one of scope, workspace_id, session_id, topic"
     )
 
 
@@ -100,7 +100,7 @@ def test_unsubscription_key(message: Unsubscribe, key: str | None) -> None:
     [
         (
             Unsubscribe(workspace_id="w", session_id="s"),
-            "Invalid unsubscribe: provide only one of scope, workspace_id, session_id",
+            "Invalid unsubscribe: provide only one of scope, workspace_id, session_id, topic",
         ),
         (Unsubscribe(workspace_id=""), "Invalid unsubscribe: workspace_id must not be empty"),
         (Unsubscribe(session_id=""), "Invalid unsubscribe: session_id must not be empty"),

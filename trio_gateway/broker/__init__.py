@@ -15,10 +15,10 @@ from typing import Protocol
 
 import trio
 
-from ..publication import Publication
+from ..publication import Delivery, Position, Publication
 
-#: Hands (frame, keys) pairs, in order, to the local hub (Hub.publish_many).
-Deliver = Callable[[Iterable[tuple[bytes, Iterable[str]]]], object]
+#: Hands publications, in order, to the local hub (Hub.publish_many).
+Deliver = Callable[[Iterable[Delivery]], object]
 
 
 class BrokerUnavailable(Exception):
@@ -51,11 +51,30 @@ class Broker(Protocol):
         """
         ...
 
-    async def publish(self, publications: Sequence[Publication]) -> None:
-        """Send publications, in order, to every instance; all or nothing.
+    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
+        """Assign offsets and send publications, in order, to every instance; all or nothing.
 
+        Returns:
+            Each publication's offsets, aligned with its keys.
         Raises:
             BrokerUnavailable: none of them was sent.
+        """
+        ...
+
+    async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:
+        """`key`'s epoch and latest offset; with `since` (offset, epoch), also what came after
+        it, or `recovered=False` when history cannot say; with `state`, the retained state.
+
+        Raises:
+            BrokerUnavailable: the broker cannot answer now.
+        """
+        ...
+
+    async def state(self, key: str) -> str | None:
+        """The retained state message of `key` (session.state), if any.
+
+        Raises:
+            BrokerUnavailable: the broker cannot answer now.
         """
         ...
 
@@ -68,3 +87,27 @@ class Broker(Protocol):
             BrokerUnavailable: could not connect at startup (and not told to wait).
         """
         ...
+
+
+def history_window(
+    since: tuple[int, str],
+    epoch: str,
+    offset: int,
+    entries: Sequence[tuple[int, float, bytes]],
+    horizon: float,
+) -> tuple[tuple[int, bytes], ...] | None:
+    """What a client that got everything up to `since` missed, or None if history cannot say.
+
+    `entries` are a key's retained (offset, publish time, frame), oldest first and contiguous;
+    entries published before `horizon` have expired. None when the epoch changed, the offset
+    is ahead of the key (a different history), or a missed message is gone or expired.
+    """
+    since_offset, since_epoch = since
+    if since_epoch != epoch or since_offset > offset:
+        return None
+    missed = [(n, at, frame) for n, at, frame in entries if n > since_offset]
+    if len(missed) != offset - since_offset:
+        return None
+    if missed and missed[0][1] < horizon:
+        return None
+    return tuple((n, frame) for n, _, frame in missed)

@@ -1,15 +1,19 @@
-"""How a publication travels through Redis: channel names and the message envelope. Pure.
+"""How a publication travels through Redis: names, the message envelope, and turning an
+envelope back into what the hub delivers. Pure.
 
-Channel: `<prefix><key>`, one per subscription key (`trio-gateway:workspace:w1`,
-`trio-gateway:all`). A publication is published once on the channel of each of its keys, so an
-instance subscribes only to the keys its clients hold, and one with no "all" subscriber never
-sees the "all" copy.
+Names under `<prefix>` (the `redis_prefix` setting):
+- channel `<prefix><key>` (`trio-gateway:workspace:w1`, `trio-gateway:chat.room.1`): one per
+  subscription key, so an instance subscribes only to keys its clients hold;
+- hash `<prefix>log:<key>`: the key's `epoch` and latest `offset`;
+- list `<prefix>hist:<key>`: the key's last messages, as envelopes;
+- string `<prefix>state:<key>`: the retained state (session.state) of a session key.
 
-Envelope: `<header JSON>\n<message text>`, header `["<id>", ["<key>", ...]]`. The id lets an
-instance that receives several copies (one per channel it subscribes to) deliver once; the keys
-let it deliver to every local client of any of them. The message text is the JSON the clients
-get, untouched, so it is never parsed again; compact JSON has no raw newline, so the first
-newline ends the header.
+Envelope: `<header JSON>\\n<message body>`, header `["<id>", [keys], [offsets], <ms>, "<topic>"]`
+(topic "" when none). The id lets an instance that receives several copies (one per channel
+or pattern it subscribes to) deliver once; keys and offsets complete the body into the frame
+every local client gets (publication.with_offsets); the time (Redis's clock, ms) dates history
+entries. The body is the message JSON the publisher built, never parsed again; compact JSON
+has no raw newline, so the first newline ends the header.
 """
 
 from __future__ import annotations
@@ -18,38 +22,71 @@ import json
 
 import attrs
 
+from ..publication import Delivery, delivery
+
 
 def channel(prefix: str, key: str) -> str:
     return prefix + key
 
 
-def encode(message_id: str, keys: tuple[str, ...], text: str) -> bytes:
-    header = json.dumps([message_id, keys], separators=(",", ":"), ensure_ascii=False)
-    return f"{header}\n{text}".encode()
+def log_name(prefix: str, key: str) -> str:
+    return f"{prefix}log:{key}"
+
+
+def history_name(prefix: str, key: str) -> str:
+    return f"{prefix}hist:{key}"
+
+
+def state_name(prefix: str, key: str) -> str:
+    return f"{prefix}state:{key}"
 
 
 @attrs.frozen
 class Envelope:
     id: str
     keys: tuple[str, ...]
-    # UTF-8 of the message text: framed as is, never decoded.
-    payload: bytes
+    offsets: tuple[int, ...]
+    #: When Redis stored it, in milliseconds of Redis's clock.
+    time_ms: int
+    topic: str | None
+    body: str
+
+    def delivery(self) -> Delivery:
+        return delivery(self.body, self.keys, self.offsets, self.topic)
+
+    def offset_of(self, key: str) -> int:
+        return self.offsets[self.keys.index(key)]
+
+
+def _is_list_of(value: object, kind: type) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, kind) and not isinstance(item, bool) for item in value
+    )
 
 
 def decode(data: bytes) -> Envelope:
-    """Raises ValueError for anything this module did not encode."""
-    header, newline, payload = data.partition(b"\n")
+    """Raises ValueError for anything the gateway's publish script did not write."""
+    header, newline, body = data.partition(b"\n")
     if not newline:
         raise ValueError("no envelope header")
     parsed = json.loads(header)
+    if not isinstance(parsed, list) or len(parsed) != 5:
+        raise ValueError("malformed envelope header")
+    message_id, keys, offsets, time_ms, topic = parsed
     if (
-        not isinstance(parsed, list)
-        or len(parsed) != 2
-        or not isinstance(parsed[0], str)
-        or not isinstance(parsed[1], list)
-        or not all(isinstance(key, str) for key in parsed[1])
+        not isinstance(message_id, str)
+        or not _is_list_of(keys, str)
+        or not _is_list_of(offsets, int)
+        or len(keys) != len(offsets)
+        or not keys
+        or isinstance(time_ms, bool)
+        or not isinstance(time_ms, int)
+        or not isinstance(topic, str)
     ):
         raise ValueError("malformed envelope header")
-    # Clients would fail the connection on a text frame that is not UTF-8 (RFC 6455 8.1).
-    payload.decode("utf-8")
-    return Envelope(parsed[0], tuple(parsed[1]), payload)
+    # Clients would fail the connection on a text frame that is not UTF-8 (RFC 6455 8.1),
+    # and with_offsets needs a JSON object to reopen.
+    text = body.decode("utf-8")
+    if not text.endswith("}"):
+        raise ValueError("envelope body is not a JSON object")
+    return Envelope(message_id, tuple(keys), tuple(offsets), time_ms, topic or None, text)

@@ -1,26 +1,59 @@
-"""The in-memory broker: one process, publications go straight to the local hub.
+"""The in-memory broker: one process; offsets, history and retained state live here.
 
-Owns nothing but the delivery rounds. Must not be used by several processes: there is no
-shared state, which is exactly why `--workers` refuses it.
+Owns each key's log (epoch, latest offset, the last `history_size` frames) and the retained
+session states, and the sweep that forgets what has expired. Must not be used by several
+processes: there is no shared state, which is exactly why `--workers` refuses it.
+
+A log is created by the first publication on its key, or by the first subscriber asking for
+its position, with a fresh random epoch; a log idle for longer than `LOG_IDLE_LIMIT` is
+forgotten, and if it comes back it comes back with a new epoch, so a client resuming across
+that gap is told `recovered: false` rather than handed a silent gap.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 
+import attrs
 import trio
 
-from ..publication import Publication
-from . import Deliver
+from ..config import Config
+from ..publication import Delivery, Position, Publication, delivery
+from . import Deliver, history_window
+
+# Seconds a key's log (epoch and offset) outlives its last publication or position query:
+# long enough that a resume after a quiet spell is not a false "recovered: false".
+LOG_IDLE_LIMIT = 24 * 3600.0
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+@attrs.define(eq=False)
+class _Log:
+    epoch: str
+    offset: int = 0
+    # (offset, publish time, frame), oldest first, at most history_size.
+    entries: deque[tuple[int, float, bytes]] = attrs.field(factory=deque)
+    touched: float = 0.0
 
 
 class MemoryBroker:
     kind = "memory"
     ok = True
 
-    def __init__(self, round_size: int) -> None:
+    def __init__(self, config: Config, round_size: int) -> None:
         self._round_size = round_size
+        self._history_size = config.history_size
+        self._history_ttl = config.history_ttl
+        self._state_ttl = config.state_ttl
         self._deliver: Deliver | None = None
+        self._logs: dict[str, _Log] = {}
+        # key -> (state message text, expiry time)
+        self._states: dict[str, tuple[str, float]] = {}
 
     def want(self, key: str) -> None:
         pass
@@ -31,20 +64,87 @@ class MemoryBroker:
     def when_live(self, key: str, callback: Callable[[], None]) -> None:
         callback()
 
-    async def publish(self, publications: Sequence[Publication]) -> None:
+    def _log(self, key: str, now: float) -> _Log:
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = _Log(new_epoch())
+        log.touched = now
+        return log
+
+    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
         assert self._deliver is not None, "publish before run"
-        # Delivered in rounds with a checkpoint between them, so the writers run: one large
-        # batch queued whole would make a client reading at full speed look slow.
+        now = trio.current_time()
+        assigned = []
         for start in range(0, len(publications), self._round_size):
+            # Delivered in rounds with a checkpoint between them, so the writers run: one
+            # large batch queued whole would make a client reading at full speed look slow.
             if start:
                 await trio.lowlevel.checkpoint()
-            self._deliver(
-                (publication.frame, publication.keys)
-                for publication in publications[start : start + self._round_size]
-            )
+            round_: list[Delivery] = []
+            for publication in publications[start : start + self._round_size]:
+                logs = [self._log(key, now) for key in publication.keys]
+                for log in logs:
+                    log.offset += 1
+                offsets = tuple(log.offset for log in logs)
+                item = delivery(publication.body, publication.keys, offsets, publication.topic)
+                for log in logs:
+                    # Replayed only to clients that asked for recovery: the frame with offsets.
+                    log.entries.append((log.offset, now, item[1]))
+                    if len(log.entries) > self._history_size:
+                        log.entries.popleft()
+                if (retain := publication.retain) is not None:
+                    if retain.state is None:
+                        self._states.pop(retain.key, None)
+                    else:
+                        self._states[retain.key] = (retain.state, now + self._state_ttl)
+                assigned.append(offsets)
+                round_.append(item)
+            self._deliver(round_)
+        return assigned
+
+    async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:
+        now = trio.current_time()
+        log = self._log(key, now)
+        recovered = None
+        replay: tuple[tuple[int, bytes], ...] = ()
+        if since is not None:
+            entries = [(offset, at, frame) for offset, at, frame in log.entries]
+            window = history_window(since, log.epoch, log.offset, entries, now - self._history_ttl)
+            recovered = window is not None
+            replay = window or ()
+        retained = self._retained(key, now) if state else None
+        return Position(log.epoch, log.offset, recovered, replay, retained)
+
+    async def state(self, key: str) -> str | None:
+        return self._retained(key, trio.current_time())
+
+    def _retained(self, key: str, now: float) -> str | None:
+        retained = self._states.get(key)
+        if retained is None:
+            return None
+        if retained[1] <= now:
+            del self._states[key]
+            return None
+        return retained[0]
 
     async def run(
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._deliver = deliver
         task_status.started()
+        # Forget what expired, so memory is bounded by what is recent, not by all time.
+        period = min(self._history_ttl, self._state_ttl, 60.0)
+        while True:
+            await trio.sleep(period)
+            self._sweep(trio.current_time())
+
+    def _sweep(self, now: float) -> None:
+        horizon = now - self._history_ttl
+        for key, log in list(self._logs.items()):
+            while log.entries and log.entries[0][1] < horizon:
+                log.entries.popleft()
+            if not log.entries and log.touched < now - LOG_IDLE_LIMIT:
+                del self._logs[key]
+        for key, (_, expires) in list(self._states.items()):
+            if expires <= now:
+                del self._states[key]

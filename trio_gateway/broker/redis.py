@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,11 +41,13 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
+from ..config import Config
 from ..jsonlog import fields
-from ..protocol.frames import utf8_text_frame
-from ..publication import Publication
-from . import BrokerUnavailable, Deliver
-from .envelope import channel, decode, encode
+from ..protocol.topics import is_pattern, redis_globs
+from ..publication import Position, Publication
+from . import BrokerUnavailable, Deliver, history_window, scripts
+from .envelope import channel, decode
+from .memory import LOG_IDLE_LIMIT, new_epoch
 
 log = logging.getLogger("trio_gateway.broker.redis")
 
@@ -122,6 +125,26 @@ def redacted(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}"
 
 
+def _ints(reply: Any) -> list[int]:
+    if not isinstance(reply, list) or not all(isinstance(item, int) for item in reply):
+        raise BrokerUnavailable(f"unexpected reply from the publish script: {reply!r:.100}")
+    return reply
+
+
+def _fetch_reply(reply: Any) -> tuple[bytes, int, int, list[bytes], bytes | None]:
+    if (
+        not isinstance(reply, list)
+        or len(reply) != 5
+        or not isinstance(reply[0], bytes)
+        or not isinstance(reply[1], int)
+        or not isinstance(reply[2], int)
+        or not isinstance(reply[3], list)
+    ):
+        raise BrokerUnavailable(f"unexpected reply from the fetch script: {reply!r:.100}")
+    epoch, offset, now_ms, entries, state = reply
+    return epoch, offset, now_ms, entries, state if isinstance(state, bytes) else None
+
+
 def _client(url: str, pool_size: int) -> coredis.Redis[bytes]:
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         url,
@@ -140,18 +163,24 @@ def _client(url: str, pool_size: int) -> coredis.Redis[bytes]:
 class RedisBroker:
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str, instance_id: str, *, wait: bool = False) -> None:
-        self._url = url
-        self._prefix = prefix
-        self._wait = wait
-        self._ids = (f"{instance_id}:{n}" for n in itertools.count())
+    def __init__(self, config: Config, instance_id: str) -> None:
+        assert config.redis_url is not None
+        self._url = config.redis_url
+        self._prefix = config.redis_prefix
+        self._wait = config.redis_wait
+        self._history_size = config.history_size
+        self._history_ttl_ms = round(config.history_ttl * 1000)
+        self._log_ttl = max(round(LOG_IDLE_LIMIT), math.ceil(config.history_ttl))
+        self._state_ttl_ms = round(config.state_ttl * 1000)
+        self._round_ids = (f"{instance_id}:{n}" for n in itertools.count())
         self._publisher: coredis.Redis[bytes] | None = None
         self._publisher_broken = trio.Event()
-        # Keys this instance needs, and those the subscriber connection has confirmed.
+        # Keys (and patterns) this instance needs, and the channels and globs the subscriber
+        # connection has confirmed.
         self._wanted: set[str] = set()
         self._active: set[str] = set()
         self._changed = trio.Event()
-        # Callbacks waiting for their key's channel to go live (`when_live`).
+        # Callbacks waiting for their key to go live (`when_live`).
         self._waiting: dict[str, list[Callable[[], None]]] = {}
         self._connected = False
         self._last_id: str | None = None
@@ -162,8 +191,17 @@ class RedisBroker:
 
     @property
     def channels(self) -> frozenset[str]:
-        """The Redis channels the subscriber connection is subscribed to right now."""
-        return frozenset(channel(self._prefix, key) for key in self._active)
+        """The Redis channels and globs the subscriber connection is subscribed to now."""
+        return frozenset(self._active)
+
+    def _subscriptions(self, key: str) -> tuple[str, ...]:
+        """The channel, or for a pattern the globs, that bring `key`'s messages here."""
+        if is_pattern(key):
+            return redis_globs(self._prefix, key)
+        return (channel(self._prefix, key),)
+
+    def _is_live(self, key: str) -> bool:
+        return all(name in self._active for name in self._subscriptions(key))
 
     def want(self, key: str) -> None:
         self._wanted.add(key)
@@ -172,31 +210,104 @@ class RedisBroker:
     def unwant(self, key: str) -> None:
         self._wanted.discard(key)
         self._changed.set()
-        self._went_live(key)
+        self._release(key)
 
     def when_live(self, key: str, callback: Callable[[], None]) -> None:
-        if key in self._active or not self._connected or key not in self._wanted:
+        if not self._connected or key not in self._wanted or self._is_live(key):
             callback()
         else:
             self._waiting.setdefault(key, []).append(callback)
 
-    def _went_live(self, key: str) -> None:
+    def _release(self, key: str) -> None:
         for callback in self._waiting.pop(key, ()):
             callback()
 
-    async def publish(self, publications: Sequence[Publication]) -> None:
-        if self._publisher is None or not self._connected:
-            raise BrokerUnavailable("Redis is unreachable")
+    def _confirmed(self, name: str) -> None:
+        """Redis confirmed a channel or glob: release the keys it completes."""
+        self._active.add(name)
+        for key in [key for key in self._waiting if self._is_live(key)]:
+            self._release(key)
+
+    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
+        publisher = self._usable_publisher()
+        args: list[str | int] = [
+            self._prefix,
+            self._history_size,
+            self._history_ttl_ms,
+            self._log_ttl,
+            self._state_ttl_ms,
+            new_epoch(),
+            next(self._round_ids),
+            len(publications),
+        ]
+        for publication in publications:
+            retain = publication.retain
+            args += [len(publication.keys), *publication.keys, publication.topic or ""]
+            if retain is None:
+                args += ["", "", ""]
+            elif retain.state is None:
+                args += ["del", retain.key, ""]
+            else:
+                args += ["set", retain.key, retain.state]
+            args.append(publication.body)
         try:
             with _as_unavailable("publish to Redis failed"):
-                async with self._publisher.pipeline(transaction=True) as pipe:
-                    for publication in publications:
-                        payload = encode(next(self._ids), publication.keys, publication.text)
-                        for key in publication.keys:
-                            pipe.publish(channel(self._prefix, key), payload)
+                flat = await publisher.eval(scripts.PUBLISH, args=args)
         except BrokerUnavailable:
             self._publisher_broken.set()
             raise
+        offsets = iter(_ints(flat))
+        return [tuple(next(offsets) for _ in publication.keys) for publication in publications]
+
+    async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:
+        publisher = self._usable_publisher()
+        args = [
+            self._prefix,
+            key,
+            "" if since is None else since[0],
+            "" if since is None else since[1],
+            new_epoch(),
+            self._log_ttl,
+            "1" if state else "",
+        ]
+        try:
+            with _as_unavailable("history fetch from Redis failed"):
+                reply = await publisher.eval(scripts.FETCH, args=args)
+        except BrokerUnavailable:
+            self._publisher_broken.set()
+            raise
+        epoch_raw, offset, now_ms, raw_entries, retained = _fetch_reply(reply)
+        epoch = epoch_raw.decode()
+        recovered = None
+        replay: tuple[tuple[int, bytes], ...] = ()
+        if since is not None:
+            entries = []
+            for raw in raw_entries:
+                envelope = decode(raw)
+                _, frame, *_ = envelope.delivery()
+                entries.append((envelope.offset_of(key), float(envelope.time_ms), frame))
+            horizon = float(now_ms - self._history_ttl_ms)
+            window = history_window(since, epoch, offset, entries, horizon)
+            recovered = window is not None
+            replay = window or ()
+        return Position(
+            epoch, offset, recovered, replay, retained.decode() if retained is not None else None
+        )
+
+    async def state(self, key: str) -> str | None:
+        publisher = self._usable_publisher()
+        try:
+            with _as_unavailable("state fetch from Redis failed"):
+                retained = await publisher.eval(scripts.STATE, args=[self._prefix, key])
+        except BrokerUnavailable:
+            self._publisher_broken.set()
+            raise
+        return retained.decode() if isinstance(retained, bytes) else None
+
+    def _usable_publisher(self) -> coredis.Redis[bytes]:
+        if self._publisher is None or not self._connected:
+            raise BrokerUnavailable("Redis is unreachable")
+        return self._publisher
 
     async def run(
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -318,17 +429,14 @@ class RedisBroker:
                 message = await pubsub.get_message()
                 if message is None:
                     continue
-                if message["type"] == "message":
+                kind = message["type"]
+                if kind in ("message", "pmessage"):
                     self._receive(message["data"], deliver)
-                elif message["type"] == "subscribe":
+                elif kind in ("subscribe", "psubscribe"):
                     # Seen in stream order: ahead of every message on that channel, so the
                     # subscribe acks this releases are queued before what they enable.
-                    name = message["channel"]
-                    if isinstance(name, bytes):
-                        name = name.decode()
-                    key = name.removeprefix(self._prefix)
-                    self._active.add(key)
-                    self._went_live(key)
+                    name = message["pattern"] if kind == "psubscribe" else message["channel"]
+                    self._confirmed(name.decode() if isinstance(name, bytes) else str(name))
 
     def _receive(self, data: Any, deliver: Deliver) -> None:
         try:
@@ -338,33 +446,43 @@ class RedisBroker:
                 "ignoring a foreign message on a gateway channel", extra=fields(error=str(exc))
             )
             return
-        # Copies of one publication arrive back to back (one per subscribed channel).
+        # Copies of one publication arrive back to back (one per subscribed channel or glob).
         if envelope.id == self._last_id:
             return
         self._last_id = envelope.id
-        deliver(((utf8_text_frame(envelope.payload), envelope.keys),))
+        deliver((envelope.delivery(),))
 
     async def _reconcile(
         self, pubsub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep the subscriber's channels equal to the wanted keys, for this connection."""
-        requested: set[str] = set()
+        """Keep this connection's channels and globs equal to what the wanted keys need."""
+        channels: set[str] = set()
+        globs: set[str] = set()
         started = False
         while True:
             self._changed = trio.Event()
-            wanted = set(self._wanted)
-            if added := wanted - requested:
-                # The message loop marks each key live as Redis confirms it.
-                await pubsub.subscribe(*(channel(self._prefix, key) for key in added))
-                requested |= added
-            if removed := requested - wanted:
-                await pubsub.unsubscribe(*(channel(self._prefix, key) for key in removed))
-                requested -= removed
+            keys = set(self._wanted)
+            wanted_channels = {channel(self._prefix, k) for k in keys if not is_pattern(k)}
+            wanted_globs = {g for k in keys if is_pattern(k) for g in redis_globs(self._prefix, k)}
+            # The message loop marks each name live as Redis confirms it.
+            if added := wanted_channels - channels:
+                await pubsub.subscribe(*added)
+                channels |= added
+            if added := wanted_globs - globs:
+                await pubsub.psubscribe(*added)
+                globs |= added
+            if removed := channels - wanted_channels:
+                await pubsub.unsubscribe(*removed)
+                channels -= removed
+                self._active -= removed
+            if removed := globs - wanted_globs:
+                await pubsub.punsubscribe(*removed)
+                globs -= removed
                 self._active -= removed
             if not started:
                 started = True
                 task_status.started()
-            if self._wanted == requested:
+            if not self._changed.is_set():
                 await self._changed.wait()
 
     def _set_connected(self, connected: bool) -> None:
@@ -374,4 +492,4 @@ class RedisBroker:
             # Nobody waits for a channel while Redis is away: the subscription takes effect
             # when the connection is back, and /api/health says it is not yet.
             for key in list(self._waiting):
-                self._went_live(key)
+                self._release(key)

@@ -22,7 +22,10 @@ from .messages import (
     EventMessage,
     RemoteUpdate,
     ServerMessage,
+    SessionState,
     SessionUpdate,
+    Since,
+    Subscribed,
 )
 
 # Client-chosen text echoed back in an error reply is cut to this many characters, so an
@@ -39,8 +42,35 @@ def _strict_str(value: object, _: type) -> str:
     return value
 
 
+def _strict_int(value: object, _: type) -> int:
+    # Neither true nor 3.0 nor "3" is an offset.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("must be an integer")
+    return value
+
+
+def _since(value: object, _: type) -> Since:
+    if not isinstance(value, dict):
+        raise TypeError("must be an object with offset and epoch")
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise TypeError("offset must be a non-negative integer")
+    if not isinstance(epoch, str) or not epoch:
+        raise TypeError("epoch must be a non-empty string")
+    return Since(offset, epoch)
+
+
+def _strict_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("must be true or false")
+    return value
+
+
 _converter.register_structure_hook(str, _strict_str)
-for _cls in (EventMessage, SessionUpdate, RemoteUpdate):
+_converter.register_structure_hook(bool, _strict_bool)
+_converter.register_structure_hook(int, _strict_int)
+_converter.register_structure_hook(Since, _since)
+for _cls in (EventMessage, SessionUpdate, SessionState, RemoteUpdate, Subscribed):
     # Optional fields (default None) are left off the wire rather than sent as null.
     _omit_none: dict[str, Any] = {
         field.name: override(omit_if_default=True)
@@ -54,7 +84,11 @@ for _cls in (EventMessage, SessionUpdate, RemoteUpdate):
 
 def _describe(exc: Exception) -> str:
     messages = transform_error(
-        exc, path="$", format_exception=lambda e, _t: str(e) or "invalid value"
+        exc,
+        path="$",
+        format_exception=lambda e, _t: (
+            "is required" if isinstance(e, KeyError) else str(e) or "invalid value"
+        ),
     )
     first = messages[0] if messages else "invalid value"
     detail, _, path = first.rpartition(" @ $.")

@@ -14,11 +14,23 @@ import attrs
 
 
 @attrs.frozen
+class Since:
+    """Where a resuming client left off on one key: the last offset it got, in which epoch."""
+
+    offset: int
+    epoch: str
+
+
+@attrs.frozen
 class Subscribe:
     TAG: ClassVar[str] = "subscribe"
     scope: str | None = None
     workspace_id: str | None = None
     session_id: str | None = None
+    topic: str | None = None
+    # Ask for the key's position in the ack, and offsets on every message (see PROTOCOL.md).
+    recover: bool = False
+    since: Since | None = None
 
 
 @attrs.frozen
@@ -27,6 +39,15 @@ class Unsubscribe:
     scope: str | None = None
     workspace_id: str | None = None
     session_id: str | None = None
+    topic: str | None = None
+
+
+@attrs.frozen
+class Sync:
+    """Ask for the retained state of a session (answered with `session.state`)."""
+
+    TAG: ClassVar[str] = "sync"
+    session_id: str
 
 
 @attrs.frozen
@@ -43,9 +64,9 @@ class Ping:
     TAG: ClassVar[str] = "ping"
 
 
-ClientMessage = Subscribe | Unsubscribe | Pong | Ping
+ClientMessage = Subscribe | Unsubscribe | Sync | Pong | Ping
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
-    cls.TAG: cls for cls in (Subscribe, Unsubscribe, Pong, Ping)
+    cls.TAG: cls for cls in (Subscribe, Unsubscribe, Sync, Pong, Ping)
 }
 
 # --- server -> client ---------------------------------------------------------------------
@@ -60,8 +81,14 @@ class Ready:
 
 @attrs.frozen
 class Subscribed:
+    """The ack of a subscribe. A key with history also gives its position: the epoch and the
+    offset of its latest message; `recovered` answers a subscribe that carried `since`."""
+
     TAG: ClassVar[str] = "subscribed"
     subscription: str
+    epoch: str | None = None
+    offset: int | None = None
+    recovered: bool | None = None
 
 
 @attrs.frozen
@@ -92,6 +119,32 @@ class SessionUpdate:
 
 
 @attrs.frozen
+class SessionState:
+    """The retained latest session update, sent to a client that subscribes or asks (sync)."""
+
+    TAG: ClassVar[str] = "session.state"
+    session_id: str
+    lifecycle: str
+    summary: str | None = None
+    stats: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class SessionDeleted:
+    TAG: ClassVar[str] = "session.deleted"
+    session_id: str
+
+
+@attrs.frozen
+class TopicMessage:
+    """A message published on a generic topic; `data` is any JSON value, passed through."""
+
+    TAG: ClassVar[str] = "message"
+    topic: str
+    data: Any
+
+
+@attrs.frozen
 class RemoteUpdate:
     TAG: ClassVar[str] = "remote.update"
     remote_env_id: str
@@ -108,5 +161,8 @@ ServerMessage = (
     | Pong
     | EventMessage
     | SessionUpdate
+    | SessionState
+    | SessionDeleted
+    | TopicMessage
     | RemoteUpdate
 )

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 
 from .errors import ProtocolError
 from .messages import Subscribe, Unsubscribe
+from .topics import ALL as ALL
+from .topics import pattern_problem
 
-ALL = "all"
+SESSION_PREFIX = "session:"
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
 
 
@@ -20,18 +22,28 @@ def workspace_key(workspace_id: str) -> str:
 
 
 def session_key(session_id: str) -> str:
-    return f"session:{session_id}"
+    return SESSION_PREFIX + session_id
 
 
 def _requested_key(message: Subscribe | Unsubscribe) -> str | None:
     verb = message.TAG
     given = [
         name
-        for name in ("scope", "workspace_id", "session_id")
+        for name in ("scope", "workspace_id", "session_id", "topic")
         if getattr(message, name) is not None
     ]
     if len(given) > 1:
-        raise ProtocolError(f"Invalid {verb}: provide only one of scope, workspace_id, session_id")
+        raise ProtocolError(
+            f"Invalid {verb}: provide only one of scope, workspace_id, session_id, topic"
+        )
+    for name in given:
+        if not encodable(getattr(message, name)):
+            raise ProtocolError(f"Invalid {verb}: {name} must be valid Unicode text")
+    if message.topic is not None:
+        problem = pattern_problem(message.topic)
+        if problem is not None:
+            raise ProtocolError(f"Invalid {verb}: {problem}")
+        return message.topic
     if message.scope is not None:
         if message.scope != ALL:
             raise ProtocolError(f'Invalid {verb}: scope must be "all"')
@@ -64,6 +76,15 @@ def unsubscription_key(message: Unsubscribe) -> str | None:
     return _requested_key(message)
 
 
+def encodable(text: str) -> bool:
+    """True unless `text` holds a lone surrogate, which no UTF-8 channel name can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def route_keys(workspace_id: str | None, session_id: str | None) -> tuple[str, ...]:
     """Every subscription key that receives a publication for this workspace/session."""
     keys = [ALL]
@@ -88,4 +109,6 @@ def event_problem(event: object) -> str | None:
     session_id = event.get("session_id")
     if session_id is not None and not isinstance(session_id, str):
         return "session_id must be a string or null"
+    if not encodable(workspace_id) or (session_id is not None and not encodable(session_id)):
+        return "workspace_id and session_id must be valid Unicode text"
     return None

@@ -1,0 +1,101 @@
+"""The Lua scripts the Redis broker runs: each is one atomic step on Redis.
+
+Owns the script text and the layout of their arguments and replies (envelope.py names the
+keys). Atomicity is the point: a publish round assigns offsets, stores history and publishes
+with no other client's command in between, so every instance sees offsets in the order they
+were assigned, and a history fetch sees a consistent (epoch, offset, entries) triple.
+"""
+
+from __future__ import annotations
+
+# ARGV: prefix, history_size, history_ttl_ms, log_ttl_s, state_ttl_ms, epoch_candidate,
+#       id_base, count, then per publication:
+#       key_count, key..., topic ("" for none), retain ("", "set", "del"), retain_key,
+#       retain_state, body
+# Returns every publication's offsets, flattened in order.
+PUBLISH = """
+local prefix = ARGV[1]
+local history_size = tonumber(ARGV[2])
+local history_ttl = tonumber(ARGV[3])
+local log_ttl = tonumber(ARGV[4])
+local state_ttl = tonumber(ARGV[5])
+local candidate = ARGV[6]
+local id_base = ARGV[7]
+local count = tonumber(ARGV[8])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local at = 9
+local result = {}
+for n = 1, count do
+  local key_count = tonumber(ARGV[at])
+  at = at + 1
+  local keys = {}
+  for k = 1, key_count do
+    keys[k] = ARGV[at]
+    at = at + 1
+  end
+  local topic, retain, retain_key, retain_state, body =
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  at = at + 5
+  local offsets = {}
+  for k = 1, key_count do
+    local log = prefix .. 'log:' .. keys[k]
+    if redis.call('HSETNX', log, 'epoch', candidate) == 1 then
+      -- A new epoch: whatever history is left belongs to the old one.
+      redis.call('DEL', prefix .. 'hist:' .. keys[k])
+    end
+    offsets[k] = redis.call('HINCRBY', log, 'offset', 1)
+    redis.call('EXPIRE', log, log_ttl)
+  end
+  local envelope = cjson.encode({id_base .. ':' .. n, keys, offsets, now, topic}) .. '\\n' .. body
+  for k = 1, key_count do
+    local history = prefix .. 'hist:' .. keys[k]
+    redis.call('RPUSH', history, envelope)
+    redis.call('LTRIM', history, -history_size, -1)
+    redis.call('PEXPIRE', history, history_ttl)
+  end
+  if retain == 'set' then
+    redis.call('SET', prefix .. 'state:' .. retain_key, retain_state, 'PX', state_ttl)
+  elseif retain == 'del' then
+    redis.call('DEL', prefix .. 'state:' .. retain_key)
+  end
+  for k = 1, key_count do
+    redis.call('PUBLISH', prefix .. keys[k], envelope)
+    result[#result + 1] = offsets[k]
+  end
+end
+return result
+"""
+
+# ARGV: prefix, key, since_offset ("" for none), since_epoch, epoch_candidate, log_ttl_s,
+#       want_state ("1" or "")
+# Returns {epoch, offset, now_ms, entries after since_offset (when the epoch matches), state}.
+FETCH = """
+local prefix, key = ARGV[1], ARGV[2]
+local log = prefix .. 'log:' .. key
+if redis.call('HSETNX', log, 'epoch', ARGV[5]) == 1 then
+  redis.call('DEL', prefix .. 'hist:' .. key)
+end
+redis.call('EXPIRE', log, tonumber(ARGV[6]))
+local epoch = redis.call('HGET', log, 'epoch')
+local offset = tonumber(redis.call('HGET', log, 'offset') or '0')
+local entries = {}
+if ARGV[3] ~= '' and ARGV[4] == epoch then
+  local missed = offset - tonumber(ARGV[3])
+  if missed > 0 then
+    entries = redis.call('LRANGE', prefix .. 'hist:' .. key, -missed, -1)
+  end
+end
+local state = false
+if ARGV[7] == '1' then
+  state = redis.call('GET', prefix .. 'state:' .. key)
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+return {epoch, offset, now, entries, state}
+"""
+
+# ARGV: prefix, key. Returns the retained state or nil.
+STATE = """
+return redis.call('GET', ARGV[1] .. 'state:' .. ARGV[2])
+"""
