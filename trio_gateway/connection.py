@@ -180,31 +180,28 @@ async def _subscribe_with_position(
         )
     except BrokerUnavailable:
         pass
-    # No checkpoint from here on: ack, replay and what was kept aside go out in one piece.
+    # No checkpoint from here on: ack, replay and what was kept aside go out in one piece,
+    # and as one queue entry, so a replay of up to history_size messages is not mistaken for
+    # a slow consumer (the outbox limit counts entries).
     kept = hub.end_recovery(client, key)
     if position is None:
         # The broker is down: live from now on, and a resume cannot be vouched for.
-        client.send(
-            text_frame(encode(Subscribed(key, recovered=False if since is not None else None)))
-        )
-        for _, frame in kept:
-            client.send(frame)
+        ack = Subscribed(key, recovered=False if since is not None else None)
+        client.send(b"".join([text_frame(encode(ack)), *(frame for _, frame in kept)]))
         return
     if recover:
         ack = Subscribed(key, position.epoch, position.offset, position.recovered)
     else:
         ack = Subscribed(key)
-    client.send(text_frame(encode(ack)))
+    frames = [text_frame(encode(ack))]
     if position.recovered:
-        for _, frame in position.replay:
-            client.send(frame)
+        frames += [frame for _, frame in position.replay]
     elif position.state is not None:
         # A client starting afresh gets the latest state first; one that recovered got every
         # update it missed instead, and an older state now would go back in time.
-        client.send(text_frame(position.state))
-    for offset, frame in kept:
-        if offset > position.offset:
-            client.send(frame)
+        frames.append(text_frame(position.state))
+    frames += [frame for offset, frame in kept if offset > position.offset]
+    client.send(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 async def _when_live(context: GatewayContext, key: str, on_live: Callable[[], object]) -> None:

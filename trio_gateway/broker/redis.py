@@ -488,6 +488,8 @@ class RedisBroker:
     def _set_connected(self, connected: bool) -> None:
         self._connected = connected
         if not connected:
+            # The publisher's pooled connections went down with Redis too: start afresh.
+            self._publisher_broken.set()
             self._active = set()
             # Nobody waits for a channel while Redis is away: the subscription takes effect
             # when the connection is back, and /api/health says it is not yet.
