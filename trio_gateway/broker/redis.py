@@ -1,28 +1,33 @@
 """The Redis broker: instances share Redis pub/sub, so N instances behave as one.
 
-Owns two Redis connections' worth of state: a publisher pool and one dedicated subscriber
-connection, the set of channels this instance needs, and the reconnect loop. Must not touch
-clients: what arrives is handed to the hub through `deliver`.
+Owns a publisher pool and one dedicated subscriber connection, the set of channels and globs
+this instance needs, and the reconnect loop. Must not touch clients: what arrives is handed to
+the hub through `deliver`.
 
 Theory of operation
 -------------------
-Publishing: a round of publications goes out as one MULTI/EXEC, each publication PUBLISHed on
-the channel of each of its keys (envelope.py). The transaction makes a round all or nothing,
-and keeps the copies of one publication next to each other in every subscriber's stream, which
-is what lets a receiver drop duplicates by remembering only the last id it delivered. Redis
-orders everything it relays, so every instance sees every publisher's publications in the
-order they were published.
+Publishing: a round of publications goes out as one Lua script (scripts.PUBLISH) that assigns
+each publication its offset on every key, stores it in each key's history, retains or clears
+session state, and PUBLISHes it on the channel of each key (envelope.py). The script is atomic:
+a round is all or nothing, offsets are in publication order everywhere, and the copies of one
+publication sit next to each other in every subscriber's stream, which is what lets a
+receiver drop duplicates by remembering only the last id it delivered.
 
-Subscribing: the hub reports the first local subscriber of a key (`want`) and the last one
-leaving (`unwant`). A reconcile task brings the subscriber connection's channels in line with
-that set, so an instance receives only what its clients can match; `confirmed` lets a
-subscribe ack wait until the channel is live, so a client never misses a message published
-after its ack.
+Subscribing: the hub reports the first local interest in a key (`want`) and the last one
+leaving (`unwant`). A reconcile task brings the subscriber connection's channels (and, for
+wildcard patterns, PSUBSCRIBE globs) in line with that set, so an instance receives only what
+its clients can match. Redis confirms each subscription in the same stream as the messages,
+so `when_live` callbacks run before the first message the subscription brings.
+
+Resuming: `fetch` runs scripts.FETCH, one atomic read of a key's epoch, offset, the history
+after a client's offset, and the retained state. The caller has made the key live first, so
+whatever is published after the fetch arrives live: nothing falls between the two.
 
 Faults: when the subscriber connection drops, the broker reports not ok (health 503, and
-publishes are refused rather than pretend), then reconnects with jittered exponential backoff
-and subscribes every channel still wanted. Clients stay connected throughout. Redis pub/sub
-keeps no history: what is published while an instance is cut off never reaches it.
+publishes are refused rather than pretend), renews its publisher pool, then reconnects with
+jittered exponential backoff and subscribes every channel still wanted. Clients stay
+connected throughout. What is published while an instance is cut off does not reach its
+clients live; a client that resumes gets it from history.
 """
 
 from __future__ import annotations
