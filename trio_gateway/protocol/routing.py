@@ -14,11 +14,12 @@ from .topics import ALL as ALL
 from .topics import pattern_problem
 
 SESSION_PREFIX = "session:"
+WORKSPACE_PREFIX = "workspace:"
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
 
 
 def workspace_key(workspace_id: str) -> str:
-    return f"workspace:{workspace_id}"
+    return WORKSPACE_PREFIX + workspace_id
 
 
 def session_key(session_id: str) -> str:

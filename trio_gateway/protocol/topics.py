@@ -248,3 +248,26 @@ class PatternIndex:
             count += 1
             stack.extend(node.children.values())
         return count
+
+
+def covers(grant: str, pattern: str) -> bool:
+    """True when every topic `pattern` matches is also matched by `grant` (both valid).
+
+    What a permission check needs for a wildcard subscription: "chat.*" may be subscribed
+    under a grant of "chat.**" or "*.*", but not under "chat.room".
+    """
+    granted, requested = grant.split("."), pattern.split(".")
+    for index, want in enumerate(requested):
+        if index >= len(granted):
+            return False
+        have = granted[index]
+        if have == REST:
+            return True
+        if want == REST:
+            return False
+        if have != ONE and have != want:
+            return False
+    # Both ran out together, or the grant ends in "**" (zero further segments).
+    return len(granted) == len(requested) or (
+        len(granted) == len(requested) + 1 and granted[-1] == REST
+    )
