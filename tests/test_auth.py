@@ -71,8 +71,8 @@ def test_a_valid_hs256_token_names_the_user_and_grants() -> None:
         (jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "exp"),
         (jwt.encode({"exp": NOW + 60}, SECRET, algorithm="HS256"), "sub"),
         (hs256(sub=""), "sub"),
-        (hs256(sub=5), "(?i)subject"),
-        (jwt.encode({"sub": "alice", "exp": NOW + 60}, "t" * 32, algorithm="HS256"), "(?i)signature"),
+        (hs256(sub=5), "Subject"),
+        (jwt.encode({"sub": "alice", "exp": NOW + 60}, "t" * 32, algorithm="HS256"), "Signature"),
         (hs256(sub_topics="chat"), "sub_topics"),
         (hs256(pub_topics=["chat..x"]), "pub_topics"),
         ("not-a-token", "invalid credentials"),
@@ -117,7 +117,7 @@ def test_rs256_with_a_public_key_and_no_key_confusion(rsa_key: rsa.RSAPrivateKey
     with pytest.raises(AuthError):
         rs.authenticate(forged, NOW)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with pytest.raises(AuthError, match="(?i)signature"):
+    with pytest.raises(AuthError, match="Signature"):
         rs.authenticate(jwt.encode({"sub": "bob", "exp": NOW + 60}, other, algorithm="RS256"), NOW)
 
 

@@ -21,9 +21,9 @@ from trio_gateway.broadcaster import (
     session_update_publication,
 )
 from trio_gateway.broker.memory import MemoryBroker
-from trio_gateway.publication import Retain
 from trio_gateway.hub import Client, Hub
 from trio_gateway.outbox import Outbox
+from trio_gateway.publication import Retain
 
 
 def open_broadcaster(depth: int = 16) -> tuple[Broadcaster, trio.MemoryReceiveChannel[Batch]]:

@@ -1,4 +1,4 @@
-"""The Redis envelope and names (pure), and URL redaction for logs."""
+"""The Redis envelope and names (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from tests.helpers import unframe
 from trio_gateway.broker.envelope import Envelope, channel, decode, history_name, log_name
-from trio_gateway.broker.redis import redacted
 
 
 def envelope(header: object, body: str = '{"type":"event","event":{}}') -> bytes:
@@ -71,15 +70,3 @@ def test_a_topic_envelope_has_a_single_offset() -> None:
 def test_anything_else_on_a_gateway_channel_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - every refusal is a ValueError subclass
         decode(data)
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
-        ("rediss://user:p@ss@redis.example:6380/1", "rediss://user:***@redis.example:6380/1"),
-    ],
-)
-def test_redacted_hides_the_password(url: str, shown: str) -> None:
-    assert redacted(url) == shown

@@ -62,7 +62,9 @@ async def next_event(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
 
 async def eventually(check: Callable[[], Awaitable[bool]], interval: float = 0.02) -> None:
     """Poll an observable condition (bounded by the caller's fail_after)."""
-    while not await check():
+    while True:
+        if await check():
+            return
         await trio.sleep(interval)
 
 

@@ -2,12 +2,16 @@
 
 Owns the process edges: argparse, reading the TOML file, the lines printed for humans on
 stderr, the generated API key, `trio.run`, and exit statuses. Must not decide precedence or
-validate values (settings.py), nor run any part of the gateway itself (server.py).
+validate values (settings.py), nor run any part of the gateway itself (server.py), nor manage
+worker processes (workers.py: `serve --workers N` runs a supervisor there, whose workers come
+back here as the hidden `_worker` command and run `run_daemon` like a single process).
 
 Exit statuses:
     0    graceful shutdown finished (first SIGTERM/SIGINT, or the drain ran out of time)
-    1    the listener could not be opened (port in use, unknown host, ...)
+    1    the listener could not be opened (port in use, unknown host, ...), or Redis could not
+         be reached at startup
     2    invalid configuration or command line
+    N    with --workers: the status of a worker that failed during the first start
     130  interrupted (SIGINT) before the signal watcher was installed
     128+N  a second signal N arrived while draining (130 for SIGINT, 143 for SIGTERM)
 """
@@ -19,15 +23,17 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
 import attrs
 import trio
 
-from . import __version__, jsonlog
-from .config import Config, ConfigError
+from . import __version__, jsonlog, workers
+from .broker import BrokerUnavailable
+from .config import Config, ConfigError, redact_url
 from .jsonlog import fields
 from .server import Gateway, serve
 from .settings import (
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
             action="append" if setting.from_flags else "store",
             help=_flag_help(setting),
         )
+    # Internal: how the supervisor starts a worker (workers.py); no help, so it is not listed.
+    worker_parser = commands.add_parser(workers.WORKER_COMMAND)
+    worker_parser.add_argument("index", type=int)
     return parser
 
 
@@ -140,18 +149,33 @@ def _with_generated_key(config: Config) -> Config:
     return attrs.evolve(config, api_keys=(key,))
 
 
+# The password of a redis://user:password@host URL, or a `password=` query parameter.
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _announce(gateway: Gateway) -> None:
-    for host, port in gateway.addresses:
+def _announce_addresses(addresses: Sequence[tuple[str, int]]) -> None:
+    for host, port in addresses:
         base = f"{_url_host(host)}:{port}"
         _say(f"{PROG} listening on ws://{base}{WS_PATH} (HTTP API http://{base}{HTTP_API_PATH})")
 
 
-async def run_daemon(config: Config) -> int:
+def _announce(gateway: Gateway) -> None:
+    _announce_addresses(gateway.addresses)
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    on_started: Callable[[Gateway], None] = _announce,
+    watch: Callable[[Gateway], Awaitable[None]] | None = None,
+) -> int:
     """Serve until a signal drains the gateway; returns the exit status.
+
+    Args:
+        config: the validated configuration, with at least one API key.
+        on_started: called once the gateway is listening (prints where, by default).
+        watch: run alongside the gateway until it stops; a worker's lifeline.
 
     Raises:
         ForcedShutdown: (in an exception group) a second signal arrived while draining.
@@ -173,7 +197,13 @@ async def run_daemon(config: Config) -> int:
                 where = f"{_url_host(config.host)}:{config.port}"
                 _say(f"{PROG}: cannot listen on {where}: {reason}")
                 return EXIT_CANNOT_LISTEN
-            _announce(gateway)
+            except BrokerUnavailable as exc:
+                # The message names the (redacted) URL: "cannot reach Redis at ...: reason".
+                _say(f"{PROG}: {exc}")
+                return EXIT_CANNOT_LISTEN
+            on_started(gateway)
+            if watch is not None:
+                daemon_nursery.start_soon(watch, gateway)
             await daemon_nursery.start(watch_signals, gateway, signals)
     return EXIT_OK
 
@@ -185,10 +215,51 @@ def _forced_exit_status(group: BaseExceptionGroup[ForcedShutdown]) -> int:
     return first.exit_status
 
 
+def _run_daemon_to_exit(
+    config: Config,
+    on_started: Callable[[Gateway], None] = _announce,
+    watch: Callable[[Gateway], Awaitable[None]] | None = None,
+) -> int:
+    try:
+        status = trio.run(partial(run_daemon, config, on_started=on_started, watch=watch))
+    except* ForcedShutdown as forced:
+        status = _forced_exit_status(forced)
+    except* KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    return status
+
+
+def run_worker(index: int) -> int:
+    """One worker of `serve --workers N`: its configuration comes from the supervisor on stdin."""
+    try:
+        if sys.stdin.isatty():
+            raise EOFError  # a person typing it; waiting for JSON would only hang
+        config, log_level = workers.read_spec()
+    except EOFError:
+        _say(f"{PROG}: {workers.WORKER_COMMAND} is internal to `serve --workers N`")
+        return EXIT_INVALID_CONFIG
+    jsonlog.configure(log_level)
+    workers.tag_logs(index)
+    return _run_daemon_to_exit(config, workers.report_ready, workers.shutdown_when_orphaned)
+
+
+def _run_supervisor(config: Config, log_level: str, env: Mapping[str, str]) -> int:
+    try:
+        status = trio.run(workers.supervise, config, log_level, env, _announce_addresses)
+    except* workers.PortUnavailable as group:
+        reason = group.exceptions[0]
+        _say(f"{PROG}: cannot listen on {_url_host(config.host)}:{config.port}: {reason}")
+        status = EXIT_CANNOT_LISTEN
+    except* KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    return status
+
+
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """The whole command, minus `sys.exit`; argparse itself exits for --help and usage errors."""
     arguments = vars(build_parser().parse_args(argv))
-    del arguments["command"]
+    if arguments.pop("command") == workers.WORKER_COMMAND:
+        return run_worker(arguments["index"])
     config_flag = arguments.pop(CONFIG_FILE, None)
     try:
         settings = load_settings(arguments, config_flag, env)
@@ -206,6 +277,8 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if not config.api_keys:
         config = _with_generated_key(config)
     settings_logged = attrs.asdict(config, filter=lambda field, _: field.name != "api_keys")
+    if config.redis_url is not None:
+        settings_logged["redis_url"] = redact_url(config.redis_url)
     log.info(
         "configuration loaded",
         extra=fields(
@@ -216,14 +289,9 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         ),
     )
 
-    status = EXIT_OK
-    try:
-        status = trio.run(run_daemon, config)
-    except* ForcedShutdown as forced:
-        status = _forced_exit_status(forced)
-    except* KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
-    return status
+    if config.workers > 1:
+        return _run_supervisor(config, settings.log_level, env)
+    return _run_daemon_to_exit(config)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -6,6 +6,7 @@ from flags, environment and TOML; tests build one directly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,6 +52,13 @@ def _prefix(instance: object, attribute: attrs.Attribute[str], value: str) -> No
         raise ConfigError(f"{attribute.name}: must not contain whitespace, got {value!r}")
 
 
+def _optional_text(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None and not value.strip():
+        raise ConfigError(f"{attribute.name}: must not be empty")
+
+
 def _key_tuple(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(keys)
 
@@ -87,6 +95,26 @@ class Config:
     # reader and writer as real clients: for RFC 6455 conformance runs (Autobahn), not
     # production, so it is off unless asked for.
     enable_echo: bool = False
+    # JWT verification: an HS256 shared secret, or the path of a PEM public key (RSA for
+    # RS256, EC P-256 for ES256). The algorithm follows from this, never from the token.
+    jwt_secret: str | None = attrs.field(default=None, validator=_optional_text)
+    jwt_public_key: str | None = attrs.field(default=None, validator=_optional_text)
+    # When set, a JWT's aud / iss must equal them.
+    jwt_audience: str | None = attrs.field(default=None, validator=_optional_text)
+    jwt_issuer: str | None = attrs.field(default=None, validator=_optional_text)
+    # Accept JWTs without an exp claim (sessions that never expire): off by default.
+    jwt_optional_exp: bool = False
+    # Name of a cookie that may carry the token at the upgrade (browsers); None: not read.
+    auth_cookie: str | None = attrs.field(default=None, validator=_optional_text)
+    # Answer bad credentials at the upgrade with HTTP 401 instead of accepting, then closing
+    # with 4001.
+    reject_at_upgrade: bool = False
+    # Origins a browser may open a WebSocket from (exact "scheme://host[:port]"); empty: any.
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(), converter=_key_tuple, validator=_keys
+    )
+    # Seconds a connection without credentials has to send identify before 4001.
+    identify_timeout: float = attrs.field(default=5.0, validator=_positive)
     # Messages kept per key (topic, workspace, session, "all") for clients that resume.
     history_size: int = attrs.field(default=100, validator=_positive)
     # Seconds a message stays in history; a resume needing an older one gets recovered=false.
@@ -106,6 +134,11 @@ class Config:
     reuse_port: bool = False
 
     def __attrs_post_init__(self) -> None:
+        if self.jwt_secret is not None and self.jwt_public_key is not None:
+            raise ConfigError(
+                "jwt_secret: set either jwt_secret (HS256) or jwt_public_key (RS256/ES256), "
+                "not both"
+            )
         if self.workers > 1 and self.redis_url is None:
             raise ConfigError(
                 f"workers: {self.workers} workers need a shared broker; set redis_url "
@@ -116,3 +149,24 @@ class Config:
     def stale_after(self) -> float:
         """A client whose last pong is older than this at a ping is reaped."""
         return self.ping_interval + self.pong_timeout
+
+
+_URL_USERINFO = re.compile(r"^(?P<scheme>[^:/?#]+://)(?P<userinfo>[^/?#]*)@")
+_URL_PASSWORD_PARAMETER = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs: `redis://:***@host:6379/0`.
+
+    A user name is kept; user information without a colon is redacted whole, since some
+    clients read `redis://secret@host` as a password.
+    """
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        redacted = f"{user}:{REDACTED}" if colon else REDACTED
+        return f"{match['scheme']}{redacted}@"
+
+    url = _URL_USERINFO.sub(userinfo, url, count=1)
+    return _URL_PASSWORD_PARAMETER.sub(rf"\g<name>{REDACTED}", url)

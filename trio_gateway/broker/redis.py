@@ -46,7 +46,7 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from ..config import Config
+from ..config import Config, redact_url
 from ..jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
 from ..publication import Position, Publication
@@ -118,16 +118,6 @@ def _backoff() -> Iterator[float]:
     for exponent in itertools.count():
         delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2**exponent)
         yield random.uniform(delay / 2, delay)
-
-
-def redacted(url: str) -> str:
-    """`url` without its password, for logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def _ints(reply: Any) -> list[int]:
@@ -317,7 +307,7 @@ class RedisBroker:
     async def run(
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        where = redacted(self._url)
+        where = redact_url(self._url)
         started = False
         try:
             async with trio.open_nursery() as nursery:
