@@ -158,7 +158,7 @@ def test_token_sources_in_order_of_precedence() -> None:
     # The cookie counts only when a cookie name is configured.
     assert token_from_request(b"/api/ws", cookie, None) is None
     assert token_from_request(b"/api/ws", [(b"cookie", b"\x00garbage")], "gw_token") is None
-    assert token_from_request(b"/api/ws?token=", [], None) is None
+    assert token_from_request(b"/api/ws?token=", [], None) == ""
 
 
 # --- permissions -----------------------------------------------------------------------------

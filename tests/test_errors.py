@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio_websocket
 
-from trio_gateway import Config, Gateway, serve
+from trio_gateway import Config, Gateway, open_gateway, serve
 
 from .conftest import with_settings
 from .helpers import API_KEY, ready, receive_json, send_json, subscribe, tcp_client
@@ -327,7 +327,7 @@ async def test_size_limit_counts_utf8_bytes_not_characters(
 
 
 @pytest.mark.parametrize(
-    "token", [None, "wrong-key", "", "TEST-KEY", API_KEY + "x", "%20" + API_KEY, API_KEY[:-1]]
+    "token", ["wrong-key", "", "TEST-KEY", API_KEY + "x", "%20" + API_KEY, API_KEY[:-1]]
 )
 async def test_bad_query_token_closes_4001(gateway: Gateway, token: str | None) -> None:
     with trio.fail_after(TIMEOUT):
@@ -346,14 +346,26 @@ async def test_bearer_header_is_accepted(gateway: Gateway, scheme: bytes) -> Non
             assert gateway.client_count() == 1
 
 
-@pytest.mark.parametrize(
-    "value",
-    [b"Bearer wrong-key", b"Bearer", b"Basic " + API_KEY.encode(), API_KEY.encode(), b""],
-)
-async def test_bad_bearer_header_closes_4001(gateway: Gateway, value: bytes) -> None:
-    headers = [(b"authorization", value)]
+async def test_bad_bearer_token_closes_4001(gateway: Gateway) -> None:
+    headers = [(b"authorization", b"Bearer wrong-key")]
     with trio.fail_after(TIMEOUT):
         async with tcp_client(gateway.port, token=None, extra_headers=headers) as ws:
+            assert await closed_without_frames(ws) == (4001, "Unauthorized")
+
+
+@pytest.mark.parametrize("value", [b"Bearer", b"Basic " + API_KEY.encode(), API_KEY.encode(), b""])
+async def test_a_header_without_a_bearer_token_is_no_credential(
+    config: Config, value: bytes
+) -> None:
+    # No token at all: the identify handshake, which ends in 4001 when it times out.
+    quick = with_settings(config, identify_timeout=0.2)
+    headers = [(b"authorization", value)]
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_gateway(quick) as gateway,
+            tcp_client(gateway.port, token=None, extra_headers=headers) as ws,
+        ):
+            assert (await receive_json(ws))["type"] == "hello"
             assert await closed_without_frames(ws) == (4001, "Unauthorized")
 
 

@@ -61,6 +61,9 @@ class Identity:
 
 API_KEY_IDENTITY = Identity(None)
 
+#: What an upgrade request's token proved: who, why not, or None when there was no token.
+Credential = Identity | AuthError | None
+
 
 def verifier_key(public_key_pem: bytes) -> tuple[Any, str]:
     """The key object and its one algorithm, from a PEM public key (RSA → RS256, EC → ES256).
@@ -190,7 +193,8 @@ def token_from_request(
     the cookie named `cookie_name` (when configured)."""
     values = parse_qs(urlsplit(target.decode("latin-1")).query, keep_blank_values=True)
     if tokens := values.get("token"):
-        return tokens[0] or None
+        # Present but empty is a credential too (a wrong one), not "no credentials".
+        return tokens[0]
     for name, value in headers:
         if name == b"authorization":
             scheme, _, credential = value.decode("latin-1").partition(" ")

@@ -138,8 +138,9 @@ def session_deleted_publication(session_id: str, workspace_id: str) -> Publicati
     )
 
 
-def topic_publication(topic: str, data: Any) -> Publication:
-    """A `message` on a generic topic; `data` is any JSON value.
+def topic_publication(topic: str, data: Any, user_id: str | None = None) -> Publication:
+    """A `message` on a generic topic; `data` is any JSON value; `user_id` names the
+    publishing user (a client publish), stamped by the server.
 
     Raises:
         ValueError: `topic` is not a valid topic (a pattern is not), or `data` is not JSON.
@@ -149,7 +150,7 @@ def topic_publication(topic: str, data: Any) -> Publication:
     problem = topic_problem(topic)
     if problem is not None:
         raise ValueError(problem)
-    return Publication(_encode(TopicMessage(topic, data)), (topic,), topic=topic)
+    return Publication(_encode(TopicMessage(topic, data, user_id)), (topic,), topic=topic)
 
 
 def remote_update_publication(

@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable, Iterator
 
 import attrs
 import trio
 
+from .auth import Authenticator, AuthError, Credential, Identity, may_publish, may_subscribe
+from .broadcaster import Broadcaster, GatewayClosed, topic_publication
 from .broker import Broker, BrokerUnavailable
 from .config import Config
 from .hub import Client, Hub
@@ -40,6 +44,7 @@ from .outbox import Outbox
 from .protocol.codec import ECHO_LIMIT, decode, encode
 from .protocol.errors import (
     INTERNAL_ERROR,
+    SESSION_EXPIRED,
     SHUTTING_DOWN,
     UNAUTHORIZED,
     ProtocolError,
@@ -48,9 +53,16 @@ from .protocol.frames import binary_frame, text_frame
 from .protocol.messages import (
     ClientMessage,
     Error,
+    Hello,
+    Identify,
     Ping,
     Pong,
+    Publish,
+    Published,
     Ready,
+    Refresh,
+    Refreshed,
+    SessionExpired,
     Since,
     Subscribe,
     Subscribed,
@@ -68,11 +80,17 @@ from .protocol.routing import (
 )
 from .protocol.topics import is_pattern
 from .publication import Position
-from .websocket import ConnectionClosed, WebSocket, linger_close, token_matches
+from .websocket import ConnectionClosed, WebSocket, linger_close
 
 log = logging.getLogger("trio_gateway.connection")
 
 PONG_FRAME = text_frame(encode(Pong()))
+SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))
+NOT_IDENTIFIED = text_frame(encode(Error("Not identified: send identify first", "unauthorized")))
+# Error codes: machine-readable reasons on error replies.
+FORBIDDEN = "forbidden"
+UNAVAILABLE = "unavailable"
+UNAUTHORIZED_CODE = "unauthorized"
 BINARY_ERROR = text_frame(encode(Error("Binary frames are not supported; send JSON text frames")))
 # Most bytes one write may gather from a client's queue: enough to batch a burst of small
 # frames into one send_all, small enough not to copy large messages around needlessly.
@@ -87,6 +105,8 @@ class GatewayContext:
     hub: Hub
     new_id: IdFactory
     broker: Broker
+    auth: Authenticator
+    broadcaster: Broadcaster
     # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
     # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
@@ -104,15 +124,19 @@ async def handle(client: Client, context: GatewayContext, message: ClientMessage
             await _subscribe(client, context, message)
         elif isinstance(message, Sync):
             await _sync(client, context, message)
+        elif isinstance(message, Publish):
+            await _publish(client, context, message)
+        elif isinstance(message, Refresh):
+            _refresh(client, context, message)
+        elif isinstance(message, Identify):
+            raise ProtocolError("Already identified")
         else:
             dispatch(client, context, message)
     except ProtocolError as exc:
-        client.send(_error_frame(exc.message))
+        client.send(_error_frame(exc.message, exc.code))
 
 
-def dispatch(
-    client: Client, context: GatewayContext, message: Unsubscribe | Pong | Ping | Error
-) -> None:
+def dispatch(client: Client, context: GatewayContext, message: ClientMessage | Error) -> None:
     """Act on a message that needs nothing from the broker. Synchronous: no checkpoint
     between state and reply."""
     if isinstance(message, Error):
@@ -134,6 +158,8 @@ def dispatch(
 async def _subscribe(client: Client, context: GatewayContext, message: Subscribe) -> None:
     hub, config = context.hub, context.config
     key = subscription_key(message)
+    if not may_subscribe(client.identity, key):
+        raise ProtocolError(f"Forbidden: may not subscribe to {key[:ECHO_LIMIT]}", FORBIDDEN)
     if key not in client.subscriptions and len(client.subscriptions) >= config.max_subscriptions:
         raise ProtocolError(
             f"Too many subscriptions: at most {config.max_subscriptions} per connection"
@@ -232,8 +258,48 @@ async def _sync(client: Client, context: GatewayContext, message: Sync) -> None:
     client.send(text_frame(state))
 
 
-def _error_frame(message: str) -> bytes:
-    return text_frame(encode(Error(message[: ECHO_LIMIT * 2])))
+def _error_frame(message: str, code: str | None = None) -> bytes:
+    return text_frame(encode(Error(message[: ECHO_LIMIT * 2], code)))
+
+
+async def _publish(client: Client, context: GatewayContext, message: Publish) -> None:
+    if not may_publish(client.identity, message.topic):
+        raise ProtocolError(
+            f"Forbidden: may not publish on {message.topic[:ECHO_LIMIT]}", FORBIDDEN
+        )
+    try:
+        publication = topic_publication(message.topic, message.data, client.identity.user_id)
+    except ValueError as exc:
+        raise ProtocolError(f"Invalid publish: {exc}") from None
+    try:
+        (offsets,) = await context.broadcaster.send(publication)
+    except (BrokerUnavailable, GatewayClosed):
+        raise ProtocolError(
+            "Broker unavailable: not published; try again later", UNAVAILABLE
+        ) from None
+    client.send(text_frame(encode(Published(message.topic, offsets[0]))))
+
+
+def _refresh(client: Client, context: GatewayContext, message: Refresh) -> None:
+    try:
+        identity = context.auth.authenticate(message.token, time.time())
+    except AuthError as exc:
+        raise ProtocolError(f"Refresh refused: {exc}", UNAUTHORIZED_CODE) from None
+    if identity.user_id != client.identity.user_id:
+        # The session keeps its old expiry: a token cannot move a connection to another user.
+        raise ProtocolError("Refresh refused: the token is for another user", FORBIDDEN)
+    client.identity = identity
+    _set_expiry(client, identity)
+    client.send(text_frame(encode(Refreshed(identity.expires_at))))
+
+
+def _set_expiry(client: Client, identity: Identity) -> None:
+    if client.expiry is None:
+        return
+    if identity.expires_at is None:
+        client.expiry.deadline = math.inf
+    else:
+        client.expiry.deadline = trio.current_time() + (identity.expires_at - time.time())
 
 
 async def _read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
@@ -296,7 +362,14 @@ async def _run_session(
         async with trio.open_nursery() as session_nursery:
             session_nursery.start_soon(_write_loop, ws, client)
             with client.reader_scope:
-                await _read_loop(ws, client, context, echo)
+                if client.expiry is None:
+                    await _read_loop(ws, client, context, echo)
+                else:
+                    with client.expiry:
+                        await _read_loop(ws, client, context, echo)
+                    if client.expiry.cancelled_caught:
+                        client.send(SESSION_EXPIRED_FRAME)
+                        client.close(SESSION_EXPIRED, flush=True)
             # Reading stopped because a close was requested or the peer left: the writer gets
             # a bounded time to finish (a queue to drain for a graceful shutdown).
             grace = config.drain_timeout if client.flush_before_close else config.close_timeout
@@ -324,7 +397,7 @@ async def _run_session(
 
 async def serve_websocket(
     stream: trio.abc.Stream,
-    token: str | None,
+    credential: Credential,
     trailing: bytes,
     context: GatewayContext,
     *,
@@ -334,7 +407,8 @@ async def serve_websocket(
 
     Args:
         stream: the connection, positioned after the upgrade request.
-        token: the credential the upgrade request carried, if any.
+        credential: what the upgrade request's token proved: an identity, why it proved
+            nothing (closed 4001), or None when it carried no token (identify first).
         trailing: bytes already read after the request head (the first frames, if any).
         echo: a diagnostics peer: every message it sends comes straight back through the
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
@@ -350,12 +424,20 @@ async def serve_websocket(
     ws = WebSocket(stream, trailing, config.max_message_size)
     client: Client | None = None
     try:
-        if not token_matches(token, config.api_keys):
-            log.info("unauthorized websocket", extra=fields(remote=_remote(stream)))
+        if credential is None and not echo:
+            try:
+                credential = await _identify(ws, context)
+            except ConnectionClosed:
+                return
+        if not isinstance(credential, Identity):
+            log.info(
+                "unauthorized websocket",
+                extra=fields(remote=_remote(stream), error=str(credential) if credential else None),
+            )
             with trio.move_on_after(config.close_timeout), contextlib.suppress(ConnectionClosed):
                 await ws.send_close(UNAUTHORIZED.code, UNAUTHORIZED.reason)
             return
-        client = _register(context, echo=echo)
+        client = _register(context, credential, echo=echo)
         if context.shutting_down.is_set():
             client.close(SHUTTING_DOWN)
         await _run_session(ws, client, context, echo=echo)
@@ -368,6 +450,7 @@ async def serve_websocket(
                 "client disconnected",
                 extra=fields(
                     client_id=client.id,
+                    user_id=client.identity.user_id,
                     connected_for=round(trio.current_time() - client.connected_at, 3),
                     code=client.close_reason.code if client.close_reason else None,
                     reason=client.close_reason.reason if client.close_reason else None,
@@ -376,16 +459,51 @@ async def serve_websocket(
         await linger_close(stream, config.close_timeout)
 
 
-def _register(context: GatewayContext, *, echo: bool) -> Client:
+async def _identify(ws: WebSocket, context: GatewayContext) -> Credential:
+    """The identify handshake of a connection without credentials (seed 003's HELLO).
+
+    Returns the identity, or an AuthError (bad token, timeout) for a 4001 close. Anything
+    else the client sends first gets an error reply and changes nothing.
+    """
+    config = context.config
+    hello = Hello(round(config.ping_interval * 1000), round(config.identify_timeout * 1000))
+    with trio.move_on_after(config.identify_timeout):
+        await ws.send_frames(text_frame(encode(hello)))
+        while True:
+            frame = await ws.receive()
+            message = decode(frame) if isinstance(frame, str) else None
+            if isinstance(message, Identify):
+                try:
+                    return context.auth.authenticate(message.token, time.time())
+                except AuthError as exc:
+                    return exc
+            await ws.send_frames(NOT_IDENTIFIED)
+    return AuthError("identify timed out")
+
+
+def _register(context: GatewayContext, identity: Identity, *, echo: bool) -> Client:
     config = context.config
     now = trio.current_time()
     client = Client(
-        id=context.new_id(), outbox=Outbox(config.queue_depth), connected_at=now, last_pong=now
+        id=context.new_id(),
+        outbox=Outbox(config.queue_depth),
+        connected_at=now,
+        last_pong=now,
+        identity=identity,
     )
+    if identity.expires_at is not None:
+        client.expiry = trio.CancelScope()
+        _set_expiry(client, identity)
     if not echo:
-        client.send(text_frame(encode(Ready(client.id, round(config.ping_interval * 1000)))))
+        ready = Ready(
+            client.id, round(config.ping_interval * 1000), identity.user_id, identity.expires_at
+        )
+        client.send(text_frame(encode(ready)))
         context.hub.add(client)
-    log.info("client connected", extra=fields(client_id=client.id, echo=echo))
+    log.info(
+        "client connected",
+        extra=fields(client_id=client.id, user_id=identity.user_id, echo=echo),
+    )
     return client
 
 

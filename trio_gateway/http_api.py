@@ -18,6 +18,7 @@ Must not: parse HTTP by hand, or block a publisher on a client (it awaits the pu
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ import attrs
 import h11
 import trio
 
+from .auth import AuthError, Credential, token_from_request
 from .broadcaster import (
     Broadcaster,
     BrokerUnavailable,
@@ -37,6 +39,7 @@ from .broadcaster import (
     session_update_publication,
     topic_publication,
 )
+from .config import Config
 from .connection import GatewayContext, serve_websocket
 from .jsonlog import fields
 from .protocol.codec import dumps, loads
@@ -45,7 +48,6 @@ from .websocket import (
     RECEIVE_SIZE,
     WS_PATH,
     accept_headers,
-    extract_token,
     handshake_problem,
     is_upgrade,
     linger_close,
@@ -417,7 +419,7 @@ async def _next_request(
 class _Handoff:
     """What the WebSocket side needs once the upgrade is accepted (and nothing of HTTP)."""
 
-    token: str | None
+    credential: Credential
     trailing: bytes
     echo: bool
 
@@ -435,7 +437,7 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
         await serve_websocket(
-            stream, handoff.token, handoff.trailing, app.context, echo=handoff.echo
+            stream, handoff.credential, handoff.trailing, app.context, echo=handoff.echo
         )
 
 
@@ -488,6 +490,12 @@ async def _upgrade(
         status, message = 503, "Server shutting down"
     elif (problem := handshake_problem(head)) is not None:
         status, message = 400, problem
+    elif not _origin_allowed(app.context.config, head):
+        # A browser page from another site (cross-site WebSocket hijacking would ride on the
+        # user's cookie); clients without an Origin header are not browsers and pass.
+        status, message = 403, "Origin not allowed"
+    elif (credential := _credential(app, head, echo)) is REJECTED:
+        status, message = 401, "Invalid credentials"
     else:
         # h11 lets the protocol switch only once the (empty) request body is consumed.
         while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
@@ -498,7 +506,31 @@ async def _upgrade(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _PeerGone from None
         trailing, _closed = conn.trailing_data
-        return _Handoff(extract_token(head), bytes(trailing), echo)
+        return _Handoff(credential, bytes(trailing), echo)
     log.info("websocket upgrade refused", extra=fields(path=path, status=status))
-    await _send_response(conn, stream, status, {"error": message}, [], True)
+    headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
+    await _send_response(conn, stream, status, {"error": message}, headers, True)
     return None
+
+
+# An upgrade refused at once (reject_at_upgrade) rather than accepted and closed 4001.
+REJECTED = AuthError("rejected at the upgrade")
+
+
+def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
+    config = app.context.config
+    token = token_from_request(head.target, head.headers, config.auth_cookie)
+    if token is None:
+        # The echo peer is a diagnostics tool: no identify handshake, a key is required.
+        return AuthError("no credentials") if echo else None
+    try:
+        return app.context.auth.authenticate(token, time.time())
+    except AuthError as exc:
+        return REJECTED if config.reject_at_upgrade else exc
+
+
+def _origin_allowed(config: Config, head: h11.Request) -> bool:
+    if not config.allowed_origins:
+        return True
+    origins = [value for name, value in head.headers if name == b"origin"]
+    return not origins or origins[0].decode("latin-1") in config.allowed_origins

@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
+from .auth import API_KEY_IDENTITY, Identity
 from .outbox import Outbox
 from .protocol.errors import SLOW_CONSUMER, CloseReason
+from .protocol.routing import user_key
 from .protocol.topics import PatternIndex, is_pattern
 from .publication import Delivery
 
@@ -37,6 +39,10 @@ class Client:
     # Set by the first subscribe that asks for recovery: from then on this client gets the
     # frames that carry offsets.
     offsets: bool = False
+    identity: Identity = API_KEY_IDENTITY
+    # The reader runs inside this scope when the credential expires; its deadline is the
+    # expiry (moved by a refresh). None for credentials that never expire.
+    expiry: trio.CancelScope | None = None
     # Set once, by the first close request.
     close_reason: CloseReason | None = None
     flush_before_close: bool = False
@@ -122,19 +128,35 @@ class Hub:
 
     def add(self, client: Client) -> None:
         self.clients[client.id] = client
+        if (user_id := client.identity.user_id) is not None:
+            # Every connection of a user hears what is sent to that user (send_to_user,
+            # expire_sessions) without holding it as a subscription of its own.
+            self._join(user_key(user_id), client)
 
     def remove(self, client: Client) -> None:
         """Forget the client, every subscription it held and any recovery. Idempotent."""
         for key in [key for key, waiting in self._recovering.items() if client in waiting]:
             self._stop_recovery(client, key)
         self.unsubscribe_all(client)
-        self.clients.pop(client.id, None)
+        if self.clients.pop(client.id, None) is not None and client.identity.user_id is not None:
+            self._leave(user_key(client.identity.user_id), client)
+
+    def users_online(self, user_id: str) -> int:
+        """Connections of `user_id` on this instance."""
+        return len(self._index.get(user_key(user_id), ()))
 
     def _wanted(self, key: str) -> bool:
         return key in self._index or key in self._recovering
 
     def subscribe(self, client: Client, key: str) -> None:
         client.subscriptions.add(key)
+        self._join(key, client)
+
+    def unsubscribe(self, client: Client, key: str) -> None:
+        client.subscriptions.discard(key)
+        self._leave(key, client)
+
+    def _join(self, key: str, client: Client) -> None:
         members = self._index.get(key)
         if members is None:
             first = not self._wanted(key)
@@ -145,8 +167,7 @@ class Hub:
                 self._on_first(key)
         members.add(client)
 
-    def unsubscribe(self, client: Client, key: str) -> None:
-        client.subscriptions.discard(key)
+    def _leave(self, key: str, client: Client) -> None:
         members = self._index.get(key)
         if members is not None:
             members.discard(client)

@@ -23,16 +23,18 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import attrs
 import trio
 
 from . import __version__
+from .auth import Authenticator, KeyFileError, verifier_key
 from .broadcaster import Batch, Broadcaster, run_publisher
 from .broker import Broker, BrokerUnavailable
 from .broker.memory import MemoryBroker
 from .broker.redis import RedisBroker
-from .config import Config
+from .config import Config, ConfigError
 from .connection import GatewayContext
 from .http_api import HttpApp, handle_stream
 from .hub import Hub
@@ -108,16 +110,25 @@ async def serve(
     Raises:
         OSError: the TCP listener could not be bound.
         BrokerUnavailable: Redis was unreachable at startup (and `redis_wait` is off).
+        ConfigError: the JWT public key file cannot be read or used.
     """
     instance = new_client_id()
     instance_field.set(instance)
+    authenticator = load_authenticator(config)
     if listeners is None:
         listeners = await open_listeners(config.host, config.port, reuse_port=config.reuse_port)
     broker = _broker(config, instance)
     hub = Hub(on_first=broker.want, on_last=broker.unwant)
-    context = GatewayContext(config=config, hub=hub, new_id=new_id, broker=broker)
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
     broadcaster = Broadcaster(publish_send, broker)
+    context = GatewayContext(
+        config=config,
+        hub=hub,
+        new_id=new_id,
+        broker=broker,
+        auth=authenticator,
+        broadcaster=broadcaster,
+    )
     gateway = Gateway(config, broadcaster, hub, broker, instance, _addresses(listeners))
     app = HttpApp(context, broadcaster, __version__, instance, started_at=trio.current_time())
 
@@ -135,6 +146,38 @@ async def serve(
             await listener.aclose()
         raise failure
     log.info("gateway stopped")
+
+
+def load_authenticator(config: Config) -> Authenticator:
+    """The credential checker `config` describes; reads the JWT public key file.
+
+    Raises:
+        ConfigError: the key file cannot be read or is not an RSA/EC public key.
+    """
+    public_key = None
+    if config.jwt_public_key is not None:
+        path = Path(config.jwt_public_key)
+        try:
+            public_key = verifier_key(path.read_bytes())
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"jwt_public_key: cannot read {path}: {reason}") from None
+        except KeyFileError as exc:
+            raise ConfigError(f"jwt_public_key: {path}: {exc}") from None
+    if config.auth_cookie is not None and not config.allowed_origins:
+        log.warning(
+            "tokens are accepted from a cookie but any Origin may connect: set allowed_origins "
+            "to stop cross-site WebSocket hijacking",
+            extra=fields(auth_cookie=config.auth_cookie),
+        )
+    return Authenticator(
+        api_keys=config.api_keys,
+        jwt_secret=config.jwt_secret,
+        jwt_public_key=public_key,
+        jwt_audience=config.jwt_audience,
+        jwt_issuer=config.jwt_issuer,
+        jwt_require_exp=not config.jwt_optional_exp,
+    )
 
 
 def _broker(config: Config, instance: str) -> Broker:

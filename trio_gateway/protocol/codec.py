@@ -20,12 +20,15 @@ from .messages import (
     ClientMessage,
     Error,
     EventMessage,
+    Ready,
+    Refreshed,
     RemoteUpdate,
     ServerMessage,
     SessionState,
     SessionUpdate,
     Since,
     Subscribed,
+    TopicMessage,
 )
 
 # Client-chosen text echoed back in an error reply is cut to this many characters, so an
@@ -70,7 +73,17 @@ _converter.register_structure_hook(str, _strict_str)
 _converter.register_structure_hook(bool, _strict_bool)
 _converter.register_structure_hook(int, _strict_int)
 _converter.register_structure_hook(Since, _since)
-for _cls in (EventMessage, SessionUpdate, SessionState, RemoteUpdate, Subscribed):
+for _cls in (
+    EventMessage,
+    SessionUpdate,
+    SessionState,
+    RemoteUpdate,
+    Subscribed,
+    Ready,
+    Refreshed,
+    Error,
+    TopicMessage,
+):
     # Optional fields (default None) are left off the wire rather than sent as null.
     _omit_none: dict[str, Any] = {
         field.name: override(omit_if_default=True)

@@ -21,6 +21,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     UNAUTHORIZED = 4001
+    SESSION_EXPIRED = 4002
     SLOW_CONSUMER = 4008
 
 
@@ -32,6 +33,7 @@ class CloseReason:
 
 SHUTTING_DOWN = CloseReason(CloseCode.GOING_AWAY, "Server shutting down")
 UNAUTHORIZED = CloseReason(CloseCode.UNAUTHORIZED, "Unauthorized")
+SESSION_EXPIRED = CloseReason(CloseCode.SESSION_EXPIRED, "Session expired")
 SLOW_CONSUMER = CloseReason(CloseCode.SLOW_CONSUMER, "Slow consumer")
 PONG_TIMEOUT = CloseReason(CloseCode.POLICY_VIOLATION, "Pong timeout")
 INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
@@ -48,6 +50,8 @@ class ProtocolError(Exception):
     The connection stays open: the client gets `{"type":"error","message":...}`.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: A machine-readable reason ("forbidden", "unavailable"), sent as `code` when set.
+        self.code = code

@@ -43,6 +43,31 @@ class Unsubscribe:
 
 
 @attrs.frozen
+class Identify:
+    """The credential of a connection that did not present one at the upgrade."""
+
+    TAG: ClassVar[str] = "identify"
+    token: str
+
+
+@attrs.frozen
+class Refresh:
+    """A new token for the same user, extending the session before it expires."""
+
+    TAG: ClassVar[str] = "refresh"
+    token: str
+
+
+@attrs.frozen
+class Publish:
+    """A client publishing on a topic (allowed by its token's pub_topics)."""
+
+    TAG: ClassVar[str] = "publish"
+    topic: str
+    data: Any
+
+
+@attrs.frozen
 class Sync:
     """Ask for the retained state of a session (answered with `session.state`)."""
 
@@ -64,12 +89,21 @@ class Ping:
     TAG: ClassVar[str] = "ping"
 
 
-ClientMessage = Subscribe | Unsubscribe | Sync | Pong | Ping
+ClientMessage = Subscribe | Unsubscribe | Sync | Identify | Refresh | Publish | Pong | Ping
 CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
-    cls.TAG: cls for cls in (Subscribe, Unsubscribe, Sync, Pong, Ping)
+    cls.TAG: cls for cls in (Subscribe, Unsubscribe, Sync, Identify, Refresh, Publish, Pong, Ping)
 }
 
 # --- server -> client ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class Hello:
+    """Sent instead of `ready` to a connection without credentials: identify first."""
+
+    TAG: ClassVar[str] = "hello"
+    heartbeat_interval: int  # milliseconds
+    identify_timeout: int  # milliseconds
 
 
 @attrs.frozen
@@ -77,6 +111,37 @@ class Ready:
     TAG: ClassVar[str] = "ready"
     client_id: str
     heartbeat_interval: int  # milliseconds between server pings
+    # A JWT's user, and when its session ends (Unix seconds); absent for API keys.
+    user_id: str | None = None
+    expires_at: float | None = None
+
+
+@attrs.frozen
+class Refreshed:
+    TAG: ClassVar[str] = "refreshed"
+    expires_at: float | None = None
+
+
+@attrs.frozen
+class Published:
+    """The ack of a client publish: accepted by the broker, with its offset on the topic."""
+
+    TAG: ClassVar[str] = "published"
+    topic: str
+    offset: int
+
+
+@attrs.frozen
+class SessionExpired:
+    TAG: ClassVar[str] = "session.expired"
+
+
+@attrs.frozen
+class UserMessage:
+    """A message sent to every connection of one user (send_to_user)."""
+
+    TAG: ClassVar[str] = "user.message"
+    data: Any
 
 
 @attrs.frozen
@@ -101,6 +166,7 @@ class Unsubscribed:
 class Error:
     TAG: ClassVar[str] = "error"
     message: str
+    code: str | None = None
 
 
 @attrs.frozen
@@ -142,6 +208,8 @@ class TopicMessage:
     TAG: ClassVar[str] = "message"
     topic: str
     data: Any
+    # The publishing user, stamped by the server on a client publish (never from the client).
+    user_id: str | None = None
 
 
 @attrs.frozen
@@ -153,7 +221,12 @@ class RemoteUpdate:
 
 
 ServerMessage = (
-    Ready
+    Hello
+    | Ready
+    | Refreshed
+    | Published
+    | SessionExpired
+    | UserMessage
     | Subscribed
     | Unsubscribed
     | Error

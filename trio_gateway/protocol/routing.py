@@ -15,6 +15,8 @@ from .topics import pattern_problem
 
 SESSION_PREFIX = "session:"
 WORKSPACE_PREFIX = "workspace:"
+# Internal key of a user's connections (per-user delivery); clients cannot subscribe to it.
+USER_PREFIX = "user:"
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
 
 
@@ -84,6 +86,10 @@ def encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def user_key(user_id: str) -> str:
+    return USER_PREFIX + user_id
 
 
 def route_keys(workspace_id: str | None, session_id: str | None) -> tuple[str, ...]:
