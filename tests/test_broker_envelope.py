@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import unframe
 from trio_gateway.broker.envelope import Envelope, channel, decode, history_name, log_name
+from trio_gateway.publication import Extra
 
 
 def envelope(header: object, body: str = '{"type":"event","event":{}}') -> bytes:
@@ -22,12 +23,13 @@ def test_names_are_the_prefix_and_the_subscription_key() -> None:
 
 
 def test_an_event_envelope_becomes_a_frame_with_its_offsets() -> None:
-    data = envelope(["i:1:1", ["all", "workspace:w"], [7, 3], 1700000000000, ""])
+    data = envelope(["i:1:1", ["all", "workspace:w"], [7, 3], 1700000000000, "", "", "", ""])
     decoded = decode(data)
     assert decoded == Envelope(
         "i:1:1", ("all", "workspace:w"), (7, 3), 1700000000000, None, '{"type":"event","event":{}}'
     )
-    plain, frame, keys, offsets, topic = decoded.delivery()
+    plain, frame, keys, offsets, topic, extra = decoded.delivery()
+    assert extra is None
     assert json.loads(unframe(plain)) == {"type": "event", "event": {}}
     assert json.loads(unframe(frame)) == {
         "type": "event",
@@ -40,7 +42,8 @@ def test_an_event_envelope_becomes_a_frame_with_its_offsets() -> None:
 
 def test_a_topic_envelope_has_a_single_offset() -> None:
     body = '{"type":"message","topic":"chat.1","data":[1,"\\n"]}'
-    decoded = decode(envelope(["i:2:1", ["chat.1"], [42], 1, "chat.1"], body))
+    decoded = decode(envelope(["i:2:1", ["chat.1"], [42], 1, "chat.1", "", "u1", ""], body))
+    assert decoded.extra == Extra(exclude_user="u1")
     _, frame, *_ = decoded.delivery()
     assert json.loads(unframe(frame)) == {
         "type": "message",
@@ -56,15 +59,16 @@ def test_a_topic_envelope_has_a_single_offset() -> None:
         b"no header at all",
         b"not json\n{}",
         b'{"id":"x"}\n{}',
-        b'["id", ["all"], [1], 1]\n{}',
-        b'[1, ["all"], [1], 1, ""]\n{}',
-        b'["id", ["all"], [1, 2], 1, ""]\n{}',
-        b'["id", [], [], 1, ""]\n{}',
-        b'["id", ["all"], [true], 1, ""]\n{}',
-        b'["id", ["all"], [1], "1", ""]\n{}',
-        b'["id", ["all"], [1], 1, null]\n{}',
-        b'["id", ["all"], [1], 1, ""]\n\xff\xfe',
-        b'["id", ["all"], [1], 1, ""]\n[1]',
+        b'["id", ["all"], [1], 1, "", "", ""]\n{}',
+        b'[1, ["all"], [1], 1, "", "", "", ""]\n{}',
+        b'["id", ["all"], [1, 2], 1, "", "", "", ""]\n{}',
+        b'["id", [], [], 1, "", "", "", ""]\n{}',
+        b'["id", ["all"], [true], 1, "", "", "", ""]\n{}',
+        b'["id", ["all"], [1], "1", "", "", "", ""]\n{}',
+        b'["id", ["all"], [1], 1, null, "", "", ""]\n{}',
+        b'["id", ["all"], [1], 1, "", "", 5, ""]\n{}',
+        b'["id", ["all"], [1], 1, "", "", "", ""]\n\xff\xfe',
+        b'["id", ["all"], [1], 1, "", "", "", ""]\n[1]',
     ],
 )
 def test_anything_else_on_a_gateway_channel_is_refused(data: bytes) -> None:

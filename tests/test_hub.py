@@ -20,7 +20,7 @@ from trio_gateway.publication import Delivery
 def item(frame: bytes, keys: Iterable[str]) -> Delivery:
     """A publication as the hub gets it, with the same frame for every client."""
     keys = tuple(keys)
-    return frame, frame, keys, tuple(range(1, len(keys) + 1)), None
+    return frame, frame, keys, tuple(range(1, len(keys) + 1)), None, None
 
 
 def make_client(client_id: str, depth: int = 16) -> tuple[Client, Outbox]:

@@ -23,13 +23,15 @@ from .protocol.messages import (
     RemoteUpdate,
     ServerMessage,
     SessionDeleted,
+    SessionExpired,
     SessionState,
     SessionUpdate,
     TopicMessage,
+    UserMessage,
 )
-from .protocol.routing import encodable, event_problem, route_keys, session_key
+from .protocol.routing import encodable, event_problem, route_keys, session_key, user_key
 from .protocol.topics import topic_problem
-from .publication import Publication, Retain
+from .publication import EXPIRE, Extra, Publication, Retain
 
 log = logging.getLogger("trio_gateway.broadcaster")
 
@@ -46,6 +48,7 @@ __all__ = [
     "session_deleted_publication",
     "session_update_publication",
     "topic_publication",
+    "user_message_publication",
 ]
 
 
@@ -138,7 +141,14 @@ def session_deleted_publication(session_id: str, workspace_id: str) -> Publicati
     )
 
 
-def topic_publication(topic: str, data: Any, user_id: str | None = None) -> Publication:
+def topic_publication(
+    topic: str,
+    data: Any,
+    user_id: str | None = None,
+    *,
+    exclude_user_id: str | None = None,
+    exclude_client_id: str | None = None,
+) -> Publication:
     """A `message` on a generic topic; `data` is any JSON value; `user_id` names the
     publishing user (a client publish), stamped by the server.
 
@@ -150,7 +160,38 @@ def topic_publication(topic: str, data: Any, user_id: str | None = None) -> Publ
     problem = topic_problem(topic)
     if problem is not None:
         raise ValueError(problem)
-    return Publication(_encode(TopicMessage(topic, data, user_id)), (topic,), topic=topic)
+    return Publication(
+        _encode(TopicMessage(topic, data, user_id)),
+        (topic,),
+        topic=topic,
+        extra=_exclusions(exclude_user_id, exclude_client_id),
+    )
+
+
+def _exclusions(user_id: str | None, client_id: str | None) -> Extra | None:
+    _require_text("exclude_user_id", user_id, optional=True)
+    _require_text("exclude_client_id", client_id, optional=True)
+    if user_id is None and client_id is None:
+        return None
+    return Extra(exclude_user=user_id, exclude_client=client_id)
+
+
+def user_message_publication(
+    user_id: str, data: Any, *, exclude_client_id: str | None = None
+) -> Publication:
+    """A `user.message` for every connection of `user_id`, on every instance."""
+    _require_text("user_id", user_id)
+    return Publication(
+        _encode(UserMessage(data)),
+        (user_key(user_id),),
+        extra=_exclusions(None, exclude_client_id),
+    )
+
+
+def expiry_publication(user_id: str) -> Publication:
+    """Ends every session of `user_id` (session.expired, then close 4002), on every instance."""
+    _require_text("user_id", user_id)
+    return Publication(_encode(SessionExpired()), (user_key(user_id),), extra=Extra(control=EXPIRE))
 
 
 def remote_update_publication(
@@ -206,14 +247,51 @@ class Broadcaster:
     ) -> None:
         self.send_nowait(remote_update_publication(remote_env_id, workspace_id, status, public_ip))
 
-    def publish_nowait(self, topic: str, data: Any) -> None:
+    def publish_nowait(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        exclude_user_id: str | None = None,
+        exclude_client_id: str | None = None,
+    ) -> None:
         """Publish `data` on a generic topic, fire-and-forget."""
-        self.send_nowait(topic_publication(topic, data))
+        self.send_nowait(
+            topic_publication(
+                topic, data, exclude_user_id=exclude_user_id, exclude_client_id=exclude_client_id
+            )
+        )
 
-    async def publish(self, topic: str, data: Any) -> int:
-        """Publish `data` on a generic topic; returns its offset once the broker took it."""
-        (offsets,) = await self.send(topic_publication(topic, data))
+    async def publish(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        exclude_user_id: str | None = None,
+        exclude_client_id: str | None = None,
+    ) -> int:
+        """Publish `data` on a generic topic; returns its offset once the broker took it.
+
+        `exclude_user_id` / `exclude_client_id` leave out that user's connections / that one
+        connection (e.g. the one whose action caused the message).
+        """
+        publication = topic_publication(
+            topic, data, exclude_user_id=exclude_user_id, exclude_client_id=exclude_client_id
+        )
+        (offsets,) = await self.send(publication)
         return offsets[0]
+
+    async def send_to_user(
+        self, user_id: str, data: Any, *, exclude_client_id: str | None = None
+    ) -> None:
+        """Deliver `data` as `user.message` to every connection of `user_id`, everywhere."""
+        await self.send(
+            user_message_publication(user_id, data, exclude_client_id=exclude_client_id)
+        )
+
+    async def expire_sessions(self, user_id: str) -> None:
+        """Close every connection of `user_id`, on every instance, with 4002."""
+        await self.send(expiry_publication(user_id))
 
     def send_nowait(self, *publications: Publication) -> None:
         """Queue publications as one batch (kept together, in order), fire-and-forget."""

@@ -37,7 +37,7 @@ from .auth import Authenticator, AuthError, Credential, Identity, may_publish, m
 from .broadcaster import Broadcaster, GatewayClosed, topic_publication
 from .broker import Broker, BrokerUnavailable
 from .config import Config
-from .hub import Client, Hub
+from .hub import SESSION_EXPIRED_FRAME, Client, Hub
 from .ids import IdFactory
 from .jsonlog import fields
 from .outbox import Outbox
@@ -62,7 +62,6 @@ from .protocol.messages import (
     Ready,
     Refresh,
     Refreshed,
-    SessionExpired,
     Since,
     Subscribe,
     Subscribed,
@@ -85,7 +84,6 @@ from .websocket import ConnectionClosed, WebSocket, linger_close
 log = logging.getLogger("trio_gateway.connection")
 
 PONG_FRAME = text_frame(encode(Pong()))
-SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))
 NOT_IDENTIFIED = text_frame(encode(Error("Not identified: send identify first", "unauthorized")))
 # Error codes: machine-readable reasons on error replies.
 FORBIDDEN = "forbidden"

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import h11
@@ -34,10 +34,12 @@ from .broadcaster import (
     GatewayClosed,
     Publication,
     event_publication,
+    expiry_publication,
     remote_update_publication,
     session_deleted_publication,
     session_update_publication,
     topic_publication,
+    user_message_publication,
 )
 from .config import Config
 from .connection import GatewayContext, serve_websocket
@@ -237,8 +239,14 @@ async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
         try:
             if not isinstance(item, dict):
                 raise ValueError("message must be a JSON object")
-            topic, data = _fields(item, ("topic", "data"), ())
-            publications.append(topic_publication(topic, data))
+            topic, data, exclude_user, exclude_client = _fields(
+                item, ("topic", "data"), ("exclude_user_id", "exclude_client_id")
+            )
+            publications.append(
+                topic_publication(
+                    topic, data, exclude_user_id=exclude_user, exclude_client_id=exclude_client
+                )
+            )
         except (ValueError, HttpError) as exc:
             message = exc.body["error"] if isinstance(exc, HttpError) else str(exc)
             if isinstance(body, list):
@@ -246,6 +254,30 @@ async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
             raise HttpError(400, message) from None
     offsets = await _publish(app, publications) if publications else []
     return 202, {"accepted": len(publications), "offsets": [each[0] for each in offsets]}
+
+
+async def post_user_message(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    (data, exclude_client) = _fields(_object_body(request), ("data",), ("exclude_client_id",))
+    try:
+        publication = user_message_publication(
+            _user_id(request.path), data, exclude_client_id=exclude_client
+        )
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    await _publish(app, [publication])
+    return 202, {"accepted": 1}
+
+
+async def post_user_disconnect(app: HttpApp, request: Request) -> tuple[int, object]:
+    _require_api_key(app, request)
+    await _publish(app, [expiry_publication(_user_id(request.path))])
+    return 202, {"accepted": 1}
+
+
+def _user_id(path: str) -> str:
+    quoted = path.removeprefix(USERS_PATH).rpartition("/")[0]
+    return unquote(quoted, errors="strict")
 
 
 async def post_remote_update(app: HttpApp, request: Request) -> tuple[int, object]:
@@ -280,8 +312,30 @@ ROUTES: dict[str, dict[str, Handler]] = {
 }
 
 
+USERS_PATH = "/api/users/"
+# /api/users/{id}/<action>; the id is percent-decoded.
+USER_ROUTES: dict[str, dict[str, Handler]] = {
+    "messages": {"POST": post_user_message},
+    "disconnect": {"POST": post_user_disconnect},
+}
+
+
+def _methods(path: str) -> dict[str, Handler] | None:
+    if (methods := ROUTES.get(path)) is not None:
+        return methods
+    if path.startswith(USERS_PATH):
+        quoted, _, action = path.removeprefix(USERS_PATH).rpartition("/")
+        try:
+            user_id = unquote(quoted, errors="strict")
+        except UnicodeDecodeError:
+            return None
+        if user_id and "/" not in quoted:
+            return USER_ROUTES.get(action)
+    return None
+
+
 def _route(method: str, path: str) -> Handler:
-    methods = ROUTES.get(path)
+    methods = _methods(path)
     if methods is None:
         raise HttpError(404, "Not found")
     # HEAD is GET without the body (RFC 9110), wherever GET is served.

@@ -21,10 +21,15 @@ import trio
 
 from .auth import API_KEY_IDENTITY, Identity
 from .outbox import Outbox
-from .protocol.errors import SLOW_CONSUMER, CloseReason
+from .protocol.codec import encode
+from .protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
+from .protocol.frames import text_frame
+from .protocol.messages import SessionExpired
 from .protocol.routing import user_key
 from .protocol.topics import PatternIndex, is_pattern
-from .publication import Delivery
+from .publication import EXPIRE, Delivery, Extra
+
+SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))
 
 
 @attrs.define(eq=False)
@@ -227,7 +232,7 @@ class Hub:
         """
         touched: list[Client] = []
         delivered = 0
-        for plain, complete, keys, offsets, topic in items:
+        for plain, complete, keys, offsets, topic, extra in items:
             groups = [members for key in keys if (members := self._index.get(key))]
             if topic is not None and self._patterns:
                 groups += [self._index[pattern] for pattern in self._patterns.match(topic)]
@@ -237,6 +242,8 @@ class Hub:
                 continue
             # A client matching several keys (all + workspace + session) gets one copy.
             recipients = groups[0] if len(groups) == 1 else set().union(*groups)
+            if extra is not None:
+                recipients = _apply(extra, recipients)
             # Iterate a snapshot: a failed send may close a client, which must not resize the
             # set under our feet even though removal happens later in its connection task.
             for client in tuple(recipients):
@@ -269,3 +276,19 @@ class Hub:
                     client.close(SLOW_CONSUMER)
                     continue
                 kept.append((offset, complete if client.offsets else plain))
+
+
+def _apply(extra: Extra, recipients: set[Client]) -> set[Client]:
+    """The recipients left once `extra` has acted: exclusions skip, an expiry closes."""
+    left = {
+        client
+        for client in recipients
+        if client.id != extra.exclude_client
+        and (extra.exclude_user is None or client.identity.user_id != extra.exclude_user)
+    }
+    if extra.control == EXPIRE:
+        for client in left:
+            client.send(SESSION_EXPIRED_FRAME)
+            client.close(SESSION_EXPIRED, flush=True)
+        return set()
+    return left

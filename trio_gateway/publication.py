@@ -14,10 +14,24 @@ import attrs
 
 from .protocol.frames import text_frame
 
+
+@attrs.frozen
+class Extra:
+    """The rare parts of a publication: who must not get it, and control actions."""
+
+    #: "expire": the recipients' sessions end (4002) instead of receiving a message.
+    control: str | None = None
+    exclude_user: str | None = None
+    exclude_client: str | None = None
+
+
+EXPIRE = "expire"
+
 # One publication as the hub gets it: (frame, frame with offsets, keys, offsets aligned with
-# keys, topic or None). The plain frame is the seed protocol's byte-for-byte; a client that
-# asked for recovery gets the one with offsets. On a topic message the two are the same.
-Delivery = tuple[bytes, bytes, tuple[str, ...], tuple[int, ...], str | None]
+# keys, topic or None, extra or None). The plain frame is the seed protocol's byte-for-byte; a
+# client that asked for recovery gets the one with offsets. On a topic message the two are the
+# same.
+Delivery = tuple[bytes, bytes, tuple[str, ...], tuple[int, ...], str | None, Extra | None]
 
 
 @attrs.frozen
@@ -41,6 +55,7 @@ class Publication:
     # A generic-topic message: one key, the topic, and a single "offset" field.
     topic: str | None = None
     retain: Retain | None = None
+    extra: Extra | None = None
 
 
 @attrs.frozen
@@ -58,12 +73,16 @@ class Position:
 
 
 def delivery(
-    body: str, keys: tuple[str, ...], offsets: tuple[int, ...], topic: str | None
+    body: str,
+    keys: tuple[str, ...],
+    offsets: tuple[int, ...],
+    topic: str | None,
+    extra: Extra | None = None,
 ) -> Delivery:
     """Both frames of a publication whose offsets are known, built once for every client."""
     complete = text_frame(with_offsets(body, keys, offsets, topic))
     plain = complete if topic is not None else text_frame(body)
-    return plain, complete, keys, offsets, topic
+    return plain, complete, keys, offsets, topic, extra
 
 
 def with_offsets(

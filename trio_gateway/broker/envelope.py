@@ -8,12 +8,14 @@ Names under `<prefix>` (the `redis_prefix` setting):
 - list `<prefix>hist:<key>`: the key's last messages, as envelopes;
 - string `<prefix>state:<key>`: the retained state (session.state) of a session key.
 
-Envelope: `<header JSON>\\n<message body>`, header `["<id>", [keys], [offsets], <ms>, "<topic>"]`
-(topic "" when none). The id lets an instance that receives several copies (one per channel
-or pattern it subscribes to) deliver once; keys and offsets complete the body into the frame
-every local client gets (publication.with_offsets); the time (Redis's clock, ms) dates history
-entries. The body is the message JSON the publisher built, never parsed again; compact JSON
-has no raw newline, so the first newline ends the header.
+Envelope: `<header JSON>\\n<message body>`, header `["<id>", [keys], [offsets], <ms>,
+"<topic>", "<control>", "<exclude_user>", "<exclude_client>"]` ("" for none). The id lets an
+instance that receives several copies (one per channel or pattern it subscribes to) deliver
+once; keys and offsets complete the body into the frame every local client gets
+(publication.with_offsets); the time (Redis's clock, ms) dates history entries; the last
+three carry control actions and exclusions (publication.Extra). The body is the message JSON
+the publisher built, never parsed again; compact JSON has no raw newline, so the first newline
+ends the header.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 
 import attrs
 
-from ..publication import Delivery, delivery
+from ..publication import Delivery, Extra, delivery
 
 
 def channel(prefix: str, key: str) -> str:
@@ -50,9 +52,10 @@ class Envelope:
     time_ms: int
     topic: str | None
     body: str
+    extra: Extra | None = None
 
     def delivery(self) -> Delivery:
-        return delivery(self.body, self.keys, self.offsets, self.topic)
+        return delivery(self.body, self.keys, self.offsets, self.topic, self.extra)
 
     def offset_of(self, key: str) -> int:
         return self.offsets[self.keys.index(key)]
@@ -70,9 +73,9 @@ def decode(data: bytes) -> Envelope:
     if not newline:
         raise ValueError("no envelope header")
     parsed = json.loads(header)
-    if not isinstance(parsed, list) or len(parsed) != 5:
+    if not isinstance(parsed, list) or len(parsed) != 8:
         raise ValueError("malformed envelope header")
-    message_id, keys, offsets, time_ms, topic = parsed
+    message_id, keys, offsets, time_ms, topic, *rare = parsed
     if (
         not isinstance(message_id, str)
         or not _is_list_of(keys, str)
@@ -82,6 +85,7 @@ def decode(data: bytes) -> Envelope:
         or isinstance(time_ms, bool)
         or not isinstance(time_ms, int)
         or not isinstance(topic, str)
+        or not all(isinstance(item, str) for item in rare)
     ):
         raise ValueError("malformed envelope header")
     # Clients would fail the connection on a text frame that is not UTF-8 (RFC 6455 8.1),
@@ -89,4 +93,6 @@ def decode(data: bytes) -> Envelope:
     text = body.decode("utf-8")
     if not text.endswith("}"):
         raise ValueError("envelope body is not a JSON object")
-    return Envelope(message_id, tuple(keys), tuple(offsets), time_ms, topic or None, text)
+    control, exclude_user, exclude_client = (item or None for item in rare)
+    extra = Extra(control, exclude_user, exclude_client) if any(rare) else None
+    return Envelope(message_id, tuple(keys), tuple(offsets), time_ms, topic or None, text, extra)

@@ -86,7 +86,13 @@ class MemoryBroker:
                 for log in logs:
                     log.offset += 1
                 offsets = tuple(log.offset for log in logs)
-                item = delivery(publication.body, publication.keys, offsets, publication.topic)
+                item = delivery(
+                    publication.body,
+                    publication.keys,
+                    offsets,
+                    publication.topic,
+                    publication.extra,
+                )
                 for log in logs:
                     # Replayed only to clients that asked for recovery: the frame with offsets.
                     log.entries.append((log.offset, now, item[1]))

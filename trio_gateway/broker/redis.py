@@ -49,12 +49,14 @@ from coredis.retry import NoRetryPolicy
 from ..config import Config, redact_url
 from ..jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
-from ..publication import Position, Publication
+from ..publication import Extra, Position, Publication
 from . import BrokerUnavailable, Deliver, history_window, scripts
 from .envelope import channel, decode
 from .memory import LOG_IDLE_LIMIT, new_epoch
 
 log = logging.getLogger("trio_gateway.broker.redis")
+
+NO_EXTRA = Extra()
 
 # Seconds to open a TCP connection to Redis, and to wait for any reply; a Redis that does not
 # answer within these counts as down rather than hanging a publisher.
@@ -244,6 +246,8 @@ class RedisBroker:
                 args += ["del", retain.key, ""]
             else:
                 args += ["set", retain.key, retain.state]
+            extra = publication.extra or NO_EXTRA
+            args += [extra.control or "", extra.exclude_user or "", extra.exclude_client or ""]
             args.append(publication.body)
         try:
             with _as_unavailable("publish to Redis failed"):

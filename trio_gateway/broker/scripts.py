@@ -11,7 +11,7 @@ from __future__ import annotations
 # ARGV: prefix, history_size, history_ttl_ms, log_ttl_s, state_ttl_ms, epoch_candidate,
 #       id_base, count, then per publication:
 #       key_count, key..., topic ("" for none), retain ("", "set", "del"), retain_key,
-#       retain_state, body
+#       retain_state, control, exclude_user, exclude_client ("" for none), body
 # Returns every publication's offsets, flattened in order.
 PUBLISH = """
 local prefix = ARGV[1]
@@ -34,9 +34,10 @@ for n = 1, count do
     keys[k] = ARGV[at]
     at = at + 1
   end
-  local topic, retain, retain_key, retain_state, body =
-    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  at = at + 5
+  local topic, retain, retain_key, retain_state = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local control, exclude_user, exclude_client = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  local body = ARGV[at + 7]
+  at = at + 8
   local offsets = {}
   for k = 1, key_count do
     local log = prefix .. 'log:' .. keys[k]
@@ -47,7 +48,9 @@ for n = 1, count do
     offsets[k] = redis.call('HINCRBY', log, 'offset', 1)
     redis.call('EXPIRE', log, log_ttl)
   end
-  local envelope = cjson.encode({id_base .. ':' .. n, keys, offsets, now, topic}) .. '\\n' .. body
+  local header = {id_base .. ':' .. n, keys, offsets, now, topic, control, exclude_user,
+    exclude_client}
+  local envelope = cjson.encode(header) .. '\\n' .. body
   for k = 1, key_count do
     local history = prefix .. 'hist:' .. keys[k]
     redis.call('RPUSH', history, envelope)
