@@ -33,9 +33,9 @@ import trio
 
 from . import __version__, jsonlog, workers
 from .broker import BrokerUnavailable
-from .config import Config, ConfigError, redact_url
+from .config import REDACTED, Config, ConfigError, redact_url
 from .jsonlog import fields
-from .server import Gateway, serve
+from .server import Gateway, read_public_key, serve
 from .settings import (
     CONFIG_FILE,
     CONFIG_FILE_ENV,
@@ -274,11 +274,19 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
             extra=fields(name=name, did_you_mean=closest_env(name)),
         )
     config = settings.config
+    try:
+        # Checked before anything starts (workers included): a bad key is a config error.
+        read_public_key(config)
+    except ConfigError as exc:
+        _say(f"{PROG}: invalid configuration: {exc}")
+        return EXIT_INVALID_CONFIG
     if not config.api_keys:
         config = _with_generated_key(config)
     settings_logged = attrs.asdict(config, filter=lambda field, _: field.name != "api_keys")
     if config.redis_url is not None:
         settings_logged["redis_url"] = redact_url(config.redis_url)
+    if config.jwt_secret is not None:
+        settings_logged["jwt_secret"] = REDACTED
     log.info(
         "configuration loaded",
         extra=fields(

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -148,22 +149,31 @@ async def serve(
     log.info("gateway stopped")
 
 
+def read_public_key(config: Config) -> tuple[Any, str] | None:
+    """The JWT verification key and algorithm from `jwt_public_key`'s file, if configured.
+
+    Raises:
+        ConfigError: the file cannot be read or is not an RSA/EC public key.
+    """
+    if config.jwt_public_key is None:
+        return None
+    path = Path(config.jwt_public_key)
+    try:
+        return verifier_key(path.read_bytes())
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"jwt_public_key: cannot read {path}: {reason}") from None
+    except KeyFileError as exc:
+        raise ConfigError(f"jwt_public_key: {path}: {exc}") from None
+
+
 def load_authenticator(config: Config) -> Authenticator:
     """The credential checker `config` describes; reads the JWT public key file.
 
     Raises:
         ConfigError: the key file cannot be read or is not an RSA/EC public key.
     """
-    public_key = None
-    if config.jwt_public_key is not None:
-        path = Path(config.jwt_public_key)
-        try:
-            public_key = verifier_key(path.read_bytes())
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(f"jwt_public_key: cannot read {path}: {reason}") from None
-        except KeyFileError as exc:
-            raise ConfigError(f"jwt_public_key: {path}: {exc}") from None
+    public_key = read_public_key(config)
     if config.auth_cookie is not None and not config.allowed_origins:
         log.warning(
             "tokens are accepted from a cookie but any Origin may connect: set allowed_origins "
