@@ -328,3 +328,30 @@ async def test_exclude_user_and_client_on_publish(jwt_config: Config) -> None:
             await gateway.broadcaster.publish("room", 3)
             assert [(await receive_json(erin))["data"] for _ in range(3)] == [1, 2, 3]
             assert (await receive_json(dave))["data"] == 3
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/users//messages",
+        "/api/users/bob/unknown",
+        "/api/users/a/b/messages",
+        "/api/users/%ff/messages",
+        "/api/users/bob",
+    ],
+)
+async def test_malformed_user_paths_are_404(gateway: Gateway, path: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert (await post(gateway, path, {"data": 1}))[0] == 404
+
+
+async def test_user_ids_are_percent_decoded(jwt_config: Config) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_gateway(jwt_config) as gateway,
+            tcp_client(gateway.port, token("ann@example.com")) as ws,
+        ):
+            await ready(ws)
+            status, _ = await post(gateway, "/api/users/ann%40example.com/messages", {"data": 7})
+            assert status == 202
+            assert await receive_json(ws) == {"type": "user.message", "data": 7}

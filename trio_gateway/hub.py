@@ -146,10 +146,6 @@ class Hub:
         if self.clients.pop(client.id, None) is not None and client.identity.user_id is not None:
             self._leave(user_key(client.identity.user_id), client)
 
-    def users_online(self, user_id: str) -> int:
-        """Connections of `user_id` on this instance."""
-        return len(self._index.get(user_key(user_id), ()))
-
     def _wanted(self, key: str) -> bool:
         return key in self._index or key in self._recovering
 
