@@ -389,3 +389,39 @@ async def test_wrong_path_is_404_at_handshake(gateway: Gateway, path: str) -> No
         assert info.value.body is not None
         assert json.loads(info.value.body) == {"error": "Not found"}
         assert gateway.client_count() == 0
+
+
+# --- newer messages: malformed fields --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "reply"),
+    [
+        ({"type": "identify", "token": API_KEY}, "Already identified"),
+        ({"type": "refresh"}, "Invalid refresh: token is required"),
+        ({"type": "refresh", "token": 5}, "Invalid refresh: token must be a string"),
+        ({"type": "refresh", "token": "garbage"}, "Refresh refused: invalid credentials"),
+        ({"type": "publish", "topic": "a..b", "data": 1}, "Invalid publish: topic segments"),
+        ({"type": "publish", "topic": 5, "data": 1}, "Invalid publish: topic must be a string"),
+        ({"type": "publish", "topic": "a"}, "Invalid publish: data is required"),
+        ({"type": "sync"}, "Invalid sync: session_id is required"),
+        ({"type": "sync", "session_id": ""}, "Invalid sync: session_id must be a non-empty"),
+        ({"type": "subscribe", "topic": "t", "since": 5}, "Invalid subscribe: since must be"),
+        ({"type": "subscribe", "topic": "t", "recover": "yes"}, "Invalid subscribe: recover must"),
+        ({"type": "subscribe", "topic": "t", "since": {"offset": -1, "epoch": "e"}}, "offset"),
+        ({"type": "subscribe", "topic": "t", "since": {"offset": 1, "epoch": ""}}, "epoch"),
+    ],
+)
+async def test_malformed_fields_of_newer_messages(
+    gateway: Gateway, message: dict[str, Any], reply: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as ws:
+            await ready(ws)
+            await send_json(ws, message)
+            answer = await receive_json(ws)
+            assert answer["type"] == "error"
+            assert reply in answer["message"]
+            # Still serving, nothing subscribed.
+            await send_json(ws, {"type": "ping"})
+            assert await receive_json(ws) == {"type": "pong"}
