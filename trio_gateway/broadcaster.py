@@ -177,7 +177,7 @@ def _exclusions(user_id: str | None, client_id: str | None) -> Extra | None:
 
 
 def user_message_publication(
-    user_id: str, data: Any, *, exclude_client_id: str | None = None
+    user_id: str, data: Any, exclude_client_id: str | None = None
 ) -> Publication:
     """A `user.message` for every connection of `user_id`, on every instance."""
     _require_text("user_id", user_id)

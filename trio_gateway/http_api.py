@@ -205,28 +205,40 @@ def _fields(
     return [body[name] for name in required] + [body.get(name) for name in optional]
 
 
-async def post_session_update(app: HttpApp, request: Request) -> tuple[int, object]:
+async def _publish_one(
+    app: HttpApp,
+    request: Request,
+    build: Callable[..., Publication],
+    required: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    *leading: str,
+) -> tuple[int, object]:
+    """The endpoints that take one object: its fields (after `leading` arguments taken from
+    the path) build one publication, published before the 202."""
     _require_api_key(app, request)
-    values = _fields(
-        _object_body(request), ("session_id", "workspace_id", "lifecycle"), ("summary", "stats")
-    )
+    values = _fields(_object_body(request), required, optional)
     try:
-        publication = session_update_publication(*values)
+        publication = build(*leading, *values)
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
     await _publish(app, [publication])
     return 202, {"accepted": 1}
+
+
+async def post_session_update(app: HttpApp, request: Request) -> tuple[int, object]:
+    return await _publish_one(
+        app,
+        request,
+        session_update_publication,
+        ("session_id", "workspace_id", "lifecycle"),
+        ("summary", "stats"),
+    )
 
 
 async def post_session_deleted(app: HttpApp, request: Request) -> tuple[int, object]:
-    _require_api_key(app, request)
-    values = _fields(_object_body(request), ("session_id", "workspace_id"), ())
-    try:
-        publication = session_deleted_publication(*values)
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    await _publish(app, [publication])
-    return 202, {"accepted": 1}
+    return await _publish_one(
+        app, request, session_deleted_publication, ("session_id", "workspace_id")
+    )
 
 
 async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
@@ -257,16 +269,14 @@ async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
 
 
 async def post_user_message(app: HttpApp, request: Request) -> tuple[int, object]:
-    _require_api_key(app, request)
-    (data, exclude_client) = _fields(_object_body(request), ("data",), ("exclude_client_id",))
-    try:
-        publication = user_message_publication(
-            _user_id(request.path), data, exclude_client_id=exclude_client
-        )
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    await _publish(app, [publication])
-    return 202, {"accepted": 1}
+    return await _publish_one(
+        app,
+        request,
+        user_message_publication,
+        ("data",),
+        ("exclude_client_id",),
+        _user_id(request.path),
+    )
 
 
 async def post_user_disconnect(app: HttpApp, request: Request) -> tuple[int, object]:
@@ -281,16 +291,13 @@ def _user_id(path: str) -> str:
 
 
 async def post_remote_update(app: HttpApp, request: Request) -> tuple[int, object]:
-    _require_api_key(app, request)
-    values = _fields(
-        _object_body(request), ("remote_env_id", "workspace_id", "status"), ("public_ip",)
+    return await _publish_one(
+        app,
+        request,
+        remote_update_publication,
+        ("remote_env_id", "workspace_id", "status"),
+        ("public_ip",),
     )
-    try:
-        publication = remote_update_publication(*values)
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    await _publish(app, [publication])
-    return 202, {"accepted": 1}
 
 
 async def websocket_without_upgrade(app: HttpApp, request: Request) -> tuple[int, object]:
