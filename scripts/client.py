@@ -1,12 +1,16 @@
 """Command-line client for trio_gateway: subscribe, publish-event, health.
 
     python scripts/client.py [--url URL] [--token KEY] subscribe --workspace W [--count N]
+    python scripts/client.py --token KEY subscribe --topic chat.room.1 --topic 'alerts.**'
+    python scripts/client.py --token KEY subscribe --workspace W --from-offset 41 --epoch E
     python scripts/client.py --token KEY publish-event '{"workspace_id":"W","kind":"x"}'
     echo '[{"workspace_id":"W"}]' | python scripts/client.py --token KEY publish-event
     python scripts/client.py health
 
 stdout carries only JSON (one message per line for `subscribe`, flushed line by line);
-progress and errors go to stderr. Exit codes: 0 ok, 1 server error or unreachable,
+progress and errors go to stderr. `subscribe` resumes every subscription from its last
+offset after a drop, and on exit logs where each one stands (`--from-offset N --epoch E`)
+so a later run can pick up from there. Exit codes: 0 ok, 1 server error or unreachable,
 2 usage error (invalid JSON input included), 3 unauthorized (HTTP 401 or close 4001).
 
 A thin shell over trio_gateway.client: it owns argument parsing, output and exit codes, and
@@ -25,7 +29,13 @@ from urllib.parse import urlsplit
 
 import trio
 
-from trio_gateway.client import ClientError, Unauthorized, open_client, websocket_url
+from trio_gateway.client import (
+    ClientError,
+    Position,
+    Unauthorized,
+    open_client,
+    websocket_url,
+)
 from trio_gateway.http_client import health, publish_events
 from trio_gateway.protocol.codec import loads
 
@@ -48,19 +58,39 @@ def _print_json(data: object) -> None:
     sys.stdout.flush()
 
 
-async def _subscribe(args: argparse.Namespace) -> int:
-    keys = (
+def _subscription_keys(args: argparse.Namespace) -> list[str]:
+    return (
         (["all"] if args.all else [])
         + [f"workspace:{workspace}" for workspace in args.workspace]
         + [f"session:{session}" for session in args.session]
+        + list(args.topic)
     )
+
+
+def _is_pattern(key: str) -> bool:
+    return any(segment in ("*", "**") for segment in key.split("."))
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    keys = _subscription_keys(args)
+    resume = {}
+    if args.from_offset is not None:
+        (key,) = keys
+        resume[key] = Position(args.epoch, args.from_offset)
+        keys = []
     received = 0
-    async with open_client(websocket_url(args.url), args.token, subscriptions=keys) as client:
-        async for message in client:
-            _print_json(message)
-            received += 1
-            if received == args.count:
-                break
+    async with open_client(
+        websocket_url(args.url), args.token, subscriptions=keys, resume=resume
+    ) as client:
+        try:
+            async for message in client:
+                _print_json(message)
+                received += 1
+                if received == args.count:
+                    break
+        finally:
+            for key, (epoch, offset) in client.positions.items():
+                logging.info("position of %s: --from-offset %d --epoch %s", key, offset, epoch)
     return EXIT_OK
 
 
@@ -108,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     subscribe = commands.add_parser(
         "subscribe",
-        help="print messages as JSON lines, reconnecting on drops",
+        help="print messages as JSON lines, resuming after drops",
         description="Print every message for the chosen subscriptions as one JSON line each. "
-        "Reconnects (and subscribes again) when the connection drops.",
+        "When the connection drops, reconnects and resumes each subscription from its last "
+        "offset: what was published meanwhile is printed first, once and in order (patterns "
+        "are live only). If the server no longer has it, the subscription's ack is printed "
+        'instead, with "recovered":false. On exit, stderr gives each position as '
+        "--from-offset N --epoch E.",
     )
     subscribe.add_argument("--all", action="store_true", help="everything published")
     subscribe.add_argument(
@@ -118,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subscribe.add_argument(
         "--session", action="append", default=[], metavar="S", help="a session (repeatable)"
+    )
+    subscribe.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="T",
+        help="a topic such as chat.room.1, or a pattern such as 'chat.*' or 'chat.**' (repeatable)",
+    )
+    subscribe.add_argument(
+        "--from-offset",
+        type=_offset,
+        metavar="N",
+        help="replay the one subscription given from after offset N (needs --epoch; not for "
+        "a pattern)",
+    )
+    subscribe.add_argument(
+        "--epoch", metavar="E", help="the epoch --from-offset counts in (from a position)"
     )
     subscribe.add_argument("--count", type=_positive_int, metavar="N", help="exit after N messages")
 
@@ -133,6 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("health", help="print the server's health", description="GET /api/health.")
     return parser
+
+
+def _offset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _check_subscribe(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    keys = _subscription_keys(args)
+    if not keys:
+        parser.error("subscribe needs --all, --workspace, --session or --topic")
+    if "" in args.workspace + args.session + args.topic:
+        parser.error("--workspace, --session and --topic need a non-empty value")
+    if (args.from_offset is None) != (args.epoch is None):
+        parser.error("--from-offset and --epoch go together")
+    if args.from_offset is not None:
+        if len(keys) != 1:
+            parser.error("--from-offset replays exactly one subscription")
+        if _is_pattern(keys[0]):
+            parser.error("--from-offset needs a topic, not a pattern: patterns are live only")
+        if not args.epoch:
+            parser.error("--epoch needs a non-empty value")
 
 
 def _positive_int(text: str) -> int:
@@ -155,10 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     try:
         if args.command == "subscribe":
-            if not (args.all or args.workspace or args.session):
-                parser.error("subscribe needs --all, --workspace or --session")
-            if "" in args.workspace + args.session:
-                parser.error("--workspace and --session need a non-empty id")
+            _check_subscribe(parser, args)
             return trio.run(_subscribe, args)
         if args.command == "publish-event":
             return trio.run(_publish_event, args, _read_events(args.event))

@@ -52,8 +52,18 @@ def event(workspace_id: str, n: int, session_id: str | None = None) -> dict[str,
 
 
 def wire(data: dict[str, Any]) -> dict[str, Any]:
-    """An event message as a client receives it."""
+    """An event message as a client receives it, without its offsets."""
     return {"type": "event", "event": data}
+
+
+def bare(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` without the offsets the server adds (`offset`, `offsets`)."""
+    return {key: value for key, value in message.items() if key not in ("offset", "offsets")}
+
+
+async def received(client: GatewayClient) -> dict[str, Any]:
+    """The client's next message, without its offsets."""
+    return bare(await anext(client))
 
 
 class Connections:
@@ -119,15 +129,15 @@ async def own_gateway(config: Config) -> AsyncIterator[tuple[Gateway, trio.Event
 async def test_subscribe_and_receive_broadcasts(gateway: Gateway) -> None:
     with trio.fail_after(TIMEOUT):
         async with client_for(gateway, subscriptions=["workspace:w1"]) as client:
-            assert await client.subscribe(session_id="s9") == "session:s9"
+            assert (await client.subscribe(session_id="s9")).key == "session:s9"
             assert client.subscriptions == {"workspace:w1", "session:s9"}
             gateway.broadcaster.broadcast_event(event("w1", 1))
             gateway.broadcaster.broadcast_event(event("other", 2))
             gateway.broadcaster.broadcast_event(event("other", 3, session_id="s9"))
             gateway.broadcaster.broadcast_session_update("s9", "other", "ended")
-            assert await anext(client) == wire(event("w1", 1))
-            assert await anext(client) == wire(event("other", 3, session_id="s9"))
-            assert await anext(client) == {
+            assert await received(client) == wire(event("w1", 1))
+            assert await received(client) == wire(event("other", 3, session_id="s9"))
+            assert await received(client) == {
                 "type": "session.update",
                 "session_id": "s9",
                 "lifecycle": "ended",
@@ -143,13 +153,13 @@ async def test_unsubscribe_stops_delivery(gateway: Gateway) -> None:
             assert client.subscriptions == {"workspace:w1"}
             gateway.broadcaster.broadcast_event(event("other", 1))
             gateway.broadcaster.broadcast_event(event("w1", 2))
-            assert await anext(client) == wire(event("w1", 2))
+            assert await received(client) == wire(event("w1", 2))
             await client.unsubscribe()
             assert client.subscriptions == frozenset()
             await client.subscribe(workspace_id="w2")
             gateway.broadcaster.broadcast_event(event("w1", 3))
             gateway.broadcaster.broadcast_event(event("w2", 4))
-            assert await anext(client) == wire(event("w2", 4))
+            assert await received(client) == wire(event("w2", 4))
 
 
 async def test_error_reply_raises_subscription_error(gateway: Gateway) -> None:
@@ -162,7 +172,7 @@ async def test_error_reply_raises_subscription_error(gateway: Gateway) -> None:
             with pytest.raises(ValueError, match="exactly one"):
                 await client.subscribe("all", workspace_id="w1")
             # The connection is still in step: the next ack answers the next request.
-            assert await client.subscribe(workspace_id="w1") == "workspace:w1"
+            assert (await client.subscribe(workspace_id="w1")).key == "workspace:w1"
             assert client.subscriptions == {"workspace:w1"}
 
 
@@ -172,7 +182,7 @@ async def test_concurrent_requests_are_matched_to_their_replies(gateway: Gateway
 
     async def subscribe(client: GatewayClient, workspace_id: str) -> None:
         try:
-            keys.append(await client.subscribe(workspace_id=workspace_id))
+            keys.append((await client.subscribe(workspace_id=workspace_id)).key)
         except SubscriptionError as exc:
             failures.append(str(exc))
 
@@ -225,7 +235,7 @@ class TestKeepalive:
                     gateway.hub.clients[client_id].connected_at
                 )
                 gateway.broadcaster.broadcast_event(event("w1", 1))
-                assert await anext(client) == wire(event("w1", 1))
+                assert await received(client) == wire(event("w1", 1))
 
 
 async def test_silent_server_is_replaced() -> None:
@@ -279,7 +289,7 @@ async def test_reconnects_and_resubscribes_after_server_close(gateway: Gateway) 
                 "all",
             }
             gateway.broadcaster.broadcast_event(event("w9", 1))
-            assert await anext(client) == wire(event("w9", 1))
+            assert await received(client) == wire(event("w9", 1))
 
 
 async def test_reconnect_after_restart_uses_jittered_backoff(config: Config) -> None:
@@ -320,8 +330,17 @@ async def test_reconnect_after_restart_uses_jittered_backoff(config: Config) -> 
                     backoff.go()
                     new_id = await connections.next()
                     assert second.hub.clients[new_id].subscriptions == {"workspace:w1"}
+                    # A new server, a new epoch: the resume could not recover, and says so.
+                    notice = await anext(client)
+                    assert notice == {
+                        "type": "subscribed",
+                        "subscription": "workspace:w1",
+                        "epoch": client.positions["workspace:w1"].epoch,
+                        "offset": 0,
+                        "recovered": False,
+                    }
                     second.broadcaster.broadcast_event(event("w1", 1))
-                    assert await anext(client) == wire(event("w1", 1))
+                    assert await received(client) == wire(event("w1", 1))
 
 
 async def test_subscribe_while_reconnecting_waits_for_the_next_connection(
@@ -359,11 +378,14 @@ async def test_application_falling_behind_drops_and_reconnects(gateway: Gateway)
                 gateway.broadcaster.broadcast_event(event("w1", n))
             second = await connections.next()
             assert second != first
-            # What was buffered is still delivered; the overflow was lost with the connection.
-            assert await anext(client) == wire(event("w1", 0))
-            assert await anext(client) == wire(event("w1", 1))
+            # What was buffered is still delivered, and the resume replays the overflow
+            # (a full buffer may cost a few more reconnects on the way).
+            assert [await received(client) for _ in range(5)] == [
+                wire(event("w1", n)) for n in range(5)
+            ]
             gateway.broadcaster.broadcast_event(event("w1", 9))
-            assert await anext(client) == wire(event("w1", 9))
+            assert await received(client) == wire(event("w1", 9))
+            assert client.positions["workspace:w1"].offset == 6
 
 
 async def test_without_reconnect_the_stream_ends(gateway: Gateway) -> None:
@@ -372,7 +394,7 @@ async def test_without_reconnect_the_stream_ends(gateway: Gateway) -> None:
             client_id = client.client_id
             assert client_id is not None
             gateway.broadcaster.broadcast_event(event("w1", 1))
-            assert await anext(client) == wire(event("w1", 1))
+            assert await received(client) == wire(event("w1", 1))
             gateway.hub.clients[client_id].close(SLOW_CONSUMER)
             assert [message async for message in client] == []
             assert client.disconnected is not None
@@ -387,10 +409,13 @@ async def test_without_reconnect_the_stream_ends(gateway: Gateway) -> None:
 async def test_bad_token_raises_unauthorized(gateway: Gateway) -> None:
     url = websocket_url(base_url(gateway.port))
     with trio.fail_after(TIMEOUT):
-        for token in ("wrong", None):
-            with pytest.raises(Unauthorized, match="4001"):
-                async with open_client(url, token):
-                    pytest.fail("connected with a bad token")
+        with pytest.raises(Unauthorized, match="4001"):
+            async with open_client(url, "wrong"):
+                pytest.fail("connected with a bad token")
+        # Without a token the server asks for one (`hello`); the client has none to give.
+        with pytest.raises(Unauthorized, match="requires a token"):
+            async with open_client(url, None):
+                pytest.fail("connected without a token")
         assert gateway.client_count() == 0
 
 
@@ -454,7 +479,7 @@ async def test_publish_events_round_trip(gateway: Gateway) -> None:
             assert await publish_events(base, API_KEY, event("w1", 1)) == {"accepted": 1}
             batch = [event("w1", 2), event("w2", 3), event("w1", 4, session_id="s")]
             assert await publish_events(base, API_KEY, batch) == {"accepted": 3}
-            assert [await anext(client) for _ in range(3)] == [
+            assert [await received(client) for _ in range(3)] == [
                 wire(event("w1", 1)),
                 wire(event("w1", 2)),
                 wire(event("w1", 4, session_id="s")),
@@ -521,7 +546,8 @@ def test_websocket_url() -> None:
         websocket_url("ftp://h")
 
 
-async def test_subscription_keys_are_validated() -> None:
+@pytest.mark.parametrize("key", ["workspace:", "session:", "nope:x", ""])
+async def test_subscription_keys_are_validated(key: str) -> None:
     with pytest.raises(ValueError, match="workspace:<id>"):
-        async with open_client("ws://127.0.0.1:1/api/ws", API_KEY, subscriptions=["workspace"]):
+        async with open_client("ws://127.0.0.1:1/api/ws", API_KEY, subscriptions=[key]):
             pytest.fail("accepted a malformed key")

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from trio_gateway import Gateway
+from trio_gateway.client import open_client, websocket_url
 from trio_gateway.protocol.errors import SLOW_CONSUMER
 
 from .helpers import API_KEY
@@ -134,6 +135,19 @@ def event(workspace_id: str, n: int) -> dict[str, Any]:
     return {"workspace_id": workspace_id, "n": n}
 
 
+def printed(line: str) -> dict[str, Any]:
+    """A JSON line of `subscribe`, without the offsets the server adds."""
+    message: dict[str, Any] = json.loads(line)
+    return {key: value for key, value in message.items() if key not in ("offset", "offsets")}
+
+
+async def position_of(stderr: Lines, key: str) -> tuple[int, str]:
+    """(offset, epoch) from the position line `subscribe` logs on exit."""
+    line = await stderr.until(f"position of {key}: ")
+    _, offset, _, epoch = line.split(": ", 1)[1].split(" ")
+    return int(offset), epoch
+
+
 # --- health and publish-event ---------------------------------------------------------------
 
 
@@ -157,7 +171,7 @@ async def test_subscriber_prints_what_publish_event_sends(gateway: Gateway) -> N
             published = await run(gateway.port, "publish-event", stdin=json.dumps(batch).encode())
             assert published.returncode == 0, published.stderr
             assert json.loads(published.stdout) == {"accepted": 3}
-            assert [json.loads(await stdout.next()) for _ in range(2)] == [
+            assert [printed(await stdout.next()) for _ in range(2)] == [
                 {"type": "event", "event": event("W", 1)},
                 {"type": "event", "event": event("W", 3)},
             ]
@@ -181,10 +195,80 @@ async def test_subscriber_reconnects_after_a_drop(gateway: Gateway) -> None:
             client_id = line.split("connected as ")[1].split(";")[0]
             gateway.hub.clients[client_id].close(SLOW_CONSUMER)
             await stderr.until("reconnecting")
-            await stderr.until("subscribed to all")
+            # Published while the script is away: delivered by the resume.
             gateway.broadcaster.broadcast_event(event("W", 1))
-            assert json.loads(await stdout.next()) == {"type": "event", "event": event("W", 1)}
+            await stderr.until("subscribed to all")
+            assert printed(await stdout.next()) == {"type": "event", "event": event("W", 1)}
             assert await process.wait() == 0
+            assert await position_of(stderr, "all") == (1, await epoch_of(gateway, "all"))
+
+
+async def epoch_of(gateway: Gateway, key: str) -> str:
+    """The epoch of `key`'s log on the gateway, as a subscribe ack reports it."""
+    async with open_client(
+        websocket_url(f"http://127.0.0.1:{gateway.port}"), API_KEY, subscriptions=[key]
+    ) as client:
+        return client.positions[key].epoch
+
+
+async def test_topics_and_patterns(gateway: Gateway) -> None:
+    args = ["subscribe", "--topic", "chat.room.1", "--topic", "alerts.**", "--count", "3"]
+    with trio.fail_after(TIMEOUT):
+        async with background(gateway.port, *args) as (process, stdout, stderr):
+            await stderr.until("subscribed to chat.room.1, alerts.**")
+            for topic in ("chat.room.1", "chat.room.2", "alerts.disk.full", "chat.room.1"):
+                gateway.broadcaster.publish_nowait(topic, {"on": topic})
+            lines = [json.loads(await stdout.next()) for _ in range(3)]
+            assert await process.wait() == 0
+    assert lines == [
+        {"type": "message", "topic": "chat.room.1", "data": {"on": "chat.room.1"}, "offset": 1},
+        {
+            "type": "message",
+            "topic": "alerts.disk.full",
+            "data": {"on": "alerts.disk.full"},
+            "offset": 1,
+        },
+        {"type": "message", "topic": "chat.room.1", "data": {"on": "chat.room.1"}, "offset": 2},
+    ]
+
+
+async def test_from_offset_replays_where_an_earlier_run_stopped(gateway: Gateway) -> None:
+    """The documented round trip: a run logs its position on exit, a later one resumes."""
+    with trio.fail_after(TIMEOUT):
+        async with background(gateway.port, "subscribe", "--workspace", "W", "--count", "1") as (
+            process,
+            stdout,
+            stderr,
+        ):
+            await stderr.until("subscribed to workspace:W")
+            # Three arrive; the run prints one and exits: its position counts that one only.
+            published = await run(
+                gateway.port, "publish-event", json.dumps([event("W", n) for n in (1, 2, 3)])
+            )
+            assert published.returncode == 0, published.stderr
+            assert printed(await stdout.next()) == {"type": "event", "event": event("W", 1)}
+            assert await process.wait() == 0
+            offset, epoch = await position_of(stderr, "workspace:W")
+        assert offset == 1
+        gateway.broadcaster.broadcast_event(event("W", 4))
+        args = ["--workspace", "W", "--from-offset", "1", "--epoch", epoch, "--count", "3"]
+        result = await run(gateway.port, "subscribe", *args)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["event"] for line in lines] == [event("W", n) for n in (2, 3, 4)]
+    assert [line["offsets"]["workspace:W"] for line in lines] == [2, 3, 4]
+    assert f"position of workspace:W: --from-offset 4 --epoch {epoch}".encode() in result.stderr
+
+
+async def test_from_offset_that_cannot_be_recovered_prints_the_ack(gateway: Gateway) -> None:
+    args = ["--topic", "chat.room.1", "--from-offset", "3", "--epoch", "gone", "--count", "1"]
+    result = await run(gateway.port, "subscribe", *args)
+    assert result.returncode == 0, result.stderr
+    ack = json.loads(result.stdout)
+    assert ack["type"] == "subscribed"
+    assert ack["subscription"] == "chat.room.1"
+    assert ack["recovered"] is False
+    assert ack["offset"] == 0
 
 
 # --- exit codes -----------------------------------------------------------------------------
@@ -214,9 +298,20 @@ async def test_invalid_input_exits_2(gateway: Gateway) -> None:
         partial(run, port, "subscribe", "--all", "--count", "0"),
         partial(run, port, "subscribe", "--workspace", ""),
         partial(run, port, "--url", "ws://127.0.0.1:1", "health"),
+        partial(run, port, "subscribe", "--topic", ""),
+        partial(run, port, "subscribe", "--all", "--from-offset", "1"),
+        partial(run, port, "subscribe", "--all", "--epoch", "E"),
+        partial(
+            run, port, "subscribe", "--all", "--topic", "t", "--from-offset", "1", "--epoch", "E"
+        ),
+        partial(run, port, "subscribe", "--topic", "t.*", "--from-offset", "1", "--epoch", "E"),
+        partial(run, port, "subscribe", "--all", "--from-offset", "-1", "--epoch", "E"),
     )
-    assert [result.returncode for result in results] == [2] * 8
+    assert [result.returncode for result in results] == [2] * 14
     assert b"invalid JSON" in results[0].stderr
+    assert b"go together" in results[9].stderr
+    assert b"exactly one subscription" in results[11].stderr
+    assert b"patterns are live only" in results[12].stderr
 
 
 async def test_server_rejection_exits_1(gateway: Gateway) -> None:

@@ -1,8 +1,11 @@
-"""A Trio client for the gateway's WebSocket side: live subscriptions that survive drops.
+"""A Trio client for the gateway's WebSocket side: subscriptions that survive drops, with
+nothing missed and nothing doubled where the server keeps history.
 
 Owns the client's half of the wire protocol (the `ready` greeting, subscribe/unsubscribe acks,
-answering keepalive pings) and reconnecting with jittered exponential backoff while restoring
-every subscription. Publishing over HTTP is http_client.py.
+answering keepalive pings, `since` on a resuming subscribe), the position of every
+subscription (epoch and offset), duplicate suppression, and reconnecting with jittered
+exponential backoff while resuming every subscription. Publishing over HTTP is
+http_client.py.
 
 Must not: use the server's runtime (hub, connection, server, http_api) or be imported by it.
 The server never depends on its clients; the two share only protocol constants (close codes).
@@ -27,6 +30,32 @@ then either reconnect after a backoff delay or stop. Besides trio-websocket's fr
   to a slow consumer (close 4008), rather than stall the reader (and with it every pong and
   ack) behind an application that stopped reading.
 
+Positions and resume. Every key except a wildcard pattern has a log on the server: an epoch
+and per-key offsets 1, 2, 3... The client tracks, per key it holds, the epoch and the set of
+offsets it has delivered, kept as a watermark (every offset up to it delivered, or older than
+the subscription) plus the few delivered above it out of order (`_Tracker`). A subscribe ack
+sets the epoch and the starting offset; each message advances every held key it carries an
+offset for (`offset` of a topic message, the `offsets` map of the others). All of this is
+done by the reader, in frame order, so an ack and the replay right behind it are accounted
+in the order the server sent them; the task awaiting the ack only reads the result.
+
+- Reconnecting, each subscription is restored with `since` = its (watermark, epoch); the
+  server answers `recovered: true` and replays what was missed before going live, or
+  `recovered: false` (history gone, or a new epoch): that ack is handed to the application
+  through the iterator, so it knows to refetch, and tracking starts again from the ack.
+  Patterns are restored without `since`: they are live only.
+- A message may reach a connection twice when a replay repeats what another subscription
+  delivered live. The reader drops a message when a held key has delivered it already (an
+  offset names one message within its key and epoch), or when every held key it carries an
+  offset for is past it (delivered, or older than the subscription). A message with no
+  offset for a held key (a pattern match, an older server, a `session.state` snapshot) is
+  always delivered.
+- A message the application's buffer has no room for is not recorded as delivered, so the
+  resume after the drop asks for it again.
+- `positions`, what an application persists, must not run ahead of what it has taken from
+  the buffer: each buffered message carries the positions its delivery reached (`_Delivery`),
+  and the iterator moves the application's view (`_Committed`) as it hands messages out.
+
 Failures that end the client (a 4001 close, a subscription the server refuses to restore)
 are raised by `_run` and cancel the `async with` body; `open_client` re-raises that single
 exception bare rather than as an exception group, as trio-websocket's context managers do.
@@ -48,7 +77,7 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -62,6 +91,8 @@ __all__ = [
     "ConnectFailed",
     "Disconnected",
     "GatewayClient",
+    "Position",
+    "Subscribed",
     "SubscriptionError",
     "Unauthorized",
     "backoff_delay",
@@ -81,6 +112,12 @@ OUTGOING_DEPTH = 64
 MAX_BACKOFF_EXPONENT = 64
 PONG_TEXT = json.dumps({"type": "pong"}, separators=(",", ":"))
 REPLY_TYPES = frozenset({"subscribed", "unsubscribed", "error"})
+# Messages that are a key's state rather than part of its stream: never deduplicated, never
+# counted in a position (a session.state is the retained latest update, already counted).
+SNAPSHOT_TYPES = frozenset({"session.state"})
+# Delivered offsets held above a key's watermark. Only a gap that never fills (a message the
+# server never sent this connection) makes them pile up; past this many the gap is given up.
+MAX_AHEAD = 10_000
 
 
 class ClientError(Exception):
@@ -143,6 +180,285 @@ def websocket_url(base_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + WS_PATH, "", ""))
 
 
+# --- positions ------------------------------------------------------------------------------
+
+
+class Position(NamedTuple):
+    """Where a client stands on one subscription key: the log's epoch and an offset.
+
+    A plain tuple, `(epoch, offset)`, so it persists as JSON (`["3f2a9c1e", 42]`) and comes
+    back with `Position(*loaded)`. Offsets count a key's messages from 1 within an epoch; a
+    new epoch means the server's history for the key started over.
+    """
+
+    epoch: str
+    offset: int
+
+
+@attrs.frozen
+class Subscribed:
+    """The server's answer to a subscribe.
+
+    Attributes:
+        key: the acknowledged key: "all", "workspace:<id>", "session:<id>", a topic or a
+            pattern.
+        position: the key's position on the server when it answered: its epoch and the
+            offset of its latest message (0 if none yet). None for a pattern (live only) and
+            from a server that does not keep offsets, or could not reach its history.
+        recovered: None for a subscribe without `since`. True: every message after `since`
+            follows the ack, then live ones. False: nothing was replayed; the application
+            must refetch its state, and the stream continues from `position`.
+    """
+
+    key: str
+    position: Position | None
+    recovered: bool | None
+
+    @classmethod
+    def from_ack(cls, ack: Mapping[str, Any]) -> Subscribed:
+        recovered = ack.get("recovered")
+        return cls(
+            key=str(ack.get("subscription")),
+            position=_ack_position(ack),
+            recovered=recovered if isinstance(recovered, bool) else None,
+        )
+
+
+def _is_offset(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _ack_position(ack: Mapping[str, Any]) -> Position | None:
+    epoch, offset = ack.get("epoch"), ack.get("offset")
+    if isinstance(epoch, str) and _is_offset(offset):
+        return Position(epoch, offset)
+    return None
+
+
+def _checked_position(value: object, what: str) -> Position:
+    """`value` as a Position: a Position or any (epoch, offset) pair, e.g. loaded from JSON."""
+    pair: tuple[object, ...] = tuple(value) if isinstance(value, tuple | list) else ()
+    if len(pair) != 2:
+        raise ValueError(f"{what} must be an (epoch, offset) pair, got {value!r}")
+    epoch, offset = pair
+    if not isinstance(epoch, str) or not _is_offset(offset):
+        raise ValueError(f"{what} needs a string epoch and an offset >= 0, got {value!r}")
+    return Position(epoch, offset)
+
+
+def _message_offsets(message: Mapping[str, Any]) -> dict[str, int]:
+    """The offsets a message carries, by key: a topic message's `offset` (key = its topic)
+    and the `offsets` map of the others. Empty for snapshots and messages without any."""
+    if message.get("type") in SNAPSHOT_TYPES:
+        return {}
+    found: dict[str, int] = {}
+    offsets = message.get("offsets")
+    if isinstance(offsets, dict):
+        for key, offset in offsets.items():
+            if isinstance(key, str) and _is_offset(offset):
+                found[key] = offset
+    topic, offset = message.get("topic"), message.get("offset")
+    if isinstance(topic, str) and _is_offset(offset):
+        found[topic] = offset
+    return found
+
+
+@attrs.define(eq=False)
+class _Track:
+    """One key's offsets within one epoch: which this client has delivered, which it has not.
+
+    Everything up to `offset` is accounted for: delivered here if above `floor`, otherwise
+    older than the subscription (or delivered by an earlier process that resumed from
+    `floor`). `ahead` holds offsets delivered out of the key's order, above `offset`.
+    """
+
+    epoch: str
+    offset: int
+    floor: int = attrs.field()
+    ahead: set[int] = attrs.field(factory=set)
+
+    @floor.default
+    def _start_at_offset(self) -> int:
+        return self.offset
+
+    def seen(self, offset: int) -> bool:
+        """Delivered, or older than the subscription."""
+        return offset <= self.offset or offset in self.ahead
+
+    def delivered(self, offset: int) -> bool:
+        """Handed to the application by this client."""
+        return self.floor < offset <= self.offset or offset in self.ahead
+
+    def record(self, offset: int) -> None:
+        if offset == self.offset + 1:
+            self.offset = offset
+            self._absorb()
+        elif offset > self.offset:
+            self.ahead.add(offset)
+            if len(self.ahead) > MAX_AHEAD:
+                lowest = min(self.ahead)
+                log.warning(
+                    "giving up offsets %d..%d (epoch %s): never received",
+                    self.offset + 1,
+                    lowest - 1,
+                    self.epoch,
+                )
+                self.skip_to(lowest - 1)
+
+    def skip_to(self, offset: int) -> None:
+        """Count everything up to `offset` as not owed (a later starting point)."""
+        if offset > self.offset:
+            # Below the new floor nothing counts as delivered: losing track of what was is
+            # safe (a repeat might get through), claiming what was not would drop messages.
+            self.offset = self.floor = offset
+            self.ahead = {seen for seen in self.ahead if seen > offset}
+            self._absorb()
+
+    def _absorb(self) -> None:
+        while self.offset + 1 in self.ahead:
+            self.offset += 1
+            self.ahead.remove(self.offset)
+
+
+class _Tracker:
+    """Positions of the held keys and duplicate suppression. Pure: no I/O, no trio.
+
+    Driven by the reader in frame order: `acknowledged` for each subscribe ack, `duplicate`
+    then `record` for each application message. A key without a track (a pattern, a key
+    whose ack gave no position) takes no part in either.
+
+    A message is a duplicate when some tracked key has delivered it already (an offset
+    identifies a message within its key and epoch), or when every tracked key it carries an
+    offset for is past it. The first catches a replay repeating what another subscription
+    delivered live; the second is the plain rule, which also drops what is older than the
+    subscriptions. A dropped message is recorded all the same: the keys that had not seen it
+    yet (the one being replayed) move past it.
+    """
+
+    def __init__(self, resume: Mapping[str, Position] | None = None) -> None:
+        self._tracks = {
+            key: _Track(position.epoch, position.offset) for key, position in (resume or {}).items()
+        }
+
+    def positions(self) -> dict[str, Position]:
+        return {key: Position(track.epoch, track.offset) for key, track in self._tracks.items()}
+
+    def position(self, key: str) -> Position | None:
+        track = self._tracks.get(key)
+        return Position(track.epoch, track.offset) if track is not None else None
+
+    def expect(self, key: str, since: Position) -> bool:
+        """A subscribe resuming from `since` is on its way: count what comes meanwhile.
+
+        A key already tracked keeps its track (it knows at least as much). Returns whether
+        the track is new."""
+        if key in self._tracks:
+            return False
+        self._tracks[key] = _Track(since.epoch, since.offset)
+        return True
+
+    def forget(self, key: str) -> None:
+        self._tracks.pop(key, None)
+
+    def forget_all(self) -> None:
+        self._tracks.clear()
+
+    def acknowledged(self, key: str, since: Position | None, ack: Mapping[str, Any]) -> bool:
+        """Account a subscribe ack; `since` is what the subscribe carried.
+
+        Returns whether the key starts over: a new track, at the ack's position or `since`.
+        """
+        position = _ack_position(ack)
+        if position is None:
+            # A pattern, or no position to go on: keep whatever we had, for the next resume.
+            return False
+        track = self._tracks.get(key)
+        if track is not None and track.epoch != position.epoch:
+            track = None
+        if since is not None and ack.get("recovered") is True:
+            # The missed messages follow the ack: count from `since`, or from what we know.
+            if track is None:
+                self._tracks[key] = _Track(position.epoch, since.offset)
+                return True
+            track.skip_to(since.offset)
+            return False
+        if since is not None or track is None:
+            # A fresh start (a new key, a failed recovery, a new epoch): nothing up to the
+            # key's latest offset is owed.
+            self._tracks[key] = _Track(position.epoch, position.offset)
+            return True
+        # The key was already held in this epoch; the server changed nothing.
+        return False
+
+    def marks(self, offsets: Mapping[str, int]) -> dict[str, Position]:
+        """The positions of the tracked keys among `offsets`."""
+        return {
+            key: Position(track.epoch, track.offset)
+            for key in offsets
+            if (track := self._tracks.get(key)) is not None
+        }
+
+    def duplicate(self, offsets: Mapping[str, int]) -> bool:
+        """Whether a message carrying `offsets` was delivered already (see the class doc)."""
+        tracked = [
+            (track, offset) for key, offset in offsets.items() if (track := self._tracks.get(key))
+        ]
+        if not tracked:
+            return False
+        return any(track.delivered(offset) for track, offset in tracked) or all(
+            track.seen(offset) for track, offset in tracked
+        )
+
+    def record(self, offsets: Mapping[str, int]) -> None:
+        """Count a delivered message on every tracked key it carries an offset for."""
+        for key, offset in offsets.items():
+            track = self._tracks.get(key)
+            if track is not None:
+                track.record(offset)
+
+
+@attrs.define(eq=False)
+class _Delivery:
+    """A message in the application's buffer, with the positions taking it reaches."""
+
+    message: dict[str, Any]
+    # Advanced within their epoch (see _Committed.advance)...
+    marks: dict[str, Position] = attrs.field(factory=dict)
+    # ...or set outright: a failed recovery's notice starts its key over.
+    resets: dict[str, Position] = attrs.field(factory=dict)
+
+
+class _Committed:
+    """The positions the application has reached: what `GatewayClient.positions` reports.
+
+    The reader's `_Tracker` runs ahead by whatever sits in the buffer; this one moves as the
+    iterator hands messages out, so a position saved after processing a message never
+    claims one the application did not get. Pure, like `_Tracker`.
+    """
+
+    def __init__(self, resume: Mapping[str, Position]) -> None:
+        self._at = dict(resume)
+
+    def snapshot(self) -> dict[str, Position]:
+        return dict(self._at)
+
+    def set(self, key: str, position: Position) -> None:
+        self._at[key] = position
+
+    def drop(self, key: str) -> None:
+        self._at.pop(key, None)
+
+    def clear(self) -> None:
+        self._at.clear()
+
+    def advance(self, marks: Mapping[str, Position]) -> None:
+        """Move forward within each key's epoch; a mark from another epoch is stale."""
+        for key, mark in marks.items():
+            current = self._at.get(key)
+            if current is not None and current.epoch == mark.epoch and mark.offset > current.offset:
+                self._at[key] = mark
+
+
 # --- WebSocket client -----------------------------------------------------------------------
 
 
@@ -191,8 +507,22 @@ class _Dropped(Exception):
     """The connection a request was made on ended before its reply arrived."""
 
 
+@attrs.frozen
+class _Intent:
+    """What a request asks for, so the reader can account its reply (see `_settle`)."""
+
+    subscribe: bool
+    # None: unsubscribe from everything.
+    key: str | None
+    fields: Mapping[str, str]
+    since: Position | None = None
+    # Sent by `_restore`: a failed recovery is the application's to hear of, not a caller's.
+    restore: bool = False
+
+
 @attrs.define(eq=False)
 class _Reply:
+    intent: _Intent | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     # None once done means the connection dropped first.
     message: dict[str, Any] | None = None
@@ -220,9 +550,9 @@ class _Connection:
         self._pending: deque[_Reply] = deque()
         self._send, self._receive = trio.open_memory_channel[_Outgoing](OUTGOING_DEPTH)
 
-    async def request(self, message: Mapping[str, str]) -> _Reply:
+    async def request(self, message: Mapping[str, Any], intent: _Intent | None = None) -> _Reply:
         """Queue a request frame; the returned slot receives the server's reply."""
-        reply = _Reply()
+        reply = _Reply(intent)
         await self.send(json.dumps(message, separators=(",", ":")), reply)
         return reply
 
@@ -259,19 +589,37 @@ class _Connection:
             self._pending.popleft().resolve(None)
 
 
+def _is_pattern(key: str) -> bool:
+    """A wildcard topic ("chat.*", "chat.**"): live only, no offsets."""
+    return any(segment in ("*", "**") for segment in key.split("."))
+
+
 def _subscription_fields(key: str) -> dict[str, str]:
-    """The subscribe message fields for an acknowledged key ("all", "workspace:W", ...)."""
+    """The subscribe message fields for a key: "all", "workspace:W", "session:S", a topic or
+    a pattern (the server checks a topic's syntax)."""
     if key == "all":
         return {"scope": "all"}
-    kind, _, value = key.partition(":")
+    kind, colon, value = key.partition(":")
     field = {"workspace": "workspace_id", "session": "session_id"}.get(kind)
-    if field is None or not value:
-        raise ValueError(f'expected "all", "workspace:<id>" or "session:<id>", got {key!r}')
-    return {field: value}
+    if (colon and (field is None or not value)) or not key:
+        raise ValueError(
+            f'expected "all", "workspace:<id>", "session:<id>" or a topic, got {key!r}'
+        )
+    return {field: value} if field is not None else {"topic": key}
+
+
+def _key_of(fields: Mapping[str, str]) -> str:
+    """The key the server acknowledges for these (exactly one) subscribe fields."""
+    ((name, value),) = fields.items()
+    if name == "workspace_id":
+        return f"workspace:{value}"
+    if name == "session_id":
+        return f"session:{value}"
+    return value  # scope ("all") or topic
 
 
 def _selection(
-    scope: str | None, workspace_id: str | None, session_id: str | None
+    scope: str | None, workspace_id: str | None, session_id: str | None, topic: str | None
 ) -> dict[str, str]:
     given = {
         name: value
@@ -279,12 +627,26 @@ def _selection(
             ("scope", scope),
             ("workspace_id", workspace_id),
             ("session_id", session_id),
+            ("topic", topic),
         )
         if value is not None
     }
     if len(given) != 1:
-        raise ValueError("give exactly one of scope, workspace_id, session_id")
+        raise ValueError("give exactly one of scope, workspace_id, session_id, topic")
     return given
+
+
+def _subscribe_message(
+    key: str, fields: Mapping[str, str], since: Position | None
+) -> dict[str, Any]:
+    """A subscribe that asks for the key's position (`recover`) and resumes from `since`;
+    a pattern is live only and asks for neither."""
+    message: dict[str, Any] = {"type": "subscribe", **fields}
+    if since is not None:
+        message["since"] = {"offset": since.offset, "epoch": since.epoch}
+    elif not _is_pattern(key):
+        message["recover"] = True
+    return message
 
 
 def _decode(frame: str | bytes) -> dict[str, Any] | None:
@@ -298,11 +660,16 @@ def _decode(frame: str | bytes) -> dict[str, Any] | None:
 
 
 class GatewayClient:
-    """A subscription to the gateway that survives reconnects; made by `open_client`.
+    """Subscriptions to the gateway that survive reconnects; made by `open_client`.
 
-    Iterate it for application messages (`event`, `session.update`, `remote.update`, and an
-    `error` the server sends unprompted), each a dict exactly as sent on the wire. Protocol
-    chatter (`ready`, acks, `ping`/`pong`) is handled internally.
+    Iterate it for application messages (`event`, `session.update`, `session.deleted`,
+    `remote.update`, topic `message`s, `session.state`, and an `error` the server sends
+    unprompted), each a dict exactly as sent on the wire, offsets included, and each once.
+    One protocol frame also comes through: the ack of a subscription restored after a
+    reconnect (or from `resume`) whose missed messages could not be replayed,
+    `{"type":"subscribed","subscription":K,"epoch":E,"offset":N,"recovered":false}`; what
+    was published on K before it is lost, so refetch K's state. Other protocol chatter
+    (`ready`, acks, `ping`/`pong`) is handled internally.
     """
 
     def __init__(
@@ -311,6 +678,7 @@ class GatewayClient:
         token: str | None,
         *,
         subscriptions: Iterable[str],
+        resume: Mapping[str, Position],
         reconnect: bool,
         backoff_initial: float,
         backoff_max: float,
@@ -330,8 +698,19 @@ class GatewayClient:
         self._headers = (
             [(b"authorization", f"Bearer {token}".encode())] if token is not None else []
         )
-        # Acknowledged key -> the subscribe fields that restore it, in subscription order.
+        # Held key -> the subscribe fields that restore it, in subscription order. Changed
+        # only by the reader, as acks arrive (`_settle`).
         self._subscriptions = {key: _subscription_fields(key) for key in subscriptions}
+        resume = {key: _checked_position(position, key) for key, position in resume.items()}
+        for key in resume:
+            if _is_pattern(key):
+                raise ValueError(f"cannot resume {key!r}: a pattern is live only")
+            self._subscriptions.setdefault(key, _subscription_fields(key))
+        # The reader's positions (deduplication, resumes) and the application's (positions).
+        self._tracker = _Tracker(resume)
+        self._committed = _Committed(resume)
+        # The message last put in the buffer, while it may still be there (see _carry).
+        self._last: _Delivery | None = None
         self._reconnect = reconnect
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -341,7 +720,7 @@ class GatewayClient:
         self._on_connect = on_connect
         self._rng = rng
         self._sleep = sleep
-        self._messages_send, self._messages = trio.open_memory_channel[dict[str, Any]](max_buffered)
+        self._messages_send, self._messages = trio.open_memory_channel[_Delivery](max_buffered)
         # The open socket (for a polite close), and the connection once its subscriptions are
         # restored (for requests); both None between connections.
         self._socket: trio_websocket.WebSocketConnection | None = None
@@ -359,8 +738,20 @@ class GatewayClient:
 
     @property
     def subscriptions(self) -> frozenset[str]:
-        """Acknowledged subscription keys: "all", "workspace:<id>", "session:<id>"."""
+        """Held subscription keys: "all", "workspace:<id>", "session:<id>", topics, patterns."""
         return frozenset(self._subscriptions)
+
+    @property
+    def positions(self) -> Mapping[str, Position]:
+        """Where each held key stands (a snapshot): key -> (epoch, offset).
+
+        Every message of the key up to `offset` has been taken from the iterator (or was
+        published before the subscription began); what still waits in the buffer is not
+        counted. Persist it after processing what you took, and a new process resumes with
+        `open_client(..., resume=positions)` or `subscribe(..., since=positions[key])`.
+        Patterns have no position; nor does a key whose server keeps no offsets.
+        """
+        return self._committed.snapshot()
 
     @property
     def disconnected(self) -> Disconnected | None:
@@ -373,14 +764,21 @@ class GatewayClient:
     async def __anext__(self) -> dict[str, Any]:
         """The next application message.
 
-        Across reconnects the stream simply continues (messages published while disconnected
-        are not replayed). It ends once the client stops for good: after the connection ended
-        with `reconnect=False` (see `disconnected`) or the client was closed.
+        Across reconnects the stream simply continues: what was published meanwhile is
+        replayed first, in order, where the server still has it; where it has not, the
+        stream carries the restore's `recovered: false` ack first (see the class docstring).
+        It ends once the client stops for good: after the connection ended with
+        `reconnect=False` (see `disconnected`) or the client was closed.
         """
         try:
-            return await self._messages.receive()
+            delivery = await self._messages.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+        for key, position in delivery.resets.items():
+            if self._tracker.position(key) is not None:  # unless unsubscribed meanwhile
+                self._committed.set(key, position)
+        self._committed.advance(delivery.marks)
+        return delivery.message
 
     async def subscribe(
         self,
@@ -388,25 +786,48 @@ class GatewayClient:
         *,
         workspace_id: str | None = None,
         session_id: str | None = None,
-    ) -> str:
-        """Subscribe to everything (`scope="all"`), a workspace or a session.
+        topic: str | None = None,
+        since: Position | None = None,
+    ) -> Subscribed:
+        """Subscribe to everything (`scope="all"`), a workspace, a session or a topic.
 
-        Waits for the server's ack; while reconnecting, waits for the next connection first.
-        The subscription is restored on every reconnect.
+        `topic` is a dot-separated topic ("chat.room.1") or a wildcard pattern ("chat.*",
+        "chat.**"). Waits for the server's ack; while reconnecting, waits for the next
+        connection first. The subscription is restored on every reconnect, from its
+        position.
+
+        Args:
+            since: resume from this (epoch, offset), e.g. a saved `positions[key]`: the
+                messages published after it are delivered first (`recovered` True), unless
+                the server no longer has them (`recovered` False: refetch the state). Not for
+                a pattern.
 
         Returns:
-            The acknowledged key: "all", "workspace:<id>" or "session:<id>".
+            The server's ack: the key, its position, and `recovered` when `since` was given.
 
         Raises:
-            ValueError: not exactly one of the three given.
+            ValueError: not exactly one of scope, workspace_id, session_id, topic; `since`
+                with a pattern, or malformed.
             SubscriptionError: the server answered with an error (e.g. too many subscriptions).
             Disconnected: the client stopped and will not reconnect.
         """
-        fields = _selection(scope, workspace_id, session_id)
-        reply = await self._request({"type": "subscribe", **fields})
-        key = str(reply["subscription"])
-        self._subscriptions[key] = fields
-        return key
+        fields = _selection(scope, workspace_id, session_id, topic)
+        key = _key_of(fields)
+        if since is not None:
+            if _is_pattern(key):
+                raise ValueError(f"since is not supported for {key!r}: a pattern is live only")
+            since = _checked_position(since, "since")
+            if self._tracker.expect(key, since):
+                self._committed.set(key, since)
+        try:
+            ack = await self._request(
+                _subscribe_message(key, fields, since), _Intent(True, key, fields, since)
+            )
+        finally:
+            if key not in self._subscriptions:
+                self._tracker.forget(key)
+                self._committed.drop(key)
+        return Subscribed.from_ack(ack)
 
     async def unsubscribe(
         self,
@@ -414,22 +835,24 @@ class GatewayClient:
         *,
         workspace_id: str | None = None,
         session_id: str | None = None,
+        topic: str | None = None,
     ) -> None:
         """Drop one subscription, given like `subscribe`'s; with no argument, drop them all.
 
+        The key's position is forgotten with it.
+
         Raises:
-            ValueError: more than one of the three given.
+            ValueError: more than one of the four given.
             SubscriptionError: the server answered with an error.
             Disconnected: the client stopped and will not reconnect.
         """
-        if scope is None and workspace_id is None and session_id is None:
-            await self._request({"type": "unsubscribe"})
-            self._subscriptions.clear()
+        if scope is None and workspace_id is None and session_id is None and topic is None:
+            await self._request({"type": "unsubscribe"}, _Intent(False, None, {}))
             return
-        reply = await self._request(
-            {"type": "unsubscribe", **_selection(scope, workspace_id, session_id)}
+        fields = _selection(scope, workspace_id, session_id, topic)
+        await self._request(
+            {"type": "unsubscribe", **fields}, _Intent(False, _key_of(fields), fields)
         )
-        self._subscriptions.pop(str(reply["subscription"]), None)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -437,7 +860,7 @@ class GatewayClient:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _request(self, message: Mapping[str, str]) -> dict[str, Any]:
+    async def _request(self, message: Mapping[str, Any], intent: _Intent) -> dict[str, Any]:
         while True:
             while self._connection is None:
                 if self._finished:
@@ -447,13 +870,75 @@ class GatewayClient:
                     raise Disconnected(ended.code, ended.reason)
                 await self._changed.wait()
             try:
-                reply = await (await self._connection.request(message)).wait()
+                reply = await (await self._connection.request(message, intent)).wait()
             except _Dropped:
                 # The next connection restores what was acknowledged so far; ask again there.
                 continue
             if reply.get("type") == "error":
                 raise SubscriptionError(str(reply.get("message")))
             return reply
+
+    def _settle(self, reply: _Reply, message: dict[str, Any]) -> bool:
+        """Account a reply (held keys, positions), then hand it to its waiter.
+
+        Runs in the reader, before the frames that follow the reply are read: a replay right
+        behind an ack is counted from the ack's position. Returns False, with nothing
+        changed, when a failed recovery cannot be reported because the application's buffer
+        is full; the connection is then dropped and the next resume reports it.
+        """
+        intent, kind = reply.intent, message.get("type")
+        if intent is not None and intent.subscribe and kind == "subscribed":
+            key = str(message.get("subscription", intent.key))
+            notice = None
+            if intent.restore and intent.since is not None and message.get("recovered") is False:
+                # The application learns of the loss, and its position starts over, when it
+                # takes this ack from the buffer, after what was delivered before it.
+                position = _ack_position(message)
+                notice = _Delivery(message, resets={key: position} if position else {})
+                if not self._deliver(notice):
+                    return False
+                log.warning("could not resume %s: messages were lost; refetch its state", key)
+            if self._tracker.acknowledged(key, intent.since, message) and notice is None:
+                started = self._tracker.position(key)
+                assert started is not None
+                self._committed.set(key, started)
+            self._subscriptions[key] = dict(intent.fields)
+        elif intent is not None and not intent.subscribe and kind == "unsubscribed":
+            if intent.key is None:
+                self._subscriptions.clear()
+                self._tracker.forget_all()
+                self._committed.clear()
+            else:
+                key = str(message.get("subscription", intent.key))
+                self._subscriptions.pop(key, None)
+                self._tracker.forget(key)
+                self._committed.drop(key)
+        reply.resolve(message)
+        return True
+
+    def _deliver(self, delivery: _Delivery) -> bool:
+        """Put a message in the application's buffer; False if it is full."""
+        try:
+            self._messages_send.send_nowait(delivery)
+        except trio.WouldBlock:
+            return False
+        self._last = delivery
+        return True
+
+    def _carry(self, marks: dict[str, Position]) -> None:
+        """Positions a dropped duplicate reached: the application reaches them once it has
+        taken what is in the buffer now, i.e. with the message put there last."""
+        if self._last is not None and self._messages_send.statistics().current_buffer_used:
+            last = self._last.marks
+            for key, mark in marks.items():
+                if (
+                    key not in last
+                    or last[key].epoch != mark.epoch
+                    or last[key].offset < mark.offset
+                ):
+                    last[key] = mark
+        else:
+            self._committed.advance(marks)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         status = task_status
@@ -543,6 +1028,9 @@ class GatewayClient:
                 greeting = _decode(await ws.get_message())
             except trio_websocket.ConnectionClosed as exc:
                 return _closed_by(exc)
+        if greeting is not None and greeting.get("type") == "hello":
+            # The server wants an `identify` with a token: we connected without one.
+            return _Closed(CloseCode.UNAUTHORIZED, "the gateway requires a token (hello)")
         if greeting is None or greeting.get("type") != "ready":
             return _Closed(None, "no ready greeting from the server")
         interval = greeting.get("heartbeat_interval")
@@ -571,10 +1059,15 @@ class GatewayClient:
     async def _restore(self, connection: _Connection, task_status: trio.TaskStatus[None]) -> None:
         wanted = list(self._subscriptions.items())
         try:
-            # Pipelined: every subscribe goes out before the first ack is awaited.
-            replies = [
-                await connection.request({"type": "subscribe", **fields}) for _key, fields in wanted
-            ]
+            # Pipelined: every subscribe goes out before the first ack is awaited. Each
+            # resumes from its position as it stands when it is queued.
+            replies = []
+            for key, fields in wanted:
+                since = None if _is_pattern(key) else self._tracker.position(key)
+                intent = _Intent(True, key, fields, since, restore=True)
+                replies.append(
+                    await connection.request(_subscribe_message(key, fields, since), intent)
+                )
             for (key, _fields), reply in zip(wanted, replies, strict=True):
                 answer = await reply.wait()
                 if answer.get("type") == "error":
@@ -618,16 +1111,29 @@ class GatewayClient:
                 with suppress(_Dropped):
                     await connection.send(PONG_TEXT)
             elif kind in REPLY_TYPES and (reply := connection.take_reply()) is not None:
-                reply.resolve(message)
+                if not self._settle(reply, message):
+                    reply.resolve(None)
+                    return self._fell_behind()
             elif kind in ("subscribed", "unsubscribed", "pong", "ready"):
                 log.debug("ignoring an unexpected %s message", kind)
             else:
-                try:
-                    self._messages_send.send_nowait(message)
-                except trio.WouldBlock:
-                    return _Closed(
-                        None, f"the application fell {self._max_buffered} messages behind"
-                    )
+                offsets = _message_offsets(message)
+                if self._tracker.duplicate(offsets):
+                    # Delivered before through another key: count it on this one too.
+                    self._tracker.record(offsets)
+                    self._carry(self._tracker.marks(offsets))
+                    log.debug("dropping a duplicate %s at %s", kind, offsets)
+                    continue
+                delivery = _Delivery(message)
+                if not self._deliver(delivery):
+                    # Not recorded as delivered: the resume after this drop asks for it again.
+                    return self._fell_behind()
+                self._tracker.record(offsets)
+                # No checkpoint since the send: the application cannot have taken it yet.
+                delivery.marks = self._tracker.marks(offsets)
+
+    def _fell_behind(self) -> _Closed:
+        return _Closed(None, f"the application fell {self._max_buffered} messages behind")
 
 
 def _closed_by(exc: trio_websocket.ConnectionClosed) -> _Closed:
@@ -670,6 +1176,7 @@ async def open_client(
     token: str | None,
     *,
     subscriptions: Iterable[str] = (),
+    resume: Mapping[str, Position] | None = None,
     reconnect: bool = True,
     backoff_initial: float = 0.5,
     backoff_max: float = 30.0,
@@ -682,19 +1189,24 @@ async def open_client(
 ) -> AsyncIterator[GatewayClient]:
     """Connect to the gateway; the client lives until the `async with` block ends.
 
-    Entering connects, waits for `ready` and subscribes to `subscriptions`. While the block
-    runs, a background task (in a nursery this context manager owns) answers pings, routes
-    acks and buffers messages for `async for msg in client`. When a connection ends for any
-    reason but 4001 Unauthorized (a server shutdown 1001, a slow-consumer 4008, a network
-    failure, refused reconnects), the client waits `backoff_delay(attempt, ...)` and
-    reconnects, subscribing again to everything acknowledged so far. Leaving the block closes
-    the connection with 1000.
+    Entering connects, waits for `ready` and subscribes to `subscriptions` and `resume`.
+    While the block runs, a background task (in a nursery this context manager owns) answers
+    pings, routes acks, tracks positions and buffers messages for `async for msg in client`.
+    When a connection ends for any reason but 4001 Unauthorized (a server shutdown 1001, a
+    slow-consumer 4008, a network failure, refused reconnects), the client waits
+    `backoff_delay(attempt, ...)` and reconnects, resuming everything acknowledged so far
+    from its position (see `GatewayClient`). Leaving the block closes the connection with
+    1000.
 
     Args:
         url: the WebSocket URL, e.g. `ws://127.0.0.1:8000/api/ws` (see `websocket_url`).
         token: API key, sent as `Authorization: Bearer`; None sends none.
         subscriptions: keys to subscribe to on connect: "all", "workspace:<id>",
-            "session:<id>".
+            "session:<id>", a topic ("chat.room.1") or a pattern ("chat.*").
+        resume: key -> (epoch, offset) to resume from on connect, e.g. `positions` saved
+            by an earlier process; each key is subscribed (listed in `subscriptions` or not)
+            and what was published after its position is delivered first. A key whose
+            history is gone comes back as a `recovered: false` ack in the message stream.
         reconnect: False ends the message stream when the first connection ends instead.
         backoff_initial, backoff_max: seconds; the delay before attempt n (counted from 0,
             reset by every successful connection) is uniform in
@@ -703,8 +1215,8 @@ async def open_client(
         heartbeat_grace: seconds past the server's announced heartbeat interval without any
             frame after which the connection is presumed dead and replaced.
         max_buffered: application messages held for the iterator; if it falls further
-            behind, the connection is dropped and re-established (messages are lost, as they
-            would be on the server's slow-consumer close).
+            behind, the connection is dropped and re-established, and the resume replays
+            what did not fit (lost only where the server keeps no history for it).
         on_connect: called with the server's client id each time a connection is ready and
             its subscriptions are restored, the first included.
         rng, sleep: the jitter source and the backoff sleep, injectable for tests.
@@ -715,12 +1227,13 @@ async def open_client(
         Unauthorized: the token was rejected, on the first connection or any reconnect.
         SubscriptionError: the server refused one of `subscriptions`, or refused to restore
             one after a reconnect.
-        ValueError: a malformed subscription key or backoff setting.
+        ValueError: a malformed subscription key, resume position or backoff setting.
     """
     client = GatewayClient(
         url,
         token,
         subscriptions=subscriptions,
+        resume=resume or {},
         reconnect=reconnect,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
