@@ -445,3 +445,28 @@ async def test_retained_state_expires_after_its_ttl(
         assert (await request(ws, type="sync", session_id="S"))["type"] == "session.state"
         await trio.sleep(2)
         assert (await request(ws, type="sync", session_id="S"))["type"] == "error"
+
+
+async def test_a_quiet_key_keeps_its_epoch_while_someone_holds_it(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
+) -> None:
+    listener = MemoryListener()
+    quiet = with_settings(config, ping_interval=100_000.0)
+    await nursery.start(functools.partial(serve, quiet, listeners=[listener]))
+    async with memory_client(listener) as holder:
+        await ready(holder)
+        held = await request(holder, type="subscribe", topic="held", recover=True)
+        async with memory_client(listener) as passer:
+            await ready(passer)
+            dropped = await request(passer, type="subscribe", topic="dropped", recover=True)
+        await trio.sleep(2 * 24 * 3600)
+        async with memory_client(listener) as later:
+            await ready(later)
+            # Held all along: the same epoch (offsets tracked by the holder stay valid).
+            assert (await request(later, type="subscribe", topic="held", recover=True))[
+                "epoch"
+            ] == held["epoch"]
+            # Nobody held it for two days: forgotten, and back with a new epoch.
+            assert (await request(later, type="subscribe", topic="dropped", recover=True))[
+                "epoch"
+            ] != dropped["epoch"]

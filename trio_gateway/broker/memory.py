@@ -52,14 +52,17 @@ class MemoryBroker:
         self._state_ttl = config.state_ttl
         self._deliver: Deliver | None = None
         self._logs: dict[str, _Log] = {}
+        # Keys local clients hold: their logs are kept however quiet, since forgetting one
+        # would restart its offsets under a client that is tracking them.
+        self._wanted: set[str] = set()
         # key -> (state message text, expiry time)
         self._states: dict[str, tuple[str, float]] = {}
 
     def want(self, key: str) -> None:
-        pass
+        self._wanted.add(key)
 
     def unwant(self, key: str) -> None:
-        pass
+        self._wanted.discard(key)
 
     def when_live(self, key: str, callback: Callable[[], None]) -> None:
         callback()
@@ -149,7 +152,7 @@ class MemoryBroker:
         for key, log in list(self._logs.items()):
             while log.entries and log.entries[0][1] < horizon:
                 log.entries.popleft()
-            if not log.entries and log.touched < now - LOG_IDLE_LIMIT:
+            if not log.entries and log.touched < now - LOG_IDLE_LIMIT and key not in self._wanted:
                 del self._logs[key]
         for key, (_, expires) in list(self._states.items()):
             if expires <= now:

@@ -470,14 +470,17 @@ class RedisBroker:
             if added := wanted_globs - globs:
                 await pubsub.psubscribe(*added)
                 globs |= added
+            # Not live from the moment the unsubscribe is sent: a key wanted again meanwhile
+            # must wait for the next subscribe's confirmation, not be acked on a channel that
+            # is about to go.
             if removed := channels - wanted_channels:
-                await pubsub.unsubscribe(*removed)
+                self._active -= removed
                 channels -= removed
-                self._active -= removed
+                await pubsub.unsubscribe(*removed)
             if removed := globs - wanted_globs:
-                await pubsub.punsubscribe(*removed)
-                globs -= removed
                 self._active -= removed
+                globs -= removed
+                await pubsub.punsubscribe(*removed)
             if not started:
                 started = True
                 task_status.started()
