@@ -51,7 +51,7 @@ from ..jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
 from ..publication import Extra, Position, Publication
 from . import BrokerUnavailable, Deliver, history_window, scripts
-from .envelope import channel, decode
+from .envelope import channel, decode, log_name
 from .memory import LOG_IDLE_LIMIT, new_epoch
 
 log = logging.getLogger("trio_gateway.broker.redis")
@@ -69,6 +69,8 @@ BACKOFF_CAP = 5.0
 # The subscriber connection is idle when nobody publishes; a PING after this many idle seconds
 # notices a Redis that vanished without closing the connection.
 SUBSCRIBER_IDLE_PING = 5.0
+# Seconds between renewals of the logs of held keys (their TTL is at least a day).
+LOG_RENEW_PERIOD = 3600.0
 # Publisher connections: publishing is one round at a time, the rest serve probes.
 PUBLISHER_POOL_SIZE = 4
 
@@ -317,6 +319,7 @@ class RedisBroker:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._keep_publisher, where)
                 await nursery.start(self._subscribe_forever, deliver, where)
+                nursery.start_soon(self._keep_held_logs)
                 started = True
                 task_status.started()
         except BaseExceptionGroup as group:
@@ -328,6 +331,25 @@ class RedisBroker:
         finally:
             self._publisher = None
             self._set_connected(False)
+
+    async def _keep_held_logs(self) -> None:
+        """Renew the logs of keys local clients hold, however quiet, on a fixed period.
+
+        A log that expired would come back with a new epoch and offsets from 1 under a client
+        still tracking the old ones.
+        """
+        while True:
+            await trio.sleep(LOG_RENEW_PERIOD)
+            held = [key for key in self._wanted if not is_pattern(key)]
+            if not held or self._publisher is None or not self._connected:
+                continue
+            try:
+                with _as_unavailable("renewing history logs failed"):
+                    async with self._publisher.pipeline(transaction=False) as pipe:
+                        for key in held:
+                            pipe.expire(log_name(self._prefix, key), self._log_ttl)
+            except BrokerUnavailable as exc:
+                log.warning("could not renew history logs", extra=fields(error=str(exc)))
 
     async def _keep_publisher(
         self, where: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
