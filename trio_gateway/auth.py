@@ -102,7 +102,7 @@ class Authenticator:
         Raises:
             AuthError: neither a configured API key nor a valid JWT.
         """
-        if _key_matches(token, self.api_keys):
+        if key_matches(token, self.api_keys):
             return API_KEY_IDENTITY
         if not self.accepts_jwt or token.count(".") != 2:
             raise AuthError("invalid credentials")
@@ -137,8 +137,10 @@ class Authenticator:
         return _identity(claims, now)
 
 
-def _key_matches(token: str, keys: Sequence[str]) -> bool:
-    # Every key is compared, in constant time, with no early exit.
+def key_matches(token: str | None, keys: Sequence[str]) -> bool:
+    """Constant-time check of `token` against every configured key (no early exit)."""
+    if token is None:
+        return False
     presented = token.encode("utf-8", "surrogateescape")
     matched = False
     for key in keys:

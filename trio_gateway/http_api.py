@@ -27,7 +27,7 @@ import attrs
 import h11
 import trio
 
-from .auth import AuthError, Credential, token_from_request
+from .auth import AuthError, Credential, key_matches, token_from_request
 from .broadcaster import (
     Broadcaster,
     BrokerUnavailable,
@@ -53,7 +53,6 @@ from .websocket import (
     handshake_problem,
     is_upgrade,
     linger_close,
-    token_matches,
 )
 
 log = logging.getLogger("trio_gateway.http")
@@ -130,7 +129,7 @@ def _require_api_key(app: HttpApp, request: Request) -> None:
         scheme, _, credential = authorization.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer":
             token = credential.strip() or None
-    if not token_matches(token, app.context.config.api_keys):
+    if not key_matches(token, app.context.config.api_keys):
         raise HttpError(
             401,
             "Missing or invalid API key" if token else "Missing API key",
