@@ -1,8 +1,8 @@
 """Benchmark trio_gateway against two baselines, side by side, on loopback.
 
-    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D]
+    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X]
         [--targets gateway,naive_trio,aiohttp] [--json bench-results.json]
-        [--gateway-src DIR] [--loadgen-sleeps]
+        [--gateway-src DIR] [--loadgen-sleeps] [--x-rate 200]
     make bench BENCH_ARGS=--quick
 
 Owns the orchestration and the report. For every scenario and every target (the gateway as
@@ -41,6 +41,14 @@ Scenarios (defaults; --quick scales them down):
      connections. An event published after the hold must reach every connection.
   D  connect storm: 5,000 connects, opened as fast as the load generator can; connect() ->
      `ready` frame time of each.
+  X  cross-instance latency (the gateway only, no baselines): L's measurement at 200 events/s
+     (--x-rate) for 10 s, three ways side by side: two gateways sharing a private
+     redis-server, 1,000 clients subscribed on A and every event published on B; one
+     gateway with the same Redis broker (clients and publisher on it); one gateway with the
+     memory broker. Every server-side process (gateways and redis-server, started fresh for
+     each run on an ephemeral port, without persistence) is pinned to core 0, so the three
+     share one core's budget and the table shows what crossing instances costs on it; their
+     CPU is summed into the server CPU (and shown per process).
 
 Every run checks correctness: lost, duplicate and reordered deliveries, close codes the
 server sent, and warnings or errors on the server's stderr.
@@ -53,12 +61,15 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +88,29 @@ LISTENING = re.compile(
     rb"ws://127\.0\.0\.1:(\d+)/api/ws \(HTTP API http://127\.0\.0\.1:(\d+)/api/\)"
 )
 STARTUP_TIMEOUT = 20.0
-# Before each run, wait (at most QUIET_WAIT s) until the machine's busy time is under QUIET_PCT
+# Before each run, wait (at most --quiet-wait s, default QUIET_WAIT) until the machine's busy
+# time is under QUIET_PCT
 # of one core: this benchmark needs both cores to itself.
 QUIET_PCT, QUIET_WAIT = 10.0, 60.0
 # A run during which other processes used more than this (% of a core) is repeated, up to
 # RETRIES times, and the least disturbed attempt is kept.
 DISTURBED_PCT, RETRIES = 15.0, 2
+# Scenario X, one run each: (key, description, gateway instances, with a Redis broker).
+CROSS_VARIANTS = [
+    ("cross", "A + B + Redis", 2, True),
+    ("single_redis", "1 gateway + Redis", 1, True),
+    ("single_memory", "1 gateway, memory", 1, False),
+]
 
 
-def server_command(target: str, scenario: str, args: argparse.Namespace) -> list[str]:
+def server_command(
+    target: str, scenario: str, args: argparse.Namespace, redis_url: str | None = None
+) -> list[str]:
     if target == "gateway":
         command = [PYTHON, "-m", "trio_gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--api-key", TOKEN, "--log-level", "warning"]
+        if redis_url is not None:
+            command += ["--redis-url", redis_url]
         if scenario == "A":
             command += ["--queue-depth", str(args.events + 1000)]
         if scenario == "C":
@@ -113,8 +135,9 @@ def loadgen_arguments(scenario: str, args: argparse.Namespace) -> tuple[list[str
         flags = ["--clients", args.clients, "--events", args.events, "--batch", args.batch]
         flags += ["--budget", args.a_budget, "--timeout", args.a_budget + 300]
         return [str(f) for f in flags], args.a_budget + 600
-    if scenario == "L":
-        flags = ["--clients", args.clients, "--rate", args.rate, "--seconds", args.latency_seconds]
+    if scenario in ("L", "X"):
+        rate = args.rate if scenario == "L" else args.x_rate
+        flags = ["--clients", args.clients, "--rate", rate, "--seconds", args.latency_seconds]
         return [str(f) for f in [*flags, "--timeout", 60]], args.latency_seconds + 300
     if scenario == "C":
         flags = ["--clients", args.idle, "--seconds", args.hold]
@@ -187,9 +210,56 @@ class Server:
         return found
 
 
-def wait_for_quiet() -> float:
-    """Wait until the machine is idle, or QUIET_WAIT s; the last 1 s busy share (% of a core)."""
-    deadline = time.monotonic() + QUIET_WAIT
+class RedisServer:
+    """A private redis-server on 127.0.0.1 for scenario X: no persistence, pinned to
+    SERVER_CORE like the gateways it serves."""
+
+    def __init__(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.process = subprocess.Popen(
+            [
+                *("taskset", "-c", SERVER_CORE, executable, "--port", str(self.port)),
+                *("--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd="/tmp",
+        )
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not self._answers_ping():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def wait_for_quiet(wait: float) -> float:
+    """Wait until the machine is idle, or `wait` s; the last 1 s busy share (% of a core)."""
+    deadline = time.monotonic() + wait
     while True:
         before = machine_busy()
         time.sleep(1.0)
@@ -198,36 +268,107 @@ def wait_for_quiet() -> float:
             return round(busy, 1)
 
 
-def run_one(target: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
-    busy_before = wait_for_quiet()
+def run_loadgen(
+    scenario: str, args: argparse.Namespace, ws_port: int, http_port: int, pids: list[int]
+) -> dict[str, Any]:
+    """One load generator run pinned to LOADGEN_CORE; its JSON, or {"error": ...}.
+
+    `pids` are the server-side processes: their CPU is the server's (the first one's RSS).
+    """
+    flags, limit = loadgen_arguments(scenario, args)
+    command = ["taskset", "-c", LOADGEN_CORE, PYTHON, LOADGEN, "L" if scenario == "X" else scenario]
+    command += ["--ws-port", str(ws_port), "--http-port", str(http_port), "--token", TOKEN]
+    for pid in pids:
+        command += ["--server-pid", str(pid)]
+    command += flags
+    if args.loadgen_sleeps:
+        command.append("--sleep")
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=limit, cwd=ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"load generator killed after {limit:.0f} s"}
+    if done.returncode != 0:
+        return {"error": done.stderr.decode(errors="replace").strip()[-2000:]}
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+def quiet_before_run(args: argparse.Namespace) -> float:
+    busy_before = wait_for_quiet(args.quiet_wait)
     if busy_before >= QUIET_PCT:
         print(f"  warning: machine still {busy_before}% busy before the run", file=sys.stderr)
+    return busy_before
+
+
+def run_one(target: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
+    busy_before = quiet_before_run(args)
     server = Server(server_command(target, scenario, args), args.gateway_src)
     try:
         try:
             ws_port, http_port = server.wait_listening()
         except RuntimeError as exc:
             return {"error": str(exc)}
-        flags, limit = loadgen_arguments(scenario, args)
-        command = ["taskset", "-c", LOADGEN_CORE, PYTHON, LOADGEN, scenario]
-        command += ["--ws-port", str(ws_port), "--http-port", str(http_port)]
-        command += ["--token", TOKEN, "--server-pid", str(server.process.pid), *flags]
-        if args.loadgen_sleeps:
-            command.append("--sleep")
-        try:
-            done = subprocess.run(
-                command, capture_output=True, timeout=limit, cwd=ROOT, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"load generator killed after {limit:.0f} s"}
-        if done.returncode != 0:
-            return {"error": done.stderr.decode(errors="replace").strip()[-2000:]}
-        result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        result = run_loadgen(scenario, args, ws_port, http_port, [server.process.pid])
     finally:
         status = server.stop()
     result["machine_busy_before_pct"] = busy_before
     result["server_exit"] = status
     result["server_complaints"] = server.complaints()[:20]
+    return result
+
+
+def run_cross(instances: int, with_redis: bool, args: argparse.Namespace) -> dict[str, Any]:
+    """Scenario X, one variant: clients on the first gateway, publishing on the last."""
+    busy_before = quiet_before_run(args)
+    try:
+        redis = RedisServer() if with_redis else None
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    url = redis.url if redis is not None else None
+    servers: list[Server] = []
+    try:
+        for _ in range(instances):
+            servers.append(Server(server_command("gateway", "X", args, url), args.gateway_src))
+        try:
+            ports = [server.wait_listening() for server in servers]
+        except RuntimeError as exc:
+            return {"error": str(exc)}
+        pids = [server.process.pid for server in servers]
+        if redis is not None:
+            pids.append(redis.process.pid)
+        result = run_loadgen("X", args, ports[0][0], ports[-1][1], pids)
+    finally:
+        statuses = [server.stop() for server in servers]
+        if redis is not None:
+            redis.stop()
+    result["machine_busy_before_pct"] = busy_before
+    result["server_exit"] = next((s for s in statuses if s), 0)
+    result["server_complaints"] = [line for s in servers for line in s.complaints()][:20]
+    names = ["gateway A", "gateway B"] if instances == 2 else ["gateway"]
+    result["processes"] = names + (["redis-server"] if redis is not None else [])
+    return result
+
+
+def least_disturbed(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run()`, repeated (RETRIES times at most) while other processes took more than
+    DISTURBED_PCT of a core during it; the least disturbed attempt, with `attempts`."""
+    result = run()
+    attempts = 1
+    while result.get("other_cpu_pct", 0) > DISTURBED_PCT and attempts <= RETRIES:
+        print(
+            f"  other processes used {result['other_cpu_pct']}% of a core: again",
+            file=sys.stderr,
+            flush=True,
+        )
+        retry = run()
+        attempts += 1
+        if "error" not in retry and retry["other_cpu_pct"] < result["other_cpu_pct"]:
+            result = retry
+    result["attempts"] = attempts
+    if "error" in result:
+        print(f"  error: {result['error']}", file=sys.stderr, flush=True)
+    for line in result.get("server_complaints", [])[:5]:
+        print(f"  server stderr: {line}", file=sys.stderr, flush=True)
     return result
 
 
@@ -314,6 +455,53 @@ def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -
     return "\n".join(lines)
 
 
+# Scenario X rows: (label, key in each variant's result).
+CROSS_ROWS = [
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("max ms", "max_ms"),
+    ("server-side CPU % (all processes)", "server_cpu_pct"),
+    ("loadgen busy %", "loadgen_busy_pct"),
+    ("late publishes", "late_publishes"),
+    ("completed in time", "complete"),
+    ("other CPU %", "other_cpu_pct"),
+    ("lost", "lost"),
+    ("duplicates", "duplicates"),
+    ("reordered", "reordered"),
+]
+
+
+def cross_table(variants: dict[str, dict[str, Any]]) -> str:
+    """Scenario X side by side: one column per variant."""
+    head = ["X metric", *(key for key, *_ in CROSS_VARIANTS)]
+    rows = [["", *(description for _, description, *_ in CROSS_VARIANTS)]]
+    for label, field in CROSS_ROWS:
+        rows.append([label, *(fmt(variants.get(k, {}).get(field)) for k, *_ in CROSS_VARIANTS)])
+    each = []
+    for key, *_ in CROSS_VARIANTS:
+        result = variants.get(key, {})
+        names, shares = result.get("processes", []), result.get("server_cpu_pct_each", [])
+        pairs = zip(names, shares, strict=False)
+        each.append(", ".join(f"{name} {pct:g}" for name, pct in pairs) or "-")
+    rows.append(["CPU % by process", *each])
+    rows.append(
+        [
+            "server closes",
+            *(fmt(variants.get(k, {}).get("closed_by_server") or {}) for k, *_ in CROSS_VARIANTS),
+        ]
+    )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [head, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def targets_met(
     results: dict[str, dict[str, dict[str, Any]]],
 ) -> list[tuple[str, bool | None, str]]:
@@ -345,12 +533,15 @@ def targets_met(
         lambda v: v <= 14.0,
     )
     for scenario, result in sorted(gw.items()):
-        if "lost" in result:
-            add(
-                f"{scenario} gateway lost = 0, duplicates = 0",
-                result["lost"] + result["duplicates"],
-                lambda v: v == 0,
-            )
+        runs = result.items() if scenario == "X" else [("", result)]
+        for variant, run in runs:
+            if "lost" in run:
+                add(
+                    f"{scenario}{' ' + variant if variant else ''} gateway lost = 0,"
+                    " duplicates = 0",
+                    run["lost"] + run["duplicates"],
+                    lambda v: v == 0,
+                )
     return checks
 
 
@@ -368,16 +559,17 @@ def gateway_revision(source: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="A,L,C,D", help="comma-separated, from A,L,C,D")
+    parser.add_argument("--scenarios", default="A,L,C,D,X", help="comma-separated, from A,L,C,D,X")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument(
         "--quick", action="store_true", help="200 clients, 2,000 events, short runs"
     )
-    parser.add_argument("--clients", type=int, help="(A, L) subscribed clients [1000]")
+    parser.add_argument("--clients", type=int, help="(A, L, X) subscribed clients [1000]")
     parser.add_argument("--events", type=int, help="(A) events [20000]")
     parser.add_argument("--batch", type=int, default=100, help="(A) events per request")
     parser.add_argument("--rate", type=float, default=50.0, help="(L) events per second")
-    parser.add_argument("--latency-seconds", type=float, help="(L) publishing time [10]")
+    parser.add_argument("--latency-seconds", type=float, help="(L, X) publishing time [10]")
+    parser.add_argument("--x-rate", type=float, default=200.0, help="(X) events per second")
     parser.add_argument("--idle", type=int, help="(C) idle connections [5000]")
     parser.add_argument("--hold", type=float, help="(C) seconds the idle connections are held [20]")
     parser.add_argument("--connects", type=int, help="(D) connections in the storm [5000]")
@@ -388,6 +580,13 @@ def main() -> None:
         " delivered and counted [120, quick: 30]",
     )
     parser.add_argument("--json", default="bench-results.json", help="where to write results")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=QUIET_WAIT,
+        help="seconds to wait, before each run, for the machine to be idle (a shared"
+        " machine: other processes' CPU is noise in every figure) [%(default)s]",
+    )
     parser.add_argument(
         "--loadgen-sleeps",
         action="store_true",
@@ -422,41 +621,42 @@ def main() -> None:
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    scenarios = [s for s in "ALCD" if s in args.scenarios.upper().split(",")]
+    scenarios = [s for s in "ALCDX" if s in args.scenarios.upper().split(",")]
     targets = [t for t in TARGETS if t in args.targets.split(",")]
+    if "gateway" not in targets and "X" in scenarios:
+        scenarios.remove("X")
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
 
     results: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in TARGETS}
     for scenario in scenarios:
+        if scenario == "X":
+            variants = {}
+            for key, description, instances, with_redis in CROSS_VARIANTS:
+                print(f"[{time.strftime('%H:%M:%S')}] X {description} ...", file=sys.stderr)
+                variants[key] = least_disturbed(partial(run_cross, instances, with_redis, args))
+            results["gateway"]["X"] = variants
+            continue
         for target in targets:
             print(
                 f"[{time.strftime('%H:%M:%S')}] {scenario} {target} ...",
                 file=sys.stderr,
                 flush=True,
             )
-            result = run_one(target, scenario, args)
-            attempts = 1
-            while result.get("other_cpu_pct", 0) > DISTURBED_PCT and attempts <= RETRIES:
-                print(
-                    f"  other processes used {result['other_cpu_pct']}% of a core: again",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                retry = run_one(target, scenario, args)
-                attempts += 1
-                if "error" not in retry and retry["other_cpu_pct"] < result["other_cpu_pct"]:
-                    result = retry
-            result["attempts"] = attempts
-            results[target][scenario] = result
-            if "error" in result:
-                print(f"  error: {result['error']}", file=sys.stderr, flush=True)
-            for line in result.get("server_complaints", [])[:5]:
-                print(f"  server stderr: {line}", file=sys.stderr, flush=True)
+            results[target][scenario] = least_disturbed(partial(run_one, target, scenario, args))
 
     print()
-    print(table(results, scenarios))
-    print()
+    if scenarios != ["X"]:
+        print(table(results, [s for s in scenarios if s != "X"]))
+        print()
+    if "X" in scenarios:
+        print(
+            f"X: {args.clients:,} clients, {args.x_rate:g} events/s, one per request, for"
+            f" {args.latency_seconds:g} s; publish -> receive. cross: clients on gateway A,"
+            " every event posted to gateway B."
+        )
+        print(cross_table(results["gateway"]["X"]))
+        print()
     notes = [
         f"Notes: server pinned to core {SERVER_CORE}, load generator to core {LOADGEN_CORE}"
         f" ({'sleeping' if args.loadgen_sleeps else 'spinning'} on epoll; its busy % is the"
@@ -476,12 +676,16 @@ def main() -> None:
     print("\n".join(notes))
     for target in targets:
         for scenario in scenarios:
-            result = results[target][scenario]
-            complaints = result.get("server_complaints", [])
-            if "error" in result or complaints:
-                print(f"{scenario} {target}: {result.get('error') or ''}")
-                for line in complaints[:5]:
-                    print(f"  server stderr: {line}")
+            if scenario == "X" and target != "gateway":
+                continue
+            runs = results[target][scenario]
+            named = runs.items() if scenario == "X" else [(target, runs)]
+            for name, result in named:
+                complaints = result.get("server_complaints", [])
+                if "error" in result or complaints:
+                    print(f"{scenario} {name}: {result.get('error') or ''}")
+                    for line in complaints[:5]:
+                        print(f"  server stderr: {line}")
     checks = targets_met(results)
     for label, ok, value in checks:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[ok]

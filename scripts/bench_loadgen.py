@@ -15,7 +15,10 @@ string `~SEQUENCE~MONOTONIC_NS~` in fixed-width digits, found with one `bytes.fi
 nothing is JSON-decoded; runs of same-length event frames are checked in bulk (see
 `WsClient.frames`). Send timestamps are `time.monotonic_ns()` taken just before the publish
 request is written; CLOCK_MONOTONIC is system-wide, so they compare with the receive time
-here. A receive time is taken once per `recv` (frames from one read arrived together).
+here. A receive time is taken once per `recv` (frames from one read arrived together), and
+while latencies are recorded the parsing waits for a moment when no socket is ready
+(`Loop.parse_deferred`): a delivery must cost this process less than it costs the server,
+or the time frames wait in their sockets for it would be counted as the server's latency.
 
 The loop spins (epoll_wait with a zero timeout) unless --sleep: on this VM a loopback send to
 a process asleep on another core costs the sender some 25 us of wake-up work, which would be
@@ -41,8 +44,9 @@ import select
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -73,6 +77,11 @@ STORM_CONNECTS_PER_TURN = 64
 # another connection instead of delaying the next publish (no coordinated omission). Past
 # this many a publish waits for a free connection, and is counted as late.
 MAX_PUBLISHERS = 64
+# Reads parsed whenever no socket is ready while latencies are recorded (`Loop.parse_deferred`):
+# some 50 us of work, a few of the server's writes. Past DEFER_LIMIT reads waiting, they are
+# all parsed at once (a server that never leaves a quiet moment).
+PARSE_PER_TURN = 16
+DEFER_LIMIT = 20_000
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:
@@ -159,6 +168,9 @@ class Loop:
         self.last_progress = time.monotonic()
         # Publish -> receive latencies in ns, only while the latency phase records them.
         self.latencies: array.array[int] | None = None
+        # While latencies are recorded, what subscribed clients read, with its receive time,
+        # waits here to be parsed until the sockets go quiet (see `parse_deferred`).
+        self.deferred: deque[tuple[WsClient, int, bytes]] | None = None
         # Digit j of every sequence number in order, for j in 0..SEQ_DIGITS-1: the bulk path
         # in `WsClient.frames` compares a run's numbers column by column (set where used).
         self.seq_columns: list[bytes] = []
@@ -188,14 +200,48 @@ class Loop:
             if tick is not None:
                 timeout = max(0.0, min(timeout, tick(now)))
             ready = poll(0.0 if self.spin else timeout, 4096)
-            if ready:
-                began = clock()
+            if not ready and not self.deferred:
+                continue
+            began = clock()
+            # Sockets that became ready while a batch was handled are served before the
+            # housekeeping above (until `tick` is due): in a fan-out burst they come one or
+            # two per poll, and a whole turn of the loop for each would make this process,
+            # not the server, set the pace at which deliveries are seen.
+            due = now + timeout
+            while ready:
                 for fd, events in ready:
                     handler = handlers.get(fd)
                     if handler is not None:
                         handler.on_ready(events)
-                self.busy += clock() - began
+                ready = poll(0.0, 4096) if time.monotonic() < due else None
+            deferred = self.deferred
+            if deferred and len(deferred) >= DEFER_LIMIT:
+                self.parse_deferred()
+            elif deferred and ready is not None:
+                self.parse_deferred(PARSE_PER_TURN)
+            self.busy += clock() - began
         return True
+
+    def parse_deferred(self, limit: int | None = None) -> None:
+        """Parse what was read and timestamped but not parsed yet (at most `limit` reads),
+        in the order it came.
+
+        A fan-out is a burst: one frame for every client within a few milliseconds, each
+        read with its own recv. Parsing each as it comes doubles what a delivery costs here,
+        enough to fall behind the server, and then the time a frame waits in its socket for
+        us is counted as the server's latency. So during a burst a read only takes its
+        receive time, and the parsing is done a few reads at a time whenever no socket is
+        ready, never long enough to fall behind.
+        """
+        deferred = self.deferred
+        if not deferred:
+            return
+        count = len(deferred) if limit is None else limit
+        # `parse` may itself empty the queue (a client that closed: see `WsClient.lost`).
+        while count > 0 and deferred:
+            client, now, data = deferred.popleft()
+            client.parse(data, now)
+            count -= 1
 
     def sleep(self, seconds: float) -> None:
         """Keep serving sockets (answering pings) for `seconds`."""
@@ -344,6 +390,14 @@ class WsClient(Endpoint):
             return
         now = time.monotonic_ns()
         data = RECV_BUFFER[:size].tobytes()
+        deferred = self.loop.deferred
+        if deferred is not None and self.state == SUBSCRIBED:
+            deferred.append((self, now, data))
+        else:
+            self.parse(data, now)
+
+    def parse(self, data: bytes, now: int) -> None:
+        """Handle bytes read at `now` (ns): the upgrade response, then frames."""
         if self.rest:
             data = self.rest + data
         if self.state == HANDSHAKE:
@@ -481,6 +535,8 @@ class WsClient(Endpoint):
         """The connection is gone (or failed): what it was still due counts as lost."""
         if self.state == CLOSED:
             return
+        # What it delivered before going away must count first.
+        self.loop.parse_deferred()
         if self.state == SUBSCRIBED:
             loop = self.loop
             loop.open_clients -= 1
@@ -634,10 +690,10 @@ class Scenario:
             client.close()
 
     def measure(self) -> tuple[float, ...]:
-        server = server_cpu(self.args.server_pid)
-        return time.monotonic(), server, own_cpu(), self.loop.busy, machine_busy()
+        servers = [server_cpu(pid) for pid in self.args.server_pid]
+        return time.monotonic(), *servers, own_cpu(), self.loop.busy, machine_busy()
 
-    def shares(self, start: tuple[float, ...]) -> dict[str, float]:
+    def shares(self, start: tuple[float, ...]) -> dict[str, Any]:
         """Wall time, and server and load generator CPU, since `start` (from `measure`).
 
         `other_cpu_pct`, in % of one core, is the machine's busy time that was neither the
@@ -645,11 +701,13 @@ class Scenario:
         charged to no process. Much of it means the run shared the machine.
         """
         end = self.measure()
-        wall, server, own, busy, machine = (b - a for a, b in zip(start, end, strict=True))
+        wall, *servers, own, busy, machine = (b - a for a, b in zip(start, end, strict=True))
+        server = sum(servers)
         return {
             "other_cpu_pct": round(100 * (machine - server - own) / wall, 1),
             "wall_s": round(wall, 3),
             "server_cpu_s": round(server, 3),
+            "server_cpu_pct_each": [round(100 * cpu / wall, 1) for cpu in servers],
             "loadgen_cpu_s": round(own, 3),
             "loadgen_busy_s": round(busy, 3),
             "server_cpu_pct": round(100 * server / wall, 1),
@@ -752,6 +810,7 @@ def latency(s: Scenario) -> dict[str, object]:
     for _ in range(4):
         publishers.append(Publisher(s.loop, args.http_port, args.token, on_response))
     s.loop.latencies = array.array("q")
+    s.loop.deferred = deque()
     sent = 0
     start = s.measure()
     interval = 1.0 / args.rate
@@ -777,6 +836,8 @@ def latency(s: Scenario) -> dict[str, object]:
         tick,
     )
     result = s.shares(start)
+    s.loop.parse_deferred()
+    s.loop.deferred = None
     samples = sorted(s.loop.latencies)
     s.loop.latencies = None
     ms = [v / 1e6 for v in samples]
@@ -799,7 +860,7 @@ def latency(s: Scenario) -> dict[str, object]:
 def idle(s: Scenario) -> dict[str, object]:
     """(C) idle subscribed connections: RSS per connection and CPU while they are held."""
     args = s.args
-    pid = args.server_pid
+    pid = args.server_pid[0]
     s.max_events = 1
     # Warm-up: the first connections pay one-time costs (imports, caches, pools) that are
     # not per connection.
@@ -883,7 +944,13 @@ def main() -> None:
     parser.add_argument("--ws-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--token", required=True)
-    parser.add_argument("--server-pid", type=int, required=True, help="for /proc CPU and RSS")
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        action="append",
+        required=True,
+        help="for /proc CPU (all of them: the server side) and RSS (the first); repeatable",
+    )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--events", type=int, default=20000, help="(A) events to publish")
     parser.add_argument("--batch", type=int, default=100, help="(A) events per request")
