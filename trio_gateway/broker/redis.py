@@ -49,7 +49,7 @@ from coredis.retry import NoRetryPolicy
 from ..config import Config, redact_url
 from ..jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
-from ..publication import Extra, Position, Publication
+from ..publication import Delivery, Extra, Position, Publication
 from . import BrokerUnavailable, Deliver, history_window, scripts
 from .envelope import channel, decode, log_name
 from .memory import LOG_IDLE_LIMIT, new_epoch
@@ -124,6 +124,22 @@ def _backoff() -> Iterator[float]:
         yield random.uniform(delay / 2, delay)
 
 
+def _already_received(pubsub: Any, limit: int) -> list[Any]:
+    """Messages the subscriber has already read off the socket, without waiting.
+
+    coredis has no public non-blocking read; its parsed messages wait in this anyio stream
+    (coredis 6.x, pinned below 7 in pyproject.toml).
+    """
+    received: list[Any] = []
+    stream = pubsub._receive_stream
+    while len(received) < limit:
+        try:
+            received.append(stream.receive_nowait())
+        except anyio.WouldBlock:
+            break
+    return received
+
+
 def _ints(reply: Any) -> list[int]:
     if not isinstance(reply, list) or not all(isinstance(item, int) for item in reply):
         raise BrokerUnavailable(f"unexpected reply from the publish script: {reply!r:.100}")
@@ -171,6 +187,9 @@ class RedisBroker:
         self._history_ttl_ms = round(config.history_ttl * 1000)
         self._log_ttl = max(round(LOG_IDLE_LIMIT), math.ceil(config.history_ttl))
         self._state_ttl_ms = round(config.state_ttl * 1000)
+        # Most messages handed to the hub in one round, as in the memory broker: writers run
+        # between rounds, and two rounds must fit in a client's queue.
+        self._round_size = max(1, config.queue_depth // 4)
         self._round_ids = (f"{instance_id}:{n}" for n in itertools.count())
         self._publisher: coredis.Redis[bytes] | None = None
         self._publisher_broken = trio.Event()
@@ -447,19 +466,29 @@ class RedisBroker:
             await nursery.start(self._reconcile, pubsub)
             connected()
             while True:
-                message = await pubsub.get_message()
-                if message is None:
-                    continue
-                kind = message["type"]
-                if kind in ("message", "pmessage"):
-                    self._receive(message["data"], deliver)
-                elif kind in ("subscribe", "psubscribe"):
-                    # Seen in stream order: ahead of every message on that channel, so the
-                    # subscribe acks this releases are queued before what they enable.
-                    name = message["pattern"] if kind == "psubscribe" else message["channel"]
-                    self._confirmed(name.decode() if isinstance(name, bytes) else str(name))
+                first = await pubsub.get_message()
+                # Everything already received joins this round: the hub then writes each
+                # client once for all of it instead of once per message, which is what lets
+                # an instance keep up with a burst (as the memory broker's rounds do).
+                round_: list[Delivery] = []
+                for message in (first, *_already_received(pubsub, self._round_size - 1)):
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind in ("message", "pmessage"):
+                        self._receive(message["data"], round_)
+                    elif kind in ("subscribe", "psubscribe"):
+                        # In stream order: what came before is delivered first, and the acks
+                        # this releases are queued before anything the channel brings.
+                        if round_:
+                            deliver(round_)
+                            round_ = []
+                        name = message["pattern"] if kind == "psubscribe" else message["channel"]
+                        self._confirmed(name.decode() if isinstance(name, bytes) else str(name))
+                if round_:
+                    deliver(round_)
 
-    def _receive(self, data: Any, deliver: Deliver) -> None:
+    def _receive(self, data: Any, round_: list[Delivery]) -> None:
         try:
             envelope = decode(data)
         except ValueError as exc:
@@ -471,7 +500,7 @@ class RedisBroker:
         if envelope.id == self._last_id:
             return
         self._last_id = envelope.id
-        deliver((envelope.delivery(),))
+        round_.append(envelope.delivery())
 
     async def _reconcile(
         self, pubsub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
