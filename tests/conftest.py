@@ -38,3 +38,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def any_broker(request: pytest.FixtureRequest, config: Config, tmp_path: Path) -> Iterator[Config]:
+    """The gateway config for each broker kind; Redis gets its own redis-server."""
+    if request.param == "memory":
+        yield config
+        return
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield with_settings(config, redis_url=server.url)
+    finally:
+        server.stop()

@@ -9,10 +9,9 @@ is away.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -264,34 +263,18 @@ async def until_sent(gateway: Gateway) -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
-@pytest.fixture(params=["memory", "redis"])
-def broker_config(
-    request: pytest.FixtureRequest, config: Config, tmp_path: Path
-) -> Iterator[Config]:
-    """The gateway config for each broker kind; Redis gets its own redis-server."""
-    if request.param == "memory":
-        yield config
-        return
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield with_settings(config, redis_url=server.url)
-    finally:
-        server.stop()
-
-
 async def publish_event(gateway: Gateway, data: dict[str, Any]) -> None:
     """Publish and wait until the broker took it (in Redis: offsets and history stored)."""
     await gateway.broadcaster.send(event_publication(data))
 
 
-async def test_resume_after_a_drop_delivers_the_gap_once(broker_config: Config) -> None:
+async def test_resume_after_a_drop_delivers_the_gap_once(any_broker: Config) -> None:
     backoff = Backoff()
     connections = Connections()
     keys = ["all", "workspace:w1", "session:s1", "chat.room.1", "chat.room.*"]
     with trio.fail_after(TIMEOUT):
         async with (
-            own_gateway(broker_config) as (gateway, _stopped),
+            own_gateway(any_broker) as (gateway, _stopped),
             client_for(
                 gateway, subscriptions=keys, on_connect=connections, sleep=backoff
             ) as client,
@@ -563,11 +546,11 @@ async def test_subscribe_since_returns_the_ack_and_replays(gateway: Gateway) -> 
             assert "chat.*" not in client.positions
 
 
-async def test_a_replay_repeating_live_messages_is_deduplicated(broker_config: Config) -> None:
+async def test_a_replay_repeating_live_messages_is_deduplicated(any_broker: Config) -> None:
     """The server repeats in a replay what another subscription delivered live; the client
     drops the repeats (shown first with a raw socket, then with the client)."""
     with trio.fail_after(TIMEOUT):
-        async with own_gateway(broker_config) as (gateway, _stopped):
+        async with own_gateway(any_broker) as (gateway, _stopped):
             await dedup_scenario(gateway)
 
 
@@ -649,7 +632,7 @@ async def test_positions_count_only_what_the_application_took(gateway: Gateway) 
             assert client.positions == {"workspace:w1": (epoch, 3)}
 
 
-async def test_drops_under_load_lose_nothing_and_double_nothing(broker_config: Config) -> None:
+async def test_drops_under_load_lose_nothing_and_double_nothing(any_broker: Config) -> None:
     """A publisher runs while the client is dropped again and again; every event arrives
     once, in publish order, through three overlapping subscriptions."""
     total = 300
@@ -665,7 +648,7 @@ async def test_drops_under_load_lose_nothing_and_double_nothing(broker_config: C
     got: list[dict[str, Any]] = []
     with trio.fail_after(TIMEOUT * 3):
         async with (
-            own_gateway(broker_config) as (gateway, _stopped),
+            own_gateway(any_broker) as (gateway, _stopped),
             client_for(
                 gateway,
                 subscriptions=["all", "workspace:w1", "session:s1"],
@@ -682,7 +665,7 @@ async def test_drops_under_load_lose_nothing_and_double_nothing(broker_config: C
                     gateway.hub.clients[current].close(SLOW_CONSUMER)
             assert connections.count() >= 5
     received = [message["event"]["n"] for message in got]
-    if broker_config.redis_url is None:
+    if any_broker.redis_url is None:
         assert received == list(range(total)), got_summary(got)
         assert [message["offsets"]["all"] for message in got] == list(range(1, total + 1))
     else:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 import trio_websocket
@@ -36,20 +35,6 @@ from .helpers import (
 from .redis_server import RedisServer
 
 TIMEOUT = 10
-
-
-@pytest.fixture(params=["memory", "redis"])
-def any_broker(request: pytest.FixtureRequest, config: Config, tmp_path: Any) -> Any:
-    """The config for each broker kind; Redis gets its own redis-server."""
-    if request.param == "memory":
-        yield config
-        return
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield with_settings(config, redis_url=server.url)
-    finally:
-        server.stop()
 
 
 async def post(gateway: Gateway, path: str, body: object) -> tuple[int, Any]:
