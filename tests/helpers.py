@@ -16,6 +16,8 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
 
+from trio_gateway.http_client import http_request
+
 API_KEY = "test-key"
 
 
@@ -182,3 +184,20 @@ async def closed_with(ws: trio_websocket.WebSocketConnection) -> trio_websocket.
             break
     assert reason is not None
     return reason
+
+
+async def request(ws: trio_websocket.WebSocketConnection, **message: Any) -> dict[str, Any]:
+    """Send one message and return the next frame (its reply, when nothing else is due)."""
+    await send_json(ws, message)
+    return await receive_json(ws)
+
+
+async def post(port: int, path: str, body: object) -> tuple[int, Any]:
+    """POST JSON to the gateway's HTTP API with the test key: (status, decoded body)."""
+    status, _, raw = await http_request(
+        "POST",
+        f"http://127.0.0.1:{port}{path}",
+        body=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {API_KEY}"},
+    )
+    return status, json.loads(raw)

@@ -8,7 +8,6 @@ run under the autojump clock over memory streams; the rest on real sockets.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from typing import Any
 
@@ -16,10 +15,8 @@ import jwt
 import pytest
 import trio
 import trio.testing
-import trio_websocket
 
 from trio_gateway import Config, Gateway, open_gateway, serve
-from trio_gateway.http_client import http_request
 
 from .conftest import with_settings
 from .helpers import (
@@ -27,9 +24,11 @@ from .helpers import (
     MemoryListener,
     closed_with,
     memory_client,
+    post,
     raw_client,
     ready,
     receive_json,
+    request,
     send_json,
     tcp_client,
 )
@@ -46,21 +45,6 @@ def token(sub: str = "alice", *, ttl: float = 3600, **claims: Any) -> str:
 @pytest.fixture
 def jwt_config(config: Config) -> Config:
     return with_settings(config, jwt_secret=SECRET, auth_cookie="gw_token")
-
-
-async def request(ws: trio_websocket.WebSocketConnection, **message: Any) -> dict[str, Any]:
-    await send_json(ws, message)
-    return await receive_json(ws)
-
-
-async def post(gateway: Gateway, path: str, body: object) -> tuple[int, Any]:
-    status, _, raw = await http_request(
-        "POST",
-        f"http://127.0.0.1:{gateway.port}{path}",
-        body=json.dumps(body).encode(),
-        headers={"authorization": f"Bearer {API_KEY}"},
-    )
-    return status, json.loads(raw)
 
 
 async def upgrade_status(gateway: Gateway, headers: dict[str, str], target: str) -> int:
@@ -292,7 +276,7 @@ async def test_user_messages_and_disconnects_reach_every_instance(
         ):
             for client in (on_a, on_b, other):
                 await ready(client.ws)
-            assert await post(a, "/api/users/bob/messages", {"data": {"n": 1}}) == (
+            assert await post(a.port, "/api/users/bob/messages", {"data": {"n": 1}}) == (
                 202,
                 {"accepted": 1},
             )
@@ -302,7 +286,7 @@ async def test_user_messages_and_disconnects_reach_every_instance(
             # Carol's next frame is her own message: Bob's never reached her.
             assert (await receive_json(other.ws))["data"] == "marker"
 
-            assert (await post(b, "/api/users/bob/disconnect", {}))[0] == 202
+            assert (await post(b.port, "/api/users/bob/disconnect", {}))[0] == 202
             for client in (on_a, on_b):
                 assert await receive_json(client.ws) == {"type": "session.expired"}
                 assert (await closed_with(client.ws)).code == 4002
@@ -323,7 +307,9 @@ async def test_exclude_user_and_client_on_publish(jwt_config: Config) -> None:
                 await request(ws, type="subscribe", topic="room")
             await gateway.broadcaster.publish("room", 1, exclude_user_id="dave")
             await post(
-                gateway, "/api/publish", {"topic": "room", "data": 2, "exclude_client_id": dave_id}
+                gateway.port,
+                "/api/publish",
+                {"topic": "room", "data": 2, "exclude_client_id": dave_id},
             )
             await gateway.broadcaster.publish("room", 3)
             assert [(await receive_json(erin))["data"] for _ in range(3)] == [1, 2, 3]
@@ -342,7 +328,7 @@ async def test_exclude_user_and_client_on_publish(jwt_config: Config) -> None:
 )
 async def test_malformed_user_paths_are_404(gateway: Gateway, path: str) -> None:
     with trio.fail_after(TIMEOUT):
-        assert (await post(gateway, path, {"data": 1}))[0] == 404
+        assert (await post(gateway.port, path, {"data": 1}))[0] == 404
 
 
 async def test_user_ids_are_percent_decoded(jwt_config: Config) -> None:
@@ -352,6 +338,8 @@ async def test_user_ids_are_percent_decoded(jwt_config: Config) -> None:
             tcp_client(gateway.port, token("ann@example.com")) as ws,
         ):
             await ready(ws)
-            status, _ = await post(gateway, "/api/users/ann%40example.com/messages", {"data": 7})
+            status, _ = await post(
+                gateway.port, "/api/users/ann%40example.com/messages", {"data": 7}
+            )
             assert status == 202
             assert await receive_json(ws) == {"type": "user.message", "data": 7}

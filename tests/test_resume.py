@@ -8,7 +8,6 @@ redis-server): the guarantees are the broker's, so both must keep them. Real soc
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,9 +25,11 @@ from .helpers import (
     MemoryListener,
     closed_with,
     memory_client,
+    post,
     raw_client,
     ready,
     receive_json,
+    request,
     send_json,
     tcp_client,
 )
@@ -37,24 +38,9 @@ from .redis_server import RedisServer
 TIMEOUT = 10
 
 
-async def post(gateway: Gateway, path: str, body: object) -> tuple[int, Any]:
-    status, _, raw = await http_request(
-        "POST",
-        f"http://127.0.0.1:{gateway.port}{path}",
-        body=json.dumps(body).encode(),
-        headers={"authorization": f"Bearer {API_KEY}"},
-    )
-    return status, json.loads(raw)
-
-
 async def publish_events_to(gateway: Gateway, workspace: str, numbers: range) -> None:
     events = [{"workspace_id": workspace, "n": n} for n in numbers]
     await publish_events(f"http://127.0.0.1:{gateway.port}", API_KEY, events)
-
-
-async def request(ws: trio_websocket.WebSocketConnection, **message: Any) -> dict[str, Any]:
-    await send_json(ws, message)
-    return await receive_json(ws)
 
 
 async def numbers(ws: trio_websocket.WebSocketConnection, count: int) -> list[Any]:
@@ -151,7 +137,7 @@ async def test_a_resume_from_a_changed_epoch_or_too_far_back_is_not_recovered(
             async with subscribed(gateway, topic="news", recover=True) as (ws, ack):
                 epoch = ack["epoch"]
             for n in range(30):
-                await post(gateway, "/api/publish", {"topic": "news", "data": n})
+                await post(gateway.port, "/api/publish", {"topic": "news", "data": n})
             async with subscribed(gateway, topic="news", since={"offset": 5, "epoch": epoch}) as (
                 ws,
                 ack,
@@ -164,7 +150,7 @@ async def test_a_resume_from_a_changed_epoch_or_too_far_back_is_not_recovered(
                     "offset": 30,
                     "recovered": False,
                 }
-                await post(gateway, "/api/publish", {"topic": "news", "data": "live"})
+                await post(gateway.port, "/api/publish", {"topic": "news", "data": "live"})
                 # Nothing replayed: the next frame is the live one.
                 assert await receive_json(ws) == {
                     "type": "message",
@@ -221,7 +207,7 @@ async def test_a_slow_consumer_closed_4008_resumes_with_nothing_lost(config: Con
                 ack = await request(stuck.ws, type="subscribe", topic="feed", recover=True)
                 for n in range(60):
                     payload = {"n": n, "pad": "x" * 2000}
-                    await post(gateway, "/api/publish", {"topic": "feed", "data": payload})
+                    await post(gateway.port, "/api/publish", {"topic": "feed", "data": payload})
                 reason = await closed_with(stuck.ws)
                 assert reason.code == 4008
             async with tcp_client(gateway.port) as ws:
@@ -250,7 +236,7 @@ async def test_topic_messages_reach_topic_and_pattern_subscribers(any_broker: Co
         ):
             assert one_ack == {"type": "subscribed", "subscription": "chat.*.1"}
             status, answer = await post(
-                gateway,
+                gateway.port,
                 "/api/publish",
                 [{"topic": "chat.room.1", "data": {"text": "hi"}}, {"topic": "chat", "data": 2}],
             )
@@ -295,18 +281,18 @@ async def test_wildcard_subscriptions_are_live_only(gateway: Gateway) -> None:
 async def test_publish_api_validates_every_message(gateway: Gateway) -> None:
     with trio.fail_after(TIMEOUT):
         assert (
-            await post(gateway, "/api/publish", {"topic": "a.*", "data": 1})
+            await post(gateway.port, "/api/publish", {"topic": "a.*", "data": 1})
             == (
                 400,
                 {"error": "topic segments may contain only letters, digits, '_' and '-'"},
             )
-            or (await post(gateway, "/api/publish", {"topic": "a.*", "data": 1}))[0] == 400
+            or (await post(gateway.port, "/api/publish", {"topic": "a.*", "data": 1}))[0] == 400
         )
         status, body = await post(
-            gateway, "/api/publish", [{"topic": "a", "data": 1}, {"topic": "b"}]
+            gateway.port, "/api/publish", [{"topic": "a", "data": 1}, {"topic": "b"}]
         )
         assert (status, body) == (400, {"error": "messages[1]: data is required", "index": 1})
-        status, body = await post(gateway, "/api/publish", [{"topic": "a", "data": 1}, 5])
+        status, body = await post(gateway.port, "/api/publish", [{"topic": "a", "data": 1}, 5])
         assert status == 400
         assert body["index"] == 1
 
@@ -319,9 +305,9 @@ async def test_patterns_work_across_instances(config: Config, redis_server: Redi
             open_gateway(shared) as b,
             subscribed(a, topic="orders.*") as (ws, _),
         ):
-            await post(b, "/api/publish", {"topic": "orders.eu", "data": 1})
-            await post(b, "/api/publish", {"topic": "orders.eu.late", "data": 2})
-            await post(b, "/api/publish", {"topic": "orders.us", "data": 3})
+            await post(b.port, "/api/publish", {"topic": "orders.eu", "data": 1})
+            await post(b.port, "/api/publish", {"topic": "orders.eu.late", "data": 2})
+            await post(b.port, "/api/publish", {"topic": "orders.us", "data": 3})
             # "orders.eu.late" reaches the instance (Redis globs over-match) but not the client.
             assert [(await receive_json(ws))["data"] for _ in range(2)] == [1, 3]
 
@@ -388,9 +374,9 @@ async def test_session_state_is_sent_first_and_cleared_by_delete(any_broker: Con
     with trio.fail_after(TIMEOUT):
         async with open_gateway(any_broker) as gateway:
             update = {"session_id": "S", "workspace_id": "W", "lifecycle": "active"}
-            assert (await post(gateway, "/api/session-updates", update))[0] == 202
+            assert (await post(gateway.port, "/api/session-updates", update))[0] == 202
             final = {**update, "lifecycle": "ended", "summary": "done"}
-            assert (await post(gateway, "/api/session-updates", final))[0] == 202
+            assert (await post(gateway.port, "/api/session-updates", final))[0] == 202
             state = {
                 "type": "session.state",
                 "session_id": "S",
@@ -403,14 +389,14 @@ async def test_session_state_is_sent_first_and_cleared_by_delete(any_broker: Con
                 assert await request(ws, type="sync", session_id="S") == state
 
                 deleted = {"session_id": "S", "workspace_id": "W"}
-                assert (await post(gateway, "/api/session-deleted", deleted))[0] == 202
+                assert (await post(gateway.port, "/api/session-deleted", deleted))[0] == 202
                 assert await receive_json(ws) == {"type": "session.deleted", "session_id": "S"}
                 assert await request(ws, type="sync", session_id="S") == {
                     "type": "error",
                     "message": "No state retained for session S",
                 }
             async with subscribed(gateway, session_id="S") as (ws, _):
-                await post(gateway, "/api/session-updates", {**update, "lifecycle": "x"})
+                await post(gateway.port, "/api/session-updates", {**update, "lifecycle": "x"})
                 # No state any more: the first frame is the live update.
                 assert (await receive_json(ws))["type"] == "session.update"
 
