@@ -51,7 +51,8 @@ async def start_publisher(
 
     async def publisher(task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as inner:
-            await inner.start(broker.run, hub.publish_many)
+            await inner.start(hub.run_flusher)
+            await inner.start(broker.run, hub.deliver)
             await run_publisher(receive, broker, round_size, task_status=task_status)
             inner.cancel_scope.cancel()
 

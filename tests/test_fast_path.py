@@ -95,3 +95,16 @@ async def test_large_messages_cross_the_coalescing_limit_intact(gateway: Gateway
             for n, size in enumerate(sizes):
                 event = (await receive_json(ws))["event"]
                 assert (event["n"], event["pad"]) == (n, "x" * size + "é")
+
+
+async def test_the_direct_write_is_unhooked_before_the_socket_closes(gateway: Gateway) -> None:
+    # The direct path writes to the descriptor number the socket had when it opened; once
+    # the session is over that number may belong to a newer connection.
+    async with tcp_client(gateway.addresses[0][1]) as ws:
+        client_id = await ready(ws)
+        client = gateway.hub.clients[client_id]
+        assert client.outbox.direct is not None
+    with trio.fail_after(TIMEOUT):
+        while client_id in gateway.hub.clients:
+            await trio.testing.wait_all_tasks_blocked()
+    assert client.outbox.direct is None

@@ -376,6 +376,9 @@ async def _run_session(
         client.close(INTERNAL_ERROR)
         raise
     finally:
+        # From here on nothing may write to the socket behind the writer's back: the stream
+        # is closed once this returns, and its descriptor number may then be reused.
+        client.outbox.direct = None
         context.hub.remove(client)
         if client.close_reason is None:
             # Cancelled from outside without a close request: the server is stopping.

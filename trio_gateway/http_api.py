@@ -413,11 +413,14 @@ async def _send_response(
     ]
     if close:
         all_headers.append((b"connection", b"close"))
+    # One write for the whole response: a publish is answered while its fan-out is under way,
+    # and every extra write and scheduling point there delays the recipients.
+    response = conn.send(h11.Response(status_code=status, headers=all_headers)) or b""
+    if not head_only:
+        response += conn.send(h11.Data(data=payload)) or b""
+    response += conn.send(h11.EndOfMessage()) or b""
     try:
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=all_headers)))
-        if not head_only:
-            await stream.send_all(conn.send(h11.Data(data=payload)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
+        await stream.send_all(response)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _PeerGone from None
 

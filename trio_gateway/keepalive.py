@@ -35,7 +35,7 @@ def sweep(hub: Hub, now: float, stale_after: float) -> None:
             )
             client.close(PONG_TIMEOUT)
         else:
-            client.send(PING_FRAME)
+            hub.stage(client, PING_FRAME)
 
 
 async def run_keepalive(

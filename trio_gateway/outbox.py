@@ -9,12 +9,13 @@ producer never blocks (a full queue is the slow-consumer signal, see hub.py) and
 consumer wants everything queued at once, to write it in as few `send_all`s as possible. A
 list, a limit and one parked task cost a fraction of a channel's memory and time.
 
-The fan-out goes one step further (`stage` then `flush`): it queues a whole round of
-publications first, then hands each touched outbox on once. If that outbox's writer is idle,
-`flush` writes the frames straight away through `direct` (a non-blocking write that never
-waits) instead of waking the writer: on a fan-out of one message to many clients, a task
-switch per recipient costs more than the write itself. What `direct` cannot write at once,
-and everything while the writer is busy, goes the usual way, in order.
+The fan-out goes one step further (`stage` then `flush`): it queues publications first, and
+the hub's flusher task hands each touched outbox on once, for all that is queued by then. If
+that outbox's writer is idle, `flush` writes the frames straight away through `direct` (a
+non-blocking write that never waits) instead of waking the writer: on a fan-out of one
+message to many clients, a task switch per recipient costs more than the write itself.
+What `direct` cannot write at once, and everything while the writer is busy, goes the usual
+way, in order.
 """
 
 from __future__ import annotations

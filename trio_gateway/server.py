@@ -135,8 +135,9 @@ async def serve(
 
     failure: BrokerUnavailable | None = None
     async with trio.open_nursery() as supervisor:
+        await supervisor.start(hub.run_flusher)
         try:
-            await supervisor.start(broker.run, hub.publish_many)
+            await supervisor.start(broker.run, hub.deliver)
         except BrokerUnavailable as exc:
             failure = exc
         else:

@@ -150,6 +150,7 @@ class WebSocket:
     """One accepted server-side WebSocket on `stream`. See the module docstring."""
 
     __slots__ = (
+        "_fd",
         "_limit",
         "_parser",
         "_parser_disposable",
@@ -170,6 +171,10 @@ class WebSocket:
         # The socket, for the read and write fast paths; None for other streams (tests run
         # over in-memory streams, which always take the general path).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # For `try_write`, once per recipient of every publication: the number, not the
+        # trio wrapper's fileno(). Valid as long as the connection's session runs; the
+        # session unhooks `try_write` before the socket can be closed (connection.py).
+        self._fd = -1 if self._socket is None else self._socket.fileno()
         self._limit = max_message_size
         self._state = ConnectionState.OPEN
         # Made when data arrives, and dropped once its messages are all taken if that data
@@ -393,10 +398,10 @@ class WebSocket:
         cannot write now: another write in progress, not open, not a socket, or an error
         (which the writer then meets and reports).
         """
-        if self._writing or self._state is not ConnectionState.OPEN or self._socket is None:
+        if self._writing or self._state is not ConnectionState.OPEN or self._fd < 0:
             return -1
         try:
-            written = os.write(self._socket.fileno(), frames)
+            written = os.write(self._fd, frames)
         except BlockingIOError:
             return 0
         except OSError:

@@ -79,8 +79,9 @@ class MemoryBroker:
         now = trio.current_time()
         assigned = []
         for start in range(0, len(publications), self._round_size):
-            # Delivered in rounds with a checkpoint between them, so the writers run: one
-            # large batch queued whole would make a client reading at full speed look slow.
+            # Delivered in rounds, and `deliver` waits while the sockets are two rounds
+            # behind: one large batch queued whole would make a client reading at full
+            # speed look slow.
             if start:
                 await trio.lowlevel.checkpoint()
             round_: list[Delivery] = []
@@ -108,7 +109,7 @@ class MemoryBroker:
                         self._states[retain.key] = (retain.state, now + self._state_ttl)
                 assigned.append(offsets)
                 round_.append(item)
-            self._deliver(round_)
+            await self._deliver(round_)
         return assigned
 
     async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:

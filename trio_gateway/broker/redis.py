@@ -21,7 +21,12 @@ so `when_live` callbacks run before the first message the subscription brings.
 
 Resuming: `fetch` runs scripts.FETCH, one atomic read of a key's epoch, offset, the history
 after a client's offset, and the retained state. The caller has made the key live first, so
-whatever is published after the fetch arrives live: nothing falls between the two.
+whatever is published after the fetch arrives live: nothing falls between the two. Nor is
+anything doubled: the reply comes on a publisher connection, which may be read before the
+subscriber connection has handed over messages the fetch already counts. So the script also
+publishes a marker on this instance's own channel, and `fetch` returns only once the
+subscriber has come to it, that is, once everything published before the read has reached
+the hub (where the caller's recovery keeps it aside and drops what the replay holds).
 
 Faults: when the subscriber connection drops, the broker reports not ok (health 503, and
 publishes are refused rather than pretend), renews its publisher pool, then reconnects with
@@ -140,6 +145,10 @@ def _already_received(pubsub: Any, limit: int) -> list[Any]:
     return received
 
 
+def _named(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _ints(reply: Any) -> list[int]:
     if not isinstance(reply, list) or not all(isinstance(item, int) for item in reply):
         raise BrokerUnavailable(f"unexpected reply from the publish script: {reply!r:.100}")
@@ -191,6 +200,10 @@ class RedisBroker:
         # between rounds, and two rounds must fit in a client's queue.
         self._round_size = max(1, config.queue_depth // 4)
         self._round_ids = (f"{instance_id}:{n}" for n in itertools.count())
+        # This instance's own channel, for `fetch` markers; "instance:" is no client key.
+        self._marker_channel = channel(self._prefix, f"instance:{instance_id}")
+        self._marker_ids = (f"{instance_id}:{n}" for n in itertools.count())
+        self._markers: dict[str, trio.Event] = {}
         self._publisher: coredis.Redis[bytes] | None = None
         self._publisher_broken = trio.Event()
         # Keys (and patterns) this instance needs, and the channels and globs the subscriber
@@ -289,13 +302,22 @@ class RedisBroker:
             new_epoch(),
             self._log_ttl,
             "1" if state else "",
+            self._marker_channel,
+            marker := next(self._marker_ids),
         ]
+        arrived = self._markers[marker] = trio.Event()
         try:
             with _as_unavailable("history fetch from Redis failed"):
                 reply = await publisher.eval(scripts.FETCH, args=args)
+            with trio.move_on_after(COMMAND_TIMEOUT):
+                await arrived.wait()
         except BrokerUnavailable:
             self._publisher_broken.set()
             raise
+        finally:
+            del self._markers[marker]
+        if not arrived.is_set():
+            raise BrokerUnavailable("the Redis subscriber did not catch up with a history fetch")
         epoch_raw, offset, now_ms, raw_entries, retained = _fetch_reply(reply)
         epoch = epoch_raw.decode()
         recovered = None
@@ -462,7 +484,9 @@ class RedisBroker:
             subscription_timeout=COMMAND_TIMEOUT,
             max_idle_seconds=SUBSCRIBER_IDLE_PING,
         )
+        markers = self._marker_channel
         async with pubsub, trio.open_nursery() as nursery:
+            await pubsub.subscribe(markers)
             await nursery.start(self._reconcile, pubsub)
             connected()
             while True:
@@ -475,18 +499,25 @@ class RedisBroker:
                     if message is None:
                         continue
                     kind = message["type"]
-                    if kind in ("message", "pmessage"):
+                    if kind in ("message", "pmessage") and _named(message["channel"]) == markers:
+                        # A fetch waits for this: what came before must reach the hub first.
+                        if round_:
+                            await deliver(round_)
+                            round_ = []
+                        if (arrived := self._markers.get(_named(message["data"]))) is not None:
+                            arrived.set()
+                    elif kind in ("message", "pmessage"):
                         self._receive(message["data"], round_)
                     elif kind in ("subscribe", "psubscribe"):
                         # In stream order: what came before is delivered first, and the acks
                         # this releases are queued before anything the channel brings.
                         if round_:
-                            deliver(round_)
+                            await deliver(round_)
                             round_ = []
                         name = message["pattern"] if kind == "psubscribe" else message["channel"]
-                        self._confirmed(name.decode() if isinstance(name, bytes) else str(name))
+                        self._confirmed(_named(name))
                 if round_:
-                    deliver(round_)
+                    await deliver(round_)
 
     def _receive(self, data: Any, round_: list[Delivery]) -> None:
         try:

@@ -71,8 +71,10 @@ return result
 """
 
 # ARGV: prefix, key, since_offset ("" for none), since_epoch, epoch_candidate, log_ttl_s,
-#       want_state ("1" or "")
+#       want_state ("1" or ""), marker channel, marker
 # Returns {epoch, offset, now_ms, entries after since_offset (when the epoch matches), state}.
+# Last, it PUBLISHes the marker on the calling instance's own channel: in that instance's
+# subscriber stream the marker follows every message published before this read.
 FETCH = """
 local prefix, key = ARGV[1], ARGV[2]
 local log = prefix .. 'log:' .. key
@@ -95,6 +97,7 @@ if ARGV[7] == '1' then
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('PUBLISH', ARGV[8], ARGV[9])
 return {epoch, offset, now, entries, state}
 """
 

@@ -1,0 +1,132 @@
+"""The hub's flusher: a fan-out is queued at once and written a slice of clients at a time.
+
+Each client here has a real Outbox and a parked writer task, so `flush` takes the direct
+path; the direct write records what a socket would have been given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import attrs
+import trio
+import trio.testing
+
+from trio_gateway.hub import FLUSH_SLICE, Client, Hub
+from trio_gateway.outbox import Outbox
+from trio_gateway.publication import Delivery
+
+CLIENTS = 6 * FLUSH_SLICE
+
+
+def item(frame: bytes) -> Delivery:
+    return frame, frame, ("all",), (1,), None, None
+
+
+@attrs.define
+class Recipient:
+    client: Client
+    writes: list[bytes] = attrs.field(factory=list)
+
+    def direct(self, data: bytes) -> int:
+        self.writes.append(data)
+        return len(data)
+
+    async def writer(self) -> None:
+        # Parked in take() like a connection's idle writer; woken only when a direct write
+        # cannot be made, which never happens here.
+        with contextlib.suppress(trio.EndOfChannel):
+            while True:
+                self.writes.append(b"".join(await self.client.outbox.take()))
+
+
+async def recipients(nursery: trio.Nursery, hub: Hub, depth: int = 16) -> list[Recipient]:
+    made = []
+    for n in range(CLIENTS):
+        client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_pong=0.0)
+        recipient = Recipient(client)
+        client.outbox.direct = recipient.direct
+        hub.add(client)
+        hub.subscribe(client, "all")
+        nursery.start_soon(recipient.writer)
+        made.append(recipient)
+    await nursery.start(hub.run_flusher)
+    await trio.testing.wait_all_tasks_blocked()
+    return made
+
+
+def written(everyone: list[Recipient]) -> int:
+    return sum(1 for recipient in everyone if recipient.writes)
+
+
+async def test_a_fan_out_is_written_in_slices_with_other_tasks_running_between(
+    nursery: trio.Nursery,
+) -> None:
+    hub = Hub()
+    everyone = await recipients(nursery, hub)
+    assert hub.publish_many([item(b"e1")]) == CLIENTS
+    assert written(everyone) == 0  # queued only: the flusher writes
+    seen = []
+    while (count := written(everyone)) < CLIENTS:
+        seen.append(count)
+        await trio.lowlevel.checkpoint()
+    # This task ran while the fan-out was under way, more than once.
+    assert len([count for count in seen if 0 < count < CLIENTS]) >= 2
+    assert all(recipient.writes == [b"e1"] for recipient in everyone)
+
+
+async def test_a_publication_queued_mid_pass_joins_the_write_of_clients_not_reached(
+    nursery: trio.Nursery,
+) -> None:
+    hub = Hub()
+    everyone = await recipients(nursery, hub)
+    hub.publish_many([item(b"e1")])
+    while written(everyone) == 0:
+        await trio.lowlevel.checkpoint()
+    reached = written(everyone)
+    assert reached < CLIENTS
+    hub.publish_many([item(b"e2")])
+    await trio.testing.wait_all_tasks_blocked()
+    # Order is kept for everyone; those not reached yet got both in one write.
+    assert all(b"".join(recipient.writes) == b"e1e2" for recipient in everyone)
+    joined = [recipient for recipient in everyone if recipient.writes == [b"e1e2"]]
+    assert len(joined) >= CLIENTS - reached - FLUSH_SLICE
+    assert len(joined) >= FLUSH_SLICE
+
+
+async def test_deliver_keeps_a_producer_within_two_rounds_of_the_sockets(
+    nursery: trio.Nursery,
+) -> None:
+    # Outboxes of two frames and rounds of one: a producer that ran ahead of the flusher would
+    # overflow clients the flusher has not reached yet and close them as slow consumers.
+    hub = Hub()
+    everyone = await recipients(nursery, hub, depth=2)
+    for n in range(20):
+        await hub.deliver([item(b"%02d" % n)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert all(recipient.client.close_reason is None for recipient in everyone)
+    expected = b"".join(b"%02d" % n for n in range(20))
+    assert all(b"".join(recipient.writes) == expected for recipient in everyone)
+
+
+async def test_keepalive_pings_go_through_the_flusher(nursery: trio.Nursery) -> None:
+    hub = Hub()
+    everyone = await recipients(nursery, hub)
+    for recipient in everyone:
+        hub.stage(recipient.client, b"ping")
+    assert written(everyone) == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert all(recipient.writes == [b"ping"] for recipient in everyone)
+
+
+async def test_a_removed_client_still_listed_is_skipped(nursery: trio.Nursery) -> None:
+    hub = Hub()
+    everyone = await recipients(nursery, hub)
+    hub.publish_many([item(b"e1")])
+    gone = everyone[-1].client
+    hub.remove(gone)
+    gone.outbox.close()
+    await trio.testing.wait_all_tasks_blocked()
+    # Its writer took the frame when the outbox closed; no direct write happened after.
+    assert everyone[-1].writes == [b"e1"]
+    assert all(recipient.writes == [b"e1"] for recipient in everyone[:-1])
