@@ -14,7 +14,7 @@ from trio_gateway.hub import Client, Hub
 from trio_gateway.outbox import Outbox
 from trio_gateway.protocol.errors import PONG_TIMEOUT, SHUTTING_DOWN, SLOW_CONSUMER
 from trio_gateway.protocol.routing import route_keys
-from trio_gateway.publication import Delivery
+from trio_gateway.publication import Delivery, Extra
 
 
 def item(frame: bytes, keys: Iterable[str]) -> Delivery:
@@ -263,3 +263,27 @@ def test_slow_consumer_during_fan_out_does_not_disturb_iteration(depth: int) -> 
         else:
             assert client.close_reason is None
             assert drain(receive) == [str(n) for n in range(depth + 1)]
+
+
+def test_recovery_keeps_publications_aside_with_their_offsets() -> None:
+    hub = Hub()
+    client, outbox = make_client("c")
+    hub.add(client)
+    hub.begin_recovery(client, "workspace:w")
+    hub.publish_many([(b"p1", b"c1", ("workspace:w",), (7,), None, None)])
+    assert drain(outbox) == []
+    assert hub.end_recovery(client, "workspace:w") == [(7, b"p1")]  # no offsets asked for
+    hub.publish_many([item(b"live", ("workspace:w",))])
+    assert drain(outbox) == ["live"]
+
+
+def test_exclusions_apply_to_what_is_kept_aside_during_recovery() -> None:
+    hub = Hub()
+    excluded, _ = make_client("excluded")
+    other, _ = make_client("other")
+    for client in (excluded, other):
+        hub.add(client)
+        hub.begin_recovery(client, "workspace:w")
+    hub.publish_many([(b"p", b"c", ("workspace:w",), (1,), None, Extra(exclude_client="excluded"))])
+    assert hub.end_recovery(excluded, "workspace:w") == []
+    assert hub.end_recovery(other, "workspace:w") == [(1, b"p")]

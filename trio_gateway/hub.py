@@ -266,7 +266,7 @@ class Hub:
             if topic is not None and self._patterns:
                 groups += [self._index[pattern] for pattern in self._patterns.match(topic)]
             if self._recovering:
-                self._keep_aside(plain, complete, keys, offsets, groups)
+                self._keep_aside(plain, complete, keys, offsets, groups, extra)
             if not groups:
                 continue
             # A client matching several keys (all + workspace + session) gets one copy.
@@ -328,6 +328,7 @@ class Hub:
         keys: tuple[str, ...],
         offsets: tuple[int, ...],
         live: list[set[Client]],
+        extra: Extra | None,
     ) -> None:
         for key, offset in zip(keys, offsets, strict=True):
             waiting = self._recovering.get(key)
@@ -337,6 +338,8 @@ class Hub:
                 # Queued live through another of its subscriptions: that copy is enough.
                 if any(client in members for members in live):
                     continue
+                if extra is not None and _excluded(extra, client):
+                    continue
                 if len(kept) >= self._recovery_limit:
                     client.close(SLOW_CONSUMER)
                     continue
@@ -345,15 +348,16 @@ class Hub:
 
 def _apply(extra: Extra, recipients: set[Client]) -> set[Client]:
     """The recipients left once `extra` has acted: exclusions skip, an expiry closes."""
-    left = {
-        client
-        for client in recipients
-        if client.id != extra.exclude_client
-        and (extra.exclude_user is None or client.identity.user_id != extra.exclude_user)
-    }
+    left = {client for client in recipients if not _excluded(extra, client)}
     if extra.control == EXPIRE:
         for client in left:
             client.send(SESSION_EXPIRED_FRAME)
             client.close(SESSION_EXPIRED, flush=True)
         return set()
     return left
+
+
+def _excluded(extra: Extra, client: Client) -> bool:
+    return client.id == extra.exclude_client or (
+        extra.exclude_user is not None and client.identity.user_id == extra.exclude_user
+    )
