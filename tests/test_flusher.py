@@ -1,12 +1,14 @@
 """The hub's flusher: a fan-out is queued at once and written a slice of clients at a time.
 
-Each client here has a real Outbox and a parked writer task, so `flush` takes the direct
-path; the direct write records what a socket would have been given.
+Each client here has a real Outbox and a writer task that records each take, i.e. each
+write it would make (without a direct path, flushing an outbox wakes its writer; the direct
+path itself is tested in test_outbox.py over real sockets).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import attrs
 import trio
@@ -28,13 +30,7 @@ class Recipient:
     client: Client
     writes: list[bytes] = attrs.field(factory=list)
 
-    def direct(self, data: bytes) -> int:
-        self.writes.append(data)
-        return len(data)
-
     async def writer(self) -> None:
-        # Parked in take() like a connection's idle writer; woken only when a direct write
-        # cannot be made, which never happens here.
         with contextlib.suppress(trio.EndOfChannel):
             while True:
                 self.writes.append(b"".join(await self.client.outbox.take()))
@@ -45,7 +41,6 @@ async def recipients(nursery: trio.Nursery, hub: Hub, depth: int = 16) -> list[R
     for n in range(CLIENTS):
         client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_pong=0.0)
         recipient = Recipient(client)
-        client.outbox.direct = recipient.direct
         hub.add(client)
         hub.subscribe(client, "all")
         nursery.start_soon(recipient.writer)
@@ -97,16 +92,46 @@ async def test_a_publication_queued_mid_pass_joins_the_write_of_clients_not_reac
 async def test_deliver_keeps_a_producer_within_two_rounds_of_the_sockets(
     nursery: trio.Nursery,
 ) -> None:
-    # Outboxes of two frames and rounds of one: a producer that ran ahead of the flusher would
-    # overflow clients the flusher has not reached yet and close them as slow consumers.
+    # Outboxes of two frames and rounds of one, and the direct path over real sockets (as a
+    # connection has it): a producer that ran ahead of the flusher would overflow clients the
+    # flusher has not reached yet and close them as slow consumers.
     hub = Hub()
-    everyone = await recipients(nursery, hub, depth=2)
-    for n in range(20):
-        await hub.deliver([item(b"%02d" % n)])
-    await trio.testing.wait_all_tasks_blocked()
-    assert all(recipient.client.close_reason is None for recipient in everyone)
-    expected = b"".join(b"%02d" % n for n in range(20))
-    assert all(b"".join(recipient.writes) == expected for recipient in everyone)
+    pairs = [socket.socketpair() for _ in range(2 * FLUSH_SLICE + 8)]
+    try:
+        clients = []
+        for n, (ours, _) in enumerate(pairs):
+            ours.setblocking(False)
+            client = Client(id=f"c{n}", outbox=Outbox(2), connected_at=0.0, last_pong=0.0)
+            client.outbox.direct = Direct(ours.fileno())
+            hub.add(client)
+            hub.subscribe(client, "all")
+            nursery.start_soon(Recipient(client).writer)
+            clients.append(client)
+        await nursery.start(hub.run_flusher)
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(20):
+            await hub.deliver([item(b"%02d" % n)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(client.close_reason is None for client in clients)
+        expected = b"".join(b"%02d" % n for n in range(20))
+        assert all(theirs.recv(1024) == expected for _, theirs in pairs)
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+@attrs.define
+class Direct:
+    """The direct path a connection lends its outbox, over a plain socket."""
+
+    fd: int
+
+    def writable_fd(self) -> int:
+        return self.fd
+
+    def wrote_partly(self) -> None:
+        raise AssertionError("a few bytes always fit")
 
 
 async def test_keepalive_pings_go_through_the_flusher(nursery: trio.Nursery) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
+
 import pytest
 import trio
 import trio.testing
@@ -95,77 +99,126 @@ async def test_two_takers_is_a_bug() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_flush_writes_directly_when_the_writer_is_idle() -> None:
-    outbox = Outbox(10)
-    written: list[bytes] = []
+class SocketPair:
+    """A real socket pair: the outbox writes to `ours` directly, the test reads `theirs`."""
 
-    def direct(data: bytes) -> int:
-        written.append(data)
-        return len(data)
+    def __init__(self, sndbuf: int | None = None) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setblocking(False)
+        self.theirs.setblocking(False)
+        if sndbuf is not None:
+            self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.usable = True
+        self.partly = False
 
-    outbox.direct = direct
-    woken: list[list[bytes]] = []
+    def writable_fd(self) -> int:
+        return self.ours.fileno() if self.usable else -1
+
+    def wrote_partly(self) -> None:
+        self.partly = True
+
+    def received(self) -> bytes:
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := self.theirs.recv(1 << 20):
+                data += chunk
+        return data
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
+@pytest.fixture
+def sockets() -> Iterator[SocketPair]:
+    pair = SocketPair()
+    yield pair
+    pair.close()
+
+
+async def parked_writer(nursery: trio.Nursery, outbox: Outbox) -> list[list[bytes]]:
+    """A writer task parked in take(), as a connection's idle writer is; what it takes."""
+    taken: list[list[bytes]] = []
 
     async def writer() -> None:
-        woken.append(await outbox.take())
+        with contextlib.suppress(trio.EndOfChannel):
+            while True:
+                taken.append(await outbox.take())
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        outbox.stage(b"a")
-        outbox.stage(b"b")
-        outbox.flush()
-        # Both frames went out in one direct write; the idle writer was not woken.
-        assert written == [b"ab"]
-        assert outbox.take_nowait() == []
-        await trio.testing.wait_all_tasks_blocked()
-        assert woken == []
-        nursery.cancel_scope.cancel()
+    nursery.start_soon(writer)
+    await trio.testing.wait_all_tasks_blocked()
+    return taken
 
 
-async def test_flush_queues_what_a_direct_write_leaves_and_wakes_the_writer() -> None:
+async def test_flush_writes_directly_when_the_writer_is_idle(
+    nursery: trio.Nursery, sockets: SocketPair
+) -> None:
     outbox = Outbox(10)
-    outbox.direct = lambda data: 3  # the kernel took 3 bytes
-    async with trio.open_nursery() as nursery:
-        taken: list[list[bytes]] = []
+    outbox.direct = sockets
+    taken = await parked_writer(nursery, outbox)
+    outbox.stage(b"a")
+    outbox.stage(b"b")
+    outbox.flush()
+    # Both frames went out in one direct write; the idle writer was not woken.
+    assert sockets.received() == b"ab"
+    assert outbox.take_nowait() == []
+    await trio.testing.wait_all_tasks_blocked()
+    assert taken == []
+    assert not sockets.partly
 
-        async def writer() -> None:
-            taken.append(await outbox.take())
 
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        outbox.stage(b"12345")
-        outbox.stage(b"678")
+async def test_flush_queues_what_a_direct_write_leaves_and_wakes_the_writer(
+    nursery: trio.Nursery,
+) -> None:
+    small = SocketPair(sndbuf=4096)
+    try:
+        outbox = Outbox(10)
+        outbox.direct = small
+        taken = await parked_writer(nursery, outbox)
+        big = bytes(range(256)) * 4096
+        outbox.stage(big)
+        outbox.stage(b"next")
         outbox.flush()
-    assert taken == [[b"45678"]]
+        written = small.received()
+        assert 0 < len(written) < len(big)
+        assert small.partly  # the writer must finish the frame before anything else
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == [[big[len(written) :] + b"next"]]
+    finally:
+        small.close()
 
 
-async def test_flush_leaves_frames_to_a_busy_writer() -> None:
+async def test_flush_leaves_frames_to_a_busy_writer(sockets: SocketPair) -> None:
     outbox = Outbox(10)
-    calls: list[bytes] = []
-
-    def direct(data: bytes) -> int:
-        calls.append(data)
-        return len(data)
-
-    outbox.direct = direct
+    outbox.direct = sockets
     outbox.stage(b"x")
     outbox.flush()  # no writer parked: it is busy, and takes the frame on its next round
-    assert calls == []
+    assert sockets.received() == b""
     assert await outbox.take() == [b"x"]
 
 
-async def test_direct_refusal_wakes_the_writer() -> None:
+async def test_direct_refusal_wakes_the_writer(nursery: trio.Nursery, sockets: SocketPair) -> None:
     outbox = Outbox(10)
-    outbox.direct = lambda data: -1
-    async with trio.open_nursery() as nursery:
-        taken: list[list[bytes]] = []
+    outbox.direct = sockets
+    sockets.usable = False  # e.g. a pong being written, or the connection closing
+    taken = await parked_writer(nursery, outbox)
+    outbox.stage(b"x")
+    outbox.flush()
+    await trio.testing.wait_all_tasks_blocked()
+    assert taken == [[b"x"]]
+    assert sockets.received() == b""
 
-        async def writer() -> None:
-            taken.append(await outbox.take())
 
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
+async def test_a_write_error_is_left_to_the_writer(nursery: trio.Nursery) -> None:
+    broken = SocketPair()
+    broken.theirs.close()
+    try:
+        outbox = Outbox(10)
+        outbox.direct = broken
+        taken = await parked_writer(nursery, outbox)
         outbox.stage(b"x")
         outbox.flush()
-    assert taken == [[b"x"]]
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == [[b"x"]]  # its own write meets the error and reports it
+    finally:
+        broken.ours.close()

@@ -355,7 +355,7 @@ async def _run_session(
     ws: WebSocket, client: Client, context: GatewayContext, *, echo: bool
 ) -> None:
     config = context.config
-    client.outbox.direct = ws.try_write
+    client.outbox.direct = ws
     try:
         async with trio.open_nursery() as session_nursery:
             session_nursery.start_soon(_write_loop, ws, client)

@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from .auth import API_KEY_IDENTITY, Identity
-from .outbox import Outbox
+from .outbox import Outbox, flush_each
 from .protocol.codec import encode
 from .protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
 from .protocol.frames import text_frame
@@ -314,8 +314,7 @@ class Hub:
             if not dirty:
                 await self._flusher.park()
             count = min(len(dirty), FLUSH_SLICE)
-            for _ in range(count):
-                dirty.popleft().outbox.flush()
+            flush_each([dirty.popleft().outbox for _ in range(count)])
             self._taken += count
             if self._progress:
                 self._progress.unpark_all()

@@ -9,20 +9,41 @@ producer never blocks (a full queue is the slow-consumer signal, see hub.py) and
 consumer wants everything queued at once, to write it in as few `send_all`s as possible. A
 list, a limit and one parked task cost a fraction of a channel's memory and time.
 
-The fan-out goes one step further (`stage` then `flush`): it queues publications first, and
-the hub's flusher task hands each touched outbox on once, for all that is queued by then. If
-that outbox's writer is idle, `flush` writes the frames straight away through `direct` (a
-non-blocking write that never waits) instead of waking the writer: on a fan-out of one
-message to many clients, a task switch per recipient costs more than the write itself.
-What `direct` cannot write at once, and everything while the writer is busy, goes the usual
-way, in order.
+The fan-out goes one step further (`stage` then `flush_each`): it queues publications
+first, and the hub's flusher task hands each touched outbox on once, for all that is queued
+by then. If that outbox's writer is idle, the frames are written straight away with one
+non-blocking write(2) to the descriptor the connection lends (`direct`) instead of waking
+the writer: on a fan-out of one message to many clients, a task switch per recipient costs
+more than the write itself. What cannot be written at once, and everything while the writer
+is busy, goes the usual way, in order.
+
+`flush_each` makes every check first and then the writes back to back. A write to a
+loopback socket runs the receiver's TCP input on this core too and leaves the CPU caches
+cold, so Python that touches objects between two writes costs several times what it costs
+in a warm loop (measured: about 0.8 us a recipient, a quarter of the Python of a fan-out).
+This module writes to descriptors but never opens, closes or waits on one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Iterable
+from typing import Protocol
 
 import trio
+
+
+class DirectWriter(Protocol):
+    """What the connection lends an outbox for writes that skip its writer task."""
+
+    def writable_fd(self) -> int:
+        """The descriptor to write data frames to now, or -1 when not now (another write
+        is in progress, the connection is closing, or the stream is not a socket)."""
+        ...
+
+    def wrote_partly(self) -> None:
+        """A direct write stopped inside a frame: the writer must send the rest first."""
+        ...
 
 
 class Outbox:
@@ -35,9 +56,8 @@ class Outbox:
         self._limit = limit
         self._closed = False
         self._waiter: trio.lowlevel.Task | None = None
-        #: Writes bytes without waiting if nothing else is writing: returns how many it
-        #: wrote, or -1 if it cannot write now. Set by the connection; None: always queue.
-        self.direct: Callable[[bytes], int] | None = None
+        #: Set by the connection while its session runs; None: always through the writer.
+        self.direct: DirectWriter | None = None
 
     def stage(self, frame: bytes) -> bool:
         """Queue `frame` without handing it on yet; `flush` must follow. Never blocks.
@@ -60,22 +80,7 @@ class Outbox:
 
     def flush(self) -> None:
         """Hand staged frames on: written at once if the writer is idle, else left to it."""
-        frames = self._frames
-        if self._waiter is None or not frames:
-            # The writer is busy (or gone) and takes what is queued on its next round.
-            return
-        if self.direct is not None:
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            written = self.direct(data)
-            # Emptied in place rather than replaced: this runs once per recipient of every
-            # publication.
-            if written == len(data):
-                frames.clear()
-                return
-            if written > 0:
-                frames.clear()
-                frames.append(data[written:])
-        self._wake()
+        flush_each((self,))
 
     def close(self) -> None:
         """Accept no more frames; the writer still gets those already queued. Idempotent."""
@@ -115,3 +120,35 @@ class Outbox:
         if self._waiter is not None:
             trio.lowlevel.reschedule(self._waiter)
             self._waiter = None
+
+
+def flush_each(outboxes: Iterable[Outbox]) -> None:
+    """`Outbox.flush` for many outboxes: all the checks, then all the writes (see above)."""
+    writes: list[tuple[int, bytes, Outbox, DirectWriter]] = []
+    for outbox in outboxes:
+        frames = outbox._frames
+        if outbox._waiter is None or not frames:
+            # The writer is busy (or gone) and takes what is queued on its next round.
+            continue
+        direct = outbox.direct
+        fd = -1 if direct is None else direct.writable_fd()
+        if fd < 0 or direct is None:
+            outbox._wake()
+            continue
+        writes.append((fd, frames[0] if len(frames) == 1 else b"".join(frames), outbox, direct))
+        # Emptied in place rather than replaced: this runs once per recipient of every
+        # publication.
+        frames.clear()
+    write = os.write
+    for fd, data, outbox, direct in writes:
+        try:
+            written = write(fd, data)
+        except OSError:
+            # Full (BlockingIOError) or broken: the writer waits, or meets the error and
+            # reports it.
+            written = 0
+        if written != len(data):
+            if written:
+                direct.wrote_partly()
+            outbox._frames.insert(0, data[written:])
+            outbox._wake()

@@ -171,9 +171,9 @@ class WebSocket:
         # The socket, for the read and write fast paths; None for other streams (tests run
         # over in-memory streams, which always take the general path).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
-        # For `try_write`, once per recipient of every publication: the number, not the
+        # For `writable_fd`, once per recipient of every publication: the number, not the
         # trio wrapper's fileno(). Valid as long as the connection's session runs; the
-        # session unhooks `try_write` before the socket can be closed (connection.py).
+        # session takes the direct path away before the socket can be closed (connection.py).
         self._fd = -1 if self._socket is None else self._socket.fileno()
         self._limit = max_message_size
         self._state = ConnectionState.OPEN
@@ -390,24 +390,20 @@ class WebSocket:
         else:
             self._writing = False
 
-    def try_write(self, frames: bytes) -> int:
-        """Write data frames now, without waiting, if nothing else is writing.
+    def writable_fd(self) -> int:
+        """The descriptor data frames may be written to right now, without waiting, or -1.
 
-        The fan-out's shortcut past an idle writer task (outbox.py). Returns the number of
-        bytes the kernel took (the caller queues the rest for the writer), or -1 when it
-        cannot write now: another write in progress, not open, not a socket, or an error
-        (which the writer then meets and reports).
+        The fan-out's shortcut past an idle writer task (outbox.py): -1 while another write
+        is in progress, once the connection is closing, or when the stream is not a socket.
+        A write error is left for the writer, which meets it again and reports it.
         """
-        if self._writing or self._state is not ConnectionState.OPEN or self._fd < 0:
+        if self._writing or self._state is not ConnectionState.OPEN:
             return -1
-        try:
-            written = os.write(self._fd, frames)
-        except BlockingIOError:
-            return 0
-        except OSError:
-            return -1
-        self.incomplete = written < len(frames)
-        return written
+        return self._fd
+
+    def wrote_partly(self) -> None:
+        """A direct write stopped inside a frame; the writer sends the rest next."""
+        self.incomplete = True
 
     async def _write(self, data: bytes) -> None:
         # Fast path on a TCP socket: one plain non-blocking write(2), which the kernel almost
