@@ -1,7 +1,7 @@
-"""Benchmark trio_gateway against two baselines, side by side, on loopback.
+"""Benchmark trio_gateway against two baselines and a floor, side by side, on loopback.
 
     .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X]
-        [--targets gateway,naive_trio,aiohttp] [--json bench-results.json]
+        [--targets gateway,naive_trio,aiohttp,write_floor] [--json bench-results.json]
         [--gateway-src DIR] [--loadgen-sleeps] [--x-rate 200]
     make bench BENCH_ARGS=--quick
 
@@ -50,6 +50,12 @@ Scenarios (defaults; --quick scales them down):
      share one core's budget and the table shows what crossing instances costs on it; their
      CPU is summed into the server CPU (and shown per process).
 
+write_floor (scripts/bench_peers/write_floor.py) is a reference, not a baseline: a bare
+selector loop whose fan-out is one send() of a prebuilt frame per subscriber. It runs L only;
+its latency is what the kernel and this machine cost at the time, so "gw/floor" says how much
+of the gateway's latency is its own (on this VM the floor moves by milliseconds with the
+host's load, which is why it is measured in the same run).
+
 Every run checks correctness: lost, duplicate and reordered deliveries, close codes the
 server sent, and warnings or errors on the server's stderr.
 """
@@ -80,7 +86,9 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 LOADGEN = str(ROOT / "scripts" / "bench_loadgen.py")
 PEERS = ROOT / "scripts" / "bench_peers"
 TOKEN = "bench-key"
-TARGETS = ("gateway", "naive_trio", "aiohttp")
+TARGETS = ("gateway", "naive_trio", "aiohttp", "write_floor")
+# The scenarios the write floor takes part in (it has no keepalive and no limits).
+FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
 # Seconds between keepalive pings in scenario C (gateway and aiohttp).
 IDLE_PING_INTERVAL = 5
@@ -118,6 +126,8 @@ def server_command(
         return command
     if target == "naive_trio":
         return [PYTHON, str(PEERS / "naive_trio.py"), "--api-key", TOKEN]
+    if target == "write_floor":
+        return [PYTHON, str(PEERS / "write_floor.py"), "--api-key", TOKEN]
     heartbeat = IDLE_PING_INTERVAL if scenario == "C" else 30
     return [
         PYTHON,
@@ -426,23 +436,23 @@ def fmt(value: Any) -> str:
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -> str:
-    head = ["scenario / metric", *TARGETS, "gw/naive", "gw/aiohttp"]
+    head = ["scenario / metric", *TARGETS, "gw/naive", "gw/aiohttp", "gw/floor"]
     rows = []
     for scenario, label, key, better in ROWS:
         if scenario not in scenarios:
             continue
         values = [results.get(t, {}).get(scenario, {}).get(key) for t in TARGETS]
         arrow = {True: " (up)", False: " (down)", None: ""}[better]
-        ratios = [ratio(values[0], values[1]), ratio(values[0], values[2])]
+        ratios = [ratio(values[0], value) for value in values[1:]]
         if better is None:
-            ratios = [None, None]
+            ratios = [None, None, None]
         rows.append([f"{scenario} {label}{arrow}", *map(fmt, values), *map(fmt, ratios)])
     for scenario in scenarios:
         for label, key in CHECKS:
             values = [results.get(t, {}).get(scenario, {}).get(key) for t in TARGETS]
-            rows.append([f"{scenario} {label}", *map(fmt, values), "", ""])
+            rows.append([f"{scenario} {label}", *map(fmt, values), "", "", ""])
         closes = [results.get(t, {}).get(scenario, {}).get("closed_by_server") for t in TARGETS]
-        rows.append([f"{scenario} server closes", *(fmt(c or {}) for c in closes), "", ""])
+        rows.append([f"{scenario} server closes", *(fmt(c or {}) for c in closes), "", "", ""])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         "  ".join(
@@ -638,6 +648,8 @@ def main() -> None:
             results["gateway"]["X"] = variants
             continue
         for target in targets:
+            if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
+                continue
             print(
                 f"[{time.strftime('%H:%M:%S')}] {scenario} {target} ...",
                 file=sys.stderr,
@@ -668,6 +680,11 @@ def main() -> None:
             f" slow-consumer close 4008 cannot interfere); no batch posted after"
             f" {args.a_budget:g} s."
         )
+    if "L" in scenarios and "write_floor" in targets:
+        notes.append(
+            "L: write_floor is the floor, not a server: one send() per subscriber in a bare"
+            " loop; gw/floor is the gateway's latency over what this machine cost then."
+        )
     if "C" in scenarios:
         notes.append(
             f"C: gateway --ping-interval {IDLE_PING_INTERVAL}, aiohttp heartbeat"
@@ -677,6 +694,8 @@ def main() -> None:
     for target in targets:
         for scenario in scenarios:
             if scenario == "X" and target != "gateway":
+                continue
+            if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
                 continue
             runs = results[target][scenario]
             named = runs.items() if scenario == "X" else [(target, runs)]
