@@ -8,10 +8,12 @@ redis-server): the guarantees are the broker's, so both must keep them. Real soc
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 import trio_websocket
@@ -310,6 +312,24 @@ async def test_patterns_work_across_instances(config: Config, redis_server: Redi
             await post(b.port, "/api/publish", {"topic": "orders.us", "data": 3})
             # "orders.eu.late" reaches the instance (Redis globs over-match) but not the client.
             assert [(await receive_json(ws))["data"] for _ in range(2)] == [1, 3]
+
+
+async def test_another_instances_fetch_markers_are_not_foreign_messages(
+    config: Config, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A "**" subscriber makes A PSUBSCRIBE a glob that also covers B's marker channel.
+    shared = with_settings(config, redis_url=redis_server.url)
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_gateway(shared) as a,
+            open_gateway(shared) as b,
+            subscribed(a, topic="**") as (everything, _),
+        ):
+            async with subscribed(b, workspace_id="W", recover=True) as (_, ack):
+                assert ack["offset"] == 0
+            await post(b.port, "/api/publish", {"topic": "orders.eu", "data": 1})
+            assert (await receive_json(everything))["data"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
 # --- across instances and Redis restarts ------------------------------------------------------

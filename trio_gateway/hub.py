@@ -3,8 +3,8 @@
 Owns: which clients exist, what each is subscribed to, delivery into each client's bounded
 outbox, and the flusher task that hands what a fan-out queued on to the sockets. Must not:
 await outside that task, or decide how a close is carried out (connection.py does that when a
-Client asks to close). It reaches a socket only through `Outbox.flush`, whose direct write
-never waits.
+Client asks to close). It reaches a socket only through outbox.py (`flush_each`), whose
+direct writes never wait.
 
 Delivery policy (see python-trio/trio#987 on why nothing here is unbounded): a message is
 serialised and framed once by the publisher and the same `bytes` frame is put into each

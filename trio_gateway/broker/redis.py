@@ -200,8 +200,10 @@ class RedisBroker:
         # between rounds, and two rounds must fit in a client's queue.
         self._round_size = max(1, config.queue_depth // 4)
         self._round_ids = (f"{instance_id}:{n}" for n in itertools.count())
-        # This instance's own channel, for `fetch` markers; "instance:" is no client key.
-        self._marker_channel = channel(self._prefix, f"instance:{instance_id}")
+        # This instance's own channel, for `fetch` markers; "instance:" is no client key, but
+        # a glob for a pattern such as "**" matches every instance's marker channel.
+        self._marker_channels = channel(self._prefix, "instance:")
+        self._marker_channel = self._marker_channels + instance_id
         self._marker_ids = (f"{instance_id}:{n}" for n in itertools.count())
         self._markers: dict[str, trio.Event] = {}
         self._publisher: coredis.Redis[bytes] | None = None
@@ -484,9 +486,9 @@ class RedisBroker:
             subscription_timeout=COMMAND_TIMEOUT,
             max_idle_seconds=SUBSCRIBER_IDLE_PING,
         )
-        markers = self._marker_channel
+        markers, own_markers = self._marker_channels, self._marker_channel
         async with pubsub, trio.open_nursery() as nursery:
-            await pubsub.subscribe(markers)
+            await pubsub.subscribe(own_markers)
             await nursery.start(self._reconcile, pubsub)
             connected()
             while True:
@@ -499,15 +501,19 @@ class RedisBroker:
                     if message is None:
                         continue
                     kind = message["type"]
-                    if kind in ("message", "pmessage") and _named(message["channel"]) == markers:
-                        # A fetch waits for this: what came before must reach the hub first.
-                        if round_:
-                            await deliver(round_)
-                            round_ = []
-                        if (arrived := self._markers.get(_named(message["data"]))) is not None:
-                            arrived.set()
-                    elif kind in ("message", "pmessage"):
-                        self._receive(message["data"], round_)
+                    if kind in ("message", "pmessage"):
+                        name = _named(message["channel"])
+                        if not name.startswith(markers):
+                            self._receive(message["data"], round_)
+                        elif name == own_markers:
+                            # A fetch waits for this: what came before must reach the hub
+                            # first.
+                            if round_:
+                                await deliver(round_)
+                                round_ = []
+                            marker = _named(message["data"])
+                            if (arrived := self._markers.get(marker)) is not None:
+                                arrived.set()
                     elif kind in ("subscribe", "psubscribe"):
                         # In stream order: what came before is delivered first, and the acks
                         # this releases are queued before anything the channel brings.
