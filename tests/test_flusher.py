@@ -14,11 +14,13 @@ import attrs
 import trio
 import trio.testing
 
-from trio_gateway.hub import FLUSH_SLICE, Client, Hub
+from trio_gateway.hub import Client, Hub
 from trio_gateway.outbox import Outbox
 from trio_gateway.publication import Delivery
 
-CLIENTS = 6 * FLUSH_SLICE
+# Small slices, so that a handful of clients make several.
+SLICE = 16
+CLIENTS = 6 * SLICE
 
 
 def item(frame: bytes) -> Delivery:
@@ -57,7 +59,7 @@ def written(everyone: list[Recipient]) -> int:
 async def test_a_fan_out_is_written_in_slices_with_other_tasks_running_between(
     nursery: trio.Nursery,
 ) -> None:
-    hub = Hub()
+    hub = Hub(flush_slice=SLICE)
     everyone = await recipients(nursery, hub)
     assert hub.publish_many([item(b"e1")]) == CLIENTS
     assert written(everyone) == 0  # queued only: the flusher writes
@@ -73,7 +75,7 @@ async def test_a_fan_out_is_written_in_slices_with_other_tasks_running_between(
 async def test_a_publication_queued_mid_pass_joins_the_write_of_clients_not_reached(
     nursery: trio.Nursery,
 ) -> None:
-    hub = Hub()
+    hub = Hub(flush_slice=SLICE)
     everyone = await recipients(nursery, hub)
     hub.publish_many([item(b"e1")])
     while written(everyone) == 0:
@@ -85,8 +87,8 @@ async def test_a_publication_queued_mid_pass_joins_the_write_of_clients_not_reac
     # Order is kept for everyone; those not reached yet got both in one write.
     assert all(b"".join(recipient.writes) == b"e1e2" for recipient in everyone)
     joined = [recipient for recipient in everyone if recipient.writes == [b"e1e2"]]
-    assert len(joined) >= CLIENTS - reached - FLUSH_SLICE
-    assert len(joined) >= FLUSH_SLICE
+    assert len(joined) >= CLIENTS - reached - SLICE
+    assert len(joined) >= SLICE
 
 
 async def test_deliver_keeps_a_producer_within_two_rounds_of_the_sockets(
@@ -95,8 +97,8 @@ async def test_deliver_keeps_a_producer_within_two_rounds_of_the_sockets(
     # Outboxes of two frames and rounds of one, and the direct path over real sockets (as a
     # connection has it): a producer that ran ahead of the flusher would overflow clients the
     # flusher has not reached yet and close them as slow consumers.
-    hub = Hub()
-    pairs = [socket.socketpair() for _ in range(2 * FLUSH_SLICE + 8)]
+    hub = Hub(flush_slice=SLICE)
+    pairs = [socket.socketpair() for _ in range(2 * SLICE + 8)]
     try:
         clients = []
         for n, (ours, _) in enumerate(pairs):
@@ -135,7 +137,7 @@ class Direct:
 
 
 async def test_keepalive_pings_go_through_the_flusher(nursery: trio.Nursery) -> None:
-    hub = Hub()
+    hub = Hub(flush_slice=SLICE)
     everyone = await recipients(nursery, hub)
     for recipient in everyone:
         hub.stage(recipient.client, b"ping")
@@ -145,7 +147,7 @@ async def test_keepalive_pings_go_through_the_flusher(nursery: trio.Nursery) -> 
 
 
 async def test_a_removed_client_still_listed_is_skipped(nursery: trio.Nursery) -> None:
-    hub = Hub()
+    hub = Hub(flush_slice=SLICE)
     everyone = await recipients(nursery, hub)
     hub.publish_many([item(b"e1")])
     gone = everyone[-1].client

@@ -41,8 +41,10 @@ from .protocol.topics import PatternIndex, is_pattern
 from .publication import EXPIRE, Delivery, Extra
 
 SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))
-# Clients the flusher writes to before it lets other tasks run: about a millisecond of writes.
-FLUSH_SLICE = 128
+# Clients the flusher writes to before it lets other tasks run: some 2-3 ms of loopback
+# writes. Each pause costs a scheduler round with the caches cold after the writes: measured
+# on 1,000 real sockets, slices of 128 added 0.9 ms to a fan-out, slices of 256 0.6 ms.
+FLUSH_SLICE = 256
 
 
 @attrs.define(eq=False)
@@ -132,6 +134,7 @@ class Hub:
         on_first: Callable[[str], None] = _ignore,
         on_last: Callable[[str], None] = _ignore,
         recovery_limit: int = 256,
+        flush_slice: int = FLUSH_SLICE,
     ) -> None:
         self.clients: dict[str, Client] = {}
         self._index: dict[str, set[Client]] = {}
@@ -145,6 +148,7 @@ class Hub:
         # its outbox was empty.
         self._dirty: deque[Client] = deque()
         self._flusher = trio.lowlevel.ParkingLot()
+        self._flush_slice = flush_slice
         # Running totals of clients listed in, and taken off, `_dirty`; `deliver` compares
         # them to know when the flusher has got through a round.
         self._listed = 0
@@ -304,8 +308,8 @@ class Hub:
     ) -> None:
         """Hand what fan-outs queued on to the clients' sockets, until cancelled.
 
-        A slice of FLUSH_SLICE clients at a time, with a checkpoint between slices (see the
-        module docstring). Whatever is still queued when this task ends stays in the
+        A slice of `flush_slice` clients at a time, with a checkpoint between slices (see
+        the module docstring). Whatever is still queued when this task ends stays in the
         outboxes, where each connection's writer finds it when the connection closes.
         """
         dirty = self._dirty
@@ -313,7 +317,7 @@ class Hub:
         while True:
             if not dirty:
                 await self._flusher.park()
-            count = min(len(dirty), FLUSH_SLICE)
+            count = min(len(dirty), self._flush_slice)
             flush_each([dirty.popleft().outbox for _ in range(count)])
             self._taken += count
             if self._progress:
