@@ -435,6 +435,20 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def render(head: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, the first left-aligned, a rule under the head."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [head, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -> str:
     head = ["scenario / metric", *TARGETS, "gw/naive", "gw/aiohttp", "gw/floor"]
     rows = []
@@ -453,16 +467,7 @@ def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -
             rows.append([f"{scenario} {label}", *map(fmt, values), "", "", ""])
         closes = [results.get(t, {}).get(scenario, {}).get("closed_by_server") for t in TARGETS]
         rows.append([f"{scenario} server closes", *(fmt(c or {}) for c in closes), "", "", ""])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [head, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render(head, rows)
 
 
 # Scenario X rows: (label, key in each variant's result).
@@ -500,16 +505,7 @@ def cross_table(variants: dict[str, dict[str, Any]]) -> str:
             *(fmt(variants.get(k, {}).get("closed_by_server") or {}) for k, *_ in CROSS_VARIANTS),
         ]
     )
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [head, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render(head, rows)
 
 
 def targets_met(
