@@ -91,13 +91,14 @@ async def test_a_publication_queued_mid_pass_joins_the_write_of_clients_not_reac
     assert len(joined) >= SLICE
 
 
-async def test_deliver_keeps_a_producer_within_two_rounds_of_the_sockets(
+async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
     nursery: trio.Nursery,
 ) -> None:
-    # Outboxes of two frames and rounds of one, and the direct path over real sockets (as a
-    # connection has it): a producer that ran ahead of the flusher would overflow clients the
-    # flusher has not reached yet and close them as slow consumers.
-    hub = Hub(flush_slice=SLICE)
+    # Outboxes of two frames, rounds of one and at most one publication ahead (queue_depth 2
+    # gives max_ahead 1), and the direct path over real sockets (as a connection has it): a
+    # producer that ran ahead of the flusher would overflow clients the flusher has not
+    # reached yet and close them as slow consumers.
+    hub = Hub(flush_slice=SLICE, max_ahead=1)
     pairs = [socket.socketpair() for _ in range(2 * SLICE + 8)]
     try:
         clients = []
@@ -134,6 +135,26 @@ class Direct:
 
     def wrote_partly(self) -> None:
         raise AssertionError("a few bytes always fit")
+
+
+async def test_small_rounds_are_not_held_back_and_share_one_write(nursery: trio.Nursery) -> None:
+    # The Redis subscriber's rounds are often one message each: deliver must not wait for the
+    # flusher after each of them, or a pass over the clients would carry one or two.
+    hub = Hub(flush_slice=SLICE, max_ahead=8)
+    everyone = await recipients(nursery, hub)
+    for n in range(5):
+        await hub.deliver([item(b"m%d" % n)])
+    assert written(everyone) == 0  # all five queued before the flusher wrote anything
+    await trio.testing.wait_all_tasks_blocked()
+    assert all(recipient.writes == [b"m0m1m2m3m4"] for recipient in everyone)
+
+
+async def test_rounds_nobody_here_wants_never_hold_a_producer(nursery: trio.Nursery) -> None:
+    hub = Hub(flush_slice=SLICE, max_ahead=2)
+    await recipients(nursery, hub)
+    with trio.fail_after(1):
+        for _ in range(10):
+            await hub.deliver([(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
 
 
 async def test_keepalive_pings_go_through_the_flusher(nursery: trio.Nursery) -> None:

@@ -25,7 +25,7 @@ event loop also stays responsive (pongs, reads, the keepalive) during a large fa
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 import trio
@@ -135,6 +135,7 @@ class Hub:
         on_last: Callable[[str], None] = _ignore,
         recovery_limit: int = 256,
         flush_slice: int = FLUSH_SLICE,
+        max_ahead: int = 128,
     ) -> None:
         self.clients: dict[str, Client] = {}
         self._index: dict[str, set[Client]] = {}
@@ -149,11 +150,14 @@ class Hub:
         self._dirty: deque[Client] = deque()
         self._flusher = trio.lowlevel.ParkingLot()
         self._flush_slice = flush_slice
-        # Running totals of clients listed in, and taken off, `_dirty`; `deliver` compares
-        # them to know when the flusher has got through a round.
+        # Running totals of clients listed in, and taken off, `_dirty`. A round delivered by
+        # `deliver` is written once `_taken` reaches the `_listed` of its end; until then it
+        # is in `_rounds` (that mark, its publications) and counts in `_ahead`.
         self._listed = 0
         self._taken = 0
-        self._listed_by_last_round = 0
+        self._rounds: deque[tuple[int, int]] = deque()
+        self._ahead = 0
+        self._max_ahead = max_ahead
         self._progress = trio.lowlevel.ParkingLot()
 
     def __len__(self) -> int:
@@ -290,18 +294,29 @@ class Hub:
             self._flusher.unpark()
         return delivered
 
-    async def deliver(self, items: Iterable[Delivery]) -> None:
-        """`publish_many` for a broker's rounds, returning once the previous round is written.
+    async def deliver(self, items: Sequence[Delivery]) -> None:
+        """`publish_many` for a broker's rounds; waits while more than `max_ahead`
+        publications are queued and not yet written.
 
-        So a producer never gets more than two rounds ahead of the sockets: a client the
-        flusher has not reached yet holds at most two rounds of frames, and a round is at
-        most a quarter of its outbox (`queue_depth / 4`), so a burst cannot make a client
-        that reads at full speed look slow.
+        So a client the flusher has not reached yet holds at most `max_ahead` frames plus one
+        round. The server sets `max_ahead` to half of `queue_depth` and rounds are at most a
+        quarter of it, so a burst cannot make a client that reads at full speed look slow.
+        The bound counts publications, not rounds: the Redis subscriber's rounds are often a
+        single message, and a bound of two rounds would let each pass over the clients
+        carry only two messages, far fewer than arrive during it under load.
         """
         self.publish_many(items)
-        previous, self._listed_by_last_round = self._listed_by_last_round, self._listed
-        while self._taken < previous:
+        self._rounds.append((self._listed, len(items)))
+        self._ahead += len(items)
+        # A round that gave nobody new work may be written already (or be empty).
+        self._forget_written()
+        while self._ahead > self._max_ahead:
             await self._progress.park()
+
+    def _forget_written(self) -> None:
+        rounds = self._rounds
+        while rounds and rounds[0][0] <= self._taken:
+            self._ahead -= rounds.popleft()[1]
 
     async def run_flusher(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -320,6 +335,7 @@ class Hub:
             count = min(len(dirty), self._flush_slice)
             flush_each([dirty.popleft().outbox for _ in range(count)])
             self._taken += count
+            self._forget_written()
             if self._progress:
                 self._progress.unpark_all()
             await trio.lowlevel.checkpoint()

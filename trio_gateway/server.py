@@ -119,7 +119,9 @@ async def serve(
     if listeners is None:
         listeners = await open_listeners(config.host, config.port, reuse_port=config.reuse_port)
     broker = _broker(config, instance)
-    hub = Hub(on_first=broker.want, on_last=broker.unwant)
+    hub = Hub(
+        on_first=broker.want, on_last=broker.unwant, max_ahead=max(1, config.queue_depth // 2)
+    )
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
     broadcaster = Broadcaster(publish_send, broker)
     context = GatewayContext(

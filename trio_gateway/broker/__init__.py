@@ -10,7 +10,7 @@ Two implementations: `memory.MemoryBroker` (one process, the default) and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -19,7 +19,7 @@ from ..publication import Delivery, Position, Publication
 
 #: Hands publications, in order, to the local hub (Hub.deliver); awaiting it is the
 #: backpressure that keeps a broker from getting ahead of the clients' sockets.
-Deliver = Callable[[Iterable[Delivery]], Awaitable[None]]
+Deliver = Callable[[Sequence[Delivery]], Awaitable[None]]
 
 
 class BrokerUnavailable(Exception):
