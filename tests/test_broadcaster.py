@@ -414,7 +414,8 @@ async def test_run_publisher_reports_started_before_consuming() -> None:
 async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> None:
     # One HTTP batch may hold more events than a client's queue: it is fanned out in rounds
     # with the writers running in between, so a client that keeps reading is not "slow".
-    hub = Hub()
+    # (max_ahead as the server sets it: half the queue.)
+    hub = Hub(max_ahead=4)
     outbox = Outbox(8)
     client = Client(id="c", outbox=outbox, connected_at=0.0, last_pong=0.0)
     hub.add(client)

@@ -35,7 +35,7 @@ def sweep(hub: Hub, now: float, stale_after: float) -> None:
             )
             client.close(PONG_TIMEOUT)
         else:
-            hub.stage(client, PING_FRAME)
+            client.send(PING_FRAME)
 
 
 async def run_keepalive(
