@@ -36,7 +36,7 @@ from trio_gateway.client import (
     open_client,
     websocket_url,
 )
-from trio_gateway.http_client import health, publish_events
+from trio_gateway.client.http import health, publish_events
 from trio_gateway.protocol.codec import loads
 
 EXIT_OK = 0

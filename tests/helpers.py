@@ -16,7 +16,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
 
-from trio_gateway.http_client import http_request
+from trio_gateway.client.http import http_request
 
 API_KEY = "test-key"
 

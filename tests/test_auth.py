@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from trio_gateway.auth import (
+from trio_gateway.protocol.topics import covers
+from trio_gateway.session.auth import (
     API_KEY_IDENTITY,
     Authenticator,
     AuthError,
@@ -24,7 +25,6 @@ from trio_gateway.auth import (
     token_from_request,
     verifier_key,
 )
-from trio_gateway.protocol.topics import covers
 
 NOW = 1_800_000_000.0
 SECRET = "s" * 32

@@ -12,7 +12,8 @@ import trio.testing
 
 from tests.helpers import unframe
 from trio_gateway import Broadcaster, Config, GatewayClosed, PublishQueueFull
-from trio_gateway.broadcaster import (
+from trio_gateway.broker.memory import MemoryBroker
+from trio_gateway.fanout.broadcaster import (
     Batch,
     Publication,
     event_publication,
@@ -20,10 +21,9 @@ from trio_gateway.broadcaster import (
     run_publisher,
     session_update_publication,
 )
-from trio_gateway.broker.memory import MemoryBroker
-from trio_gateway.hub import Client, Hub
-from trio_gateway.outbox import Outbox
-from trio_gateway.publication import Retain
+from trio_gateway.fanout.hub import Client, Hub
+from trio_gateway.fanout.outbox import Outbox
+from trio_gateway.fanout.publication import Retain
 
 
 def open_broadcaster(depth: int = 16) -> tuple[Broadcaster, trio.MemoryReceiveChannel[Batch]]:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import unframe
 from trio_gateway.broker.envelope import Envelope, channel, decode, history_name, log_name
-from trio_gateway.publication import Extra
+from trio_gateway.fanout.publication import Extra
 
 
 def envelope(header: object, body: str = '{"type":"event","event":{}}') -> bytes:

@@ -25,10 +25,10 @@ import pytest
 import trio
 import trio_websocket
 
-from trio_gateway import __version__
-from trio_gateway.cli import build_parser, load_settings
-from trio_gateway.config import ConfigError
-from trio_gateway.settings import Settings
+from trio_gateway._version import __version__
+from trio_gateway.runtime.cli import build_parser, load_settings
+from trio_gateway.runtime.config import ConfigError
+from trio_gateway.runtime.settings import Settings
 
 from .helpers import closed_with, ready, tcp_client
 

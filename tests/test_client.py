@@ -30,7 +30,7 @@ from trio_gateway.client import (
     open_client,
     websocket_url,
 )
-from trio_gateway.http_client import ApiError, health, http_request, publish_events
+from trio_gateway.client.http import ApiError, health, http_request, publish_events
 from trio_gateway.protocol.errors import SLOW_CONSUMER
 
 from .conftest import with_settings

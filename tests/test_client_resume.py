@@ -19,7 +19,6 @@ import trio
 import trio.testing
 
 from trio_gateway import Config, Gateway
-from trio_gateway.broadcaster import event_publication, session_update_publication
 from trio_gateway.client import (
     MAX_AHEAD,
     GatewayClient,
@@ -30,6 +29,7 @@ from trio_gateway.client import (
     open_client,
     websocket_url,
 )
+from trio_gateway.fanout.broadcaster import event_publication, session_update_publication
 from trio_gateway.protocol.errors import SLOW_CONSUMER
 
 from .conftest import with_settings

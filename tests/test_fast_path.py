@@ -10,7 +10,7 @@ import trio.lowlevel
 import trio.testing
 
 from trio_gateway import Config, Gateway, serve
-from trio_gateway.broadcaster import event_publication
+from trio_gateway.fanout.broadcaster import event_publication
 
 from .helpers import MemoryListener, memory_client, ready, receive_json, subscribe, tcp_client
 

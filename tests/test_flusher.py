@@ -14,9 +14,9 @@ import attrs
 import trio
 import trio.testing
 
-from trio_gateway.hub import Client, Hub
-from trio_gateway.outbox import Outbox
-from trio_gateway.publication import Delivery
+from trio_gateway.fanout.hub import Client, Hub
+from trio_gateway.fanout.outbox import Outbox
+from trio_gateway.fanout.publication import Delivery
 
 # Small slices, so that a handful of clients make several.
 SLICE = 16

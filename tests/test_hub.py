@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 import pytest
 
-from trio_gateway.hub import Client, Hub
-from trio_gateway.outbox import Outbox
+from trio_gateway.fanout.hub import Client, Hub
+from trio_gateway.fanout.outbox import Outbox
+from trio_gateway.fanout.publication import Delivery, Extra
 from trio_gateway.protocol.errors import PONG_TIMEOUT, SHUTTING_DOWN, SLOW_CONSUMER
 from trio_gateway.protocol.routing import route_keys
-from trio_gateway.publication import Delivery, Extra
 
 
 def item(frame: bytes, keys: Iterable[str]) -> Delivery:

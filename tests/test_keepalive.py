@@ -15,11 +15,11 @@ import trio
 import trio.testing
 
 from trio_gateway import Config, Gateway, serve
-from trio_gateway.hub import Client, Hub
-from trio_gateway.keepalive import PING_FRAME, sweep
-from trio_gateway.outbox import Outbox
+from trio_gateway.fanout.hub import Client, Hub
+from trio_gateway.fanout.outbox import Outbox
 from trio_gateway.protocol.errors import PONG_TIMEOUT
 from trio_gateway.protocol.frames import text_frame
+from trio_gateway.session.keepalive import PING_FRAME, sweep
 
 from .conftest import with_settings
 from .helpers import MemoryListener, closed_with, memory_client, ready, receive_json, send_json

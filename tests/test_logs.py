@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from trio_gateway import Config, open_gateway
-from trio_gateway.jsonlog import JsonFormatter
+from trio_gateway.observability.jsonlog import JsonFormatter
 
 from .helpers import ready, tcp_client
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gateway.outbox import Outbox
+from trio_gateway.fanout.outbox import Outbox
 
 
 def test_stage_up_to_the_limit_then_would_block() -> None:

@@ -19,7 +19,7 @@ import trio_websocket
 
 from trio_gateway import Config, Gateway, open_gateway
 from trio_gateway.broker import BrokerUnavailable
-from trio_gateway.http_client import http_request, publish_events
+from trio_gateway.client.http import http_request, publish_events
 
 from .conftest import with_settings
 from .helpers import API_KEY, ready, receive_json, send_json, subscribe, tcp_client

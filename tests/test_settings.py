@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from trio_gateway import Config, ConfigError
-from trio_gateway.settings import SETTINGS, Settings, closest_env, config_file, resolve
+from trio_gateway.runtime.settings import SETTINGS, Settings, closest_env, config_file, resolve
 
 FILE = "gw.toml"
 

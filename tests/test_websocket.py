@@ -15,7 +15,7 @@ from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 
 from trio_gateway.protocol.frames import text_frame
-from trio_gateway.websocket import ConnectionClosed, WebSocket, _whole_frames
+from trio_gateway.transport.websocket import ConnectionClosed, WebSocket, _whole_frames
 
 TIMEOUT = 5
 LIMIT = 1 << 20

@@ -23,10 +23,10 @@ import pytest
 import trio
 
 from trio_gateway import Config
-from trio_gateway.cli import run
-from trio_gateway.config import redact_url
-from trio_gateway.http_client import health, publish_events
-from trio_gateway.workers import decode_spec, encode_spec
+from trio_gateway.client.http import health, publish_events
+from trio_gateway.runtime.cli import run
+from trio_gateway.runtime.config import redact_url
+from trio_gateway.runtime.workers import decode_spec, encode_spec
 
 from .helpers import closed_with, raw_client, ready, receive_json, subscribe
 from .redis_server import RedisServer

@@ -1,5 +1,5 @@
 """`python -m trio_gateway` is the `trio-gateway` command."""
 
-from .cli import main
+from .runtime.cli import main
 
 main()

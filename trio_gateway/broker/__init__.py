@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from ..publication import Delivery, Position, Publication
+from ..fanout.publication import Delivery, Position, Publication
 
 #: Hands publications, in order, to the local hub (Hub.deliver); awaiting it is the
 #: backpressure that keeps a broker from getting ahead of the clients' sockets.

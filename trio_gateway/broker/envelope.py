@@ -24,7 +24,7 @@ import json
 
 import attrs
 
-from ..publication import Delivery, Extra, delivery
+from ..fanout.publication import Delivery, Extra, delivery
 
 
 def channel(prefix: str, key: str) -> str:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from ..config import Config
-from ..publication import Delivery, Position, Publication, delivery
+from ..fanout.publication import Delivery, Position, Publication, delivery
+from ..runtime.config import Config
 from . import Deliver, history_window
 
 # Seconds a key's log (epoch and offset) outlives its last publication or position query:

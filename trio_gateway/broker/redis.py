@@ -51,10 +51,10 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from ..config import Config, redact_url
-from ..jsonlog import fields
+from ..fanout.publication import Delivery, Extra, Position, Publication
+from ..observability.jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
-from ..publication import Delivery, Extra, Position, Publication
+from ..runtime.config import Config, redact_url
 from . import BrokerUnavailable, Deliver, history_window, scripts
 from .envelope import channel, decode, log_name
 from .memory import LOG_IDLE_LIMIT, new_epoch

@@ -27,8 +27,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .protocol.routing import ALL, SESSION_PREFIX, WORKSPACE_PREFIX
-from .protocol.topics import REST, covers, is_pattern, pattern_problem, topic_problem
+from ..protocol.routing import ALL, SESSION_PREFIX, WORKSPACE_PREFIX
+from ..protocol.topics import REST, covers, is_pattern, pattern_problem, topic_problem
 
 # Seconds of clock skew tolerated on exp/nbf/iat between the token issuer and us.
 LEEWAY = 5.0

@@ -31,10 +31,13 @@ from typing import NoReturn
 import attrs
 import trio
 
-from . import __version__, jsonlog, workers
-from .broker import BrokerUnavailable
+from .._version import __version__
+from ..broker import BrokerUnavailable
+from ..observability import jsonlog
+from ..observability.jsonlog import fields
+from ..transport.websocket import WS_PATH
+from . import workers
 from .config import REDACTED, Config, ConfigError, redact_url
-from .jsonlog import fields
 from .server import Gateway, read_public_key, serve
 from .settings import (
     CONFIG_FILE,
@@ -47,7 +50,6 @@ from .settings import (
     resolve,
 )
 from .signals import SHUTDOWN_SIGNALS, ForcedShutdown, watch_signals
-from .websocket import WS_PATH
 
 log = logging.getLogger("trio_gateway.cli")
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from .jsonlog import fields
+from ..observability.jsonlog import fields
 from .server import Gateway
 
 log = logging.getLogger("trio_gateway.signals")

@@ -84,7 +84,7 @@ import attrs
 import trio
 import trio_websocket
 
-from .protocol.errors import CloseCode
+from ..protocol.errors import CloseCode
 
 __all__ = [
     "ClientError",

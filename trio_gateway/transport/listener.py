@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from .jsonlog import fields
+from ..observability.jsonlog import fields
 
 log = logging.getLogger("trio_gateway.listener")
 

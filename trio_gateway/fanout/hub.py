@@ -30,14 +30,14 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import trio
 
-from .auth import API_KEY_IDENTITY, Identity
+from ..protocol.codec import encode
+from ..protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
+from ..protocol.frames import text_frame
+from ..protocol.messages import SessionExpired
+from ..protocol.routing import user_key
+from ..protocol.topics import PatternIndex, is_pattern
+from ..session.auth import API_KEY_IDENTITY, Identity
 from .outbox import Outbox, flush_each
-from .protocol.codec import encode
-from .protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
-from .protocol.frames import text_frame
-from .protocol.messages import SessionExpired
-from .protocol.routing import user_key
-from .protocol.topics import PatternIndex, is_pattern
 from .publication import EXPIRE, Delivery, Extra
 
 SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))

@@ -44,7 +44,7 @@ from wsproto.frame_protocol import CloseReason as WsCloseCode
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
-from .protocol.errors import CloseReason, message_too_big
+from ..protocol.errors import CloseReason, message_too_big
 
 WS_PATH = "/api/ws"
 # Diagnostics echo endpoint, served only with `enable_echo`.

@@ -27,8 +27,7 @@ import attrs
 import h11
 import trio
 
-from .auth import AuthError, Credential, key_matches, token_from_request
-from .broadcaster import (
+from ..fanout.broadcaster import (
     Broadcaster,
     BrokerUnavailable,
     GatewayClosed,
@@ -41,10 +40,11 @@ from .broadcaster import (
     topic_publication,
     user_message_publication,
 )
-from .config import Config
-from .connection import GatewayContext, serve_websocket
-from .jsonlog import fields
-from .protocol.codec import dumps, loads
+from ..observability.jsonlog import fields
+from ..protocol.codec import dumps, loads
+from ..runtime.config import Config
+from ..session.auth import AuthError, Credential, key_matches, token_from_request
+from ..session.connection import GatewayContext, serve_websocket
 from .websocket import (
     ECHO_PATH,
     RECEIVE_SIZE,

@@ -29,21 +29,21 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
-from .auth import Authenticator, KeyFileError, verifier_key
-from .broadcaster import Batch, Broadcaster, run_publisher
-from .broker import Broker, BrokerUnavailable
-from .broker.memory import MemoryBroker
-from .broker.redis import RedisBroker
+from .._version import __version__
+from ..broker import Broker, BrokerUnavailable
+from ..broker.memory import MemoryBroker
+from ..broker.redis import RedisBroker
+from ..fanout.broadcaster import Batch, Broadcaster, run_publisher
+from ..fanout.hub import Hub
+from ..observability.jsonlog import fields, instance_field
+from ..protocol.errors import SHUTTING_DOWN
+from ..session.auth import Authenticator, KeyFileError, verifier_key
+from ..session.connection import GatewayContext
+from ..session.keepalive import run_keepalive
+from ..transport.http import HttpApp, handle_stream
+from ..transport.listener import open_listeners, run_listeners
 from .config import Config, ConfigError
-from .connection import GatewayContext
-from .http_api import HttpApp, handle_stream
-from .hub import Hub
 from .ids import IdFactory, new_client_id
-from .jsonlog import fields, instance_field
-from .keepalive import run_keepalive
-from .listener import open_listeners, run_listeners
-from .protocol.errors import SHUTTING_DOWN
 
 log = logging.getLogger("trio_gateway.server")
 

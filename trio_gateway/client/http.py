@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from . import __version__
-from .client import ClientError, ConnectFailed, Unauthorized
+from .._version import __version__
+from . import ClientError, ConnectFailed, Unauthorized
 
 __all__ = ["ApiError", "health", "http_request", "publish_events"]
 

@@ -64,8 +64,8 @@ from typing import Any
 import attrs
 import trio
 
+from ..observability.jsonlog import fields
 from .config import Config
-from .jsonlog import fields
 from .server import Gateway
 from .settings import ENV_PREFIX
 from .signals import SHUTDOWN_SIGNALS

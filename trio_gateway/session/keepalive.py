@@ -11,13 +11,13 @@ import logging
 
 import trio
 
-from .config import Config
-from .hub import Hub
-from .jsonlog import fields
-from .protocol.codec import encode
-from .protocol.errors import PONG_TIMEOUT
-from .protocol.frames import text_frame
-from .protocol.messages import Ping
+from ..fanout.hub import Hub
+from ..observability.jsonlog import fields
+from ..protocol.codec import encode
+from ..protocol.errors import PONG_TIMEOUT
+from ..protocol.frames import text_frame
+from ..protocol.messages import Ping
+from ..runtime.config import Config
 
 log = logging.getLogger("trio_gateway.keepalive")
 

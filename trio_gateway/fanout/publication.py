@@ -12,7 +12,7 @@ import json
 
 import attrs
 
-from .protocol.frames import text_frame
+from ..protocol.frames import text_frame
 
 
 @attrs.frozen

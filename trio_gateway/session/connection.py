@@ -33,24 +33,22 @@ from collections.abc import Callable, Iterator
 import attrs
 import trio
 
-from .auth import Authenticator, AuthError, Credential, Identity, may_publish, may_subscribe
-from .broadcaster import Broadcaster, GatewayClosed, topic_publication
-from .broker import Broker, BrokerUnavailable
-from .config import Config
-from .hub import SESSION_EXPIRED_FRAME, Client, Hub
-from .ids import IdFactory
-from .jsonlog import fields
-from .outbox import Outbox
-from .protocol.codec import ECHO_LIMIT, decode, encode
-from .protocol.errors import (
+from ..broker import Broker, BrokerUnavailable
+from ..fanout.broadcaster import Broadcaster, GatewayClosed, topic_publication
+from ..fanout.hub import SESSION_EXPIRED_FRAME, Client, Hub
+from ..fanout.outbox import Outbox
+from ..fanout.publication import Position
+from ..observability.jsonlog import fields
+from ..protocol.codec import ECHO_LIMIT, decode, encode
+from ..protocol.errors import (
     INTERNAL_ERROR,
     SESSION_EXPIRED,
     SHUTTING_DOWN,
     UNAUTHORIZED,
     ProtocolError,
 )
-from .protocol.frames import binary_frame, text_frame
-from .protocol.messages import (
+from ..protocol.frames import binary_frame, text_frame
+from ..protocol.messages import (
     ClientMessage,
     Error,
     Hello,
@@ -69,7 +67,7 @@ from .protocol.messages import (
     Unsubscribe,
     Unsubscribed,
 )
-from .protocol.routing import (
+from ..protocol.routing import (
     ALL,
     SESSION_PREFIX,
     encodable,
@@ -77,9 +75,11 @@ from .protocol.routing import (
     subscription_key,
     unsubscription_key,
 )
-from .protocol.topics import is_pattern
-from .publication import Position
-from .websocket import ConnectionClosed, WebSocket, linger_close
+from ..protocol.topics import is_pattern
+from ..runtime.config import Config
+from ..runtime.ids import IdFactory
+from ..transport.websocket import ConnectionClosed, WebSocket, linger_close
+from .auth import Authenticator, AuthError, Credential, Identity, may_publish, may_subscribe
 
 log = logging.getLogger("trio_gateway.connection")
 

@@ -15,10 +15,10 @@ from typing import Any
 import attrs
 import trio
 
-from .broker import Broker, BrokerUnavailable
-from .jsonlog import fields
-from .protocol.codec import encode
-from .protocol.messages import (
+from ..broker import Broker, BrokerUnavailable
+from ..observability.jsonlog import fields
+from ..protocol.codec import encode
+from ..protocol.messages import (
     EventMessage,
     RemoteUpdate,
     ServerMessage,
@@ -29,8 +29,8 @@ from .protocol.messages import (
     TopicMessage,
     UserMessage,
 )
-from .protocol.routing import encodable, event_problem, route_keys, session_key, user_key
-from .protocol.topics import topic_problem
+from ..protocol.routing import encodable, event_problem, route_keys, session_key, user_key
+from ..protocol.topics import topic_problem
 from .publication import EXPIRE, Extra, Publication, Retain
 
 log = logging.getLogger("trio_gateway.broadcaster")

@@ -1,0 +1,1 @@
+"""Running the gateway: settings, the supervisor, signals, worker processes and the CLI."""
