@@ -19,7 +19,8 @@ from trio_gateway.fanout.hub import Client, Hub
 from trio_gateway.fanout.outbox import Outbox
 from trio_gateway.protocol.errors import PONG_TIMEOUT
 from trio_gateway.protocol.frames import text_frame
-from trio_gateway.session.keepalive import PING_FRAME, sweep
+from trio_gateway.protocol.replies import PING_FRAME
+from trio_gateway.session.keepalive import sweep
 
 from .conftest import with_settings
 from .helpers import MemoryListener, closed_with, memory_client, ready, receive_json, send_json

@@ -8,6 +8,7 @@ included) can fail to encode as UTF-8 later in a writer task.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -19,16 +20,8 @@ from .messages import (
     CLIENT_MESSAGES,
     ClientMessage,
     Error,
-    EventMessage,
-    Ready,
-    Refreshed,
-    RemoteUpdate,
     ServerMessage,
-    SessionState,
-    SessionUpdate,
     Since,
-    Subscribed,
-    TopicMessage,
 )
 
 # Client-chosen text echoed back in an error reply is cut to this many characters, so an
@@ -73,26 +66,23 @@ _converter.register_structure_hook(str, _strict_str)
 _converter.register_structure_hook(bool, _strict_bool)
 _converter.register_structure_hook(int, _strict_int)
 _converter.register_structure_hook(Since, _since)
-for _cls in (
-    EventMessage,
-    SessionUpdate,
-    SessionState,
-    RemoteUpdate,
-    Subscribed,
-    Ready,
-    Refreshed,
-    Error,
-    TopicMessage,
-):
+
+
+def _is_server_message(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, ServerMessage) and attrs.has(cls)
+
+
+def _omit_none_fields(cls: Any) -> Callable[[Any], dict[str, Any]]:
     # Optional fields (default None) are left off the wire rather than sent as null.
-    _omit_none: dict[str, Any] = {
+    omitted: dict[str, Any] = {
         field.name: override(omit_if_default=True)
-        for field in attrs.fields(_cls)
+        for field in attrs.fields(cls)
         if field.default is None
     }
-    _converter.register_unstructure_hook(
-        _cls, make_dict_unstructure_fn(_cls, _converter, **_omit_none)
-    )
+    return make_dict_unstructure_fn(cls, _converter, **omitted)
+
+
+_converter.register_unstructure_hook_factory(_is_server_message, _omit_none_fields)
 
 
 def _describe(exc: Exception) -> str:

@@ -1,6 +1,7 @@
 """Close codes the server sends and the typed protocol error.
 
-Owns the meaning of every close code; must not decide *when* to close (that is connection.py).
+Owns the meaning of every close code and of the `code` of error replies; must not decide
+*when* to close (that is session/).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
 def message_too_big(limit: int) -> CloseReason:
     """The 1009 close for a client message over `limit` bytes (trio-websocket's wording)."""
     return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes")
+
+
+# Error reply codes: machine-readable reasons on `{"type":"error"}` replies.
+FORBIDDEN = "forbidden"
+UNAVAILABLE = "unavailable"
+UNAUTHORIZED_CODE = "unauthorized"
 
 
 class ProtocolError(Exception):

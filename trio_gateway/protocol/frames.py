@@ -3,7 +3,7 @@
 A frame from the server is never masked, and this server negotiates no extensions, so the
 frame for a message is the same bytes for every recipient: the fan-out builds it once and
 each connection's writer sends it as is. Only whole, unfragmented data frames are built here;
-control frames (ping/pong/close) stay with trio-websocket.
+control frames (ping/pong/close) are wsproto's, in transport/websocket.py.
 """
 
 from __future__ import annotations

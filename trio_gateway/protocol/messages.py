@@ -2,13 +2,43 @@
 
 Each class carries its wire tag in `TAG`. Optional server fields default to None and are
 omitted from the wire when None.
+
+A client message class is declared with `@client_message`, which files it under its tag in
+`CLIENT_MESSAGES`: that table is the only list of what a client may send, and codec.py
+decodes by it. A feature may declare its own messages the same way, in its own module.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
+
+
+class ClientMessage:
+    """Base of every message a client may send (`type` on the wire is its `TAG`)."""
+
+    __slots__ = ()
+    TAG: ClassVar[str]
+
+
+class ServerMessage:
+    """Base of every message the server sends."""
+
+    __slots__ = ()
+    TAG: ClassVar[str]
+
+
+CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {}
+_C = TypeVar("_C", bound=type[ClientMessage])
+
+
+def client_message(cls: _C) -> _C:
+    """File a client message class under its tag; a tag is declared once."""
+    if cls.TAG in CLIENT_MESSAGES:
+        raise ValueError(f"client message type {cls.TAG!r} declared twice")
+    CLIENT_MESSAGES[cls.TAG] = cls
+    return cls
 
 # --- client -> server ---------------------------------------------------------------------
 
@@ -21,8 +51,9 @@ class Since:
     epoch: str
 
 
+@client_message
 @attrs.frozen
-class Subscribe:
+class Subscribe(ClientMessage):
     TAG: ClassVar[str] = "subscribe"
     scope: str | None = None
     workspace_id: str | None = None
@@ -33,8 +64,9 @@ class Subscribe:
     since: Since | None = None
 
 
+@client_message
 @attrs.frozen
-class Unsubscribe:
+class Unsubscribe(ClientMessage):
     TAG: ClassVar[str] = "unsubscribe"
     scope: str | None = None
     workspace_id: str | None = None
@@ -42,24 +74,27 @@ class Unsubscribe:
     topic: str | None = None
 
 
+@client_message
 @attrs.frozen
-class Identify:
+class Identify(ClientMessage):
     """The credential of a connection that did not present one at the upgrade."""
 
     TAG: ClassVar[str] = "identify"
     token: str
 
 
+@client_message
 @attrs.frozen
-class Refresh:
+class Refresh(ClientMessage):
     """A new token for the same user, extending the session before it expires."""
 
     TAG: ClassVar[str] = "refresh"
     token: str
 
 
+@client_message
 @attrs.frozen
-class Publish:
+class Publish(ClientMessage):
     """A client publishing on a topic (allowed by its token's pub_topics)."""
 
     TAG: ClassVar[str] = "publish"
@@ -67,38 +102,37 @@ class Publish:
     data: Any
 
 
+@client_message
 @attrs.frozen
-class Sync:
+class Sync(ClientMessage):
     """Ask for the retained state of a session (answered with `session.state`)."""
 
     TAG: ClassVar[str] = "sync"
     session_id: str
 
 
+@client_message
 @attrs.frozen
-class Pong:
+class Pong(ClientMessage, ServerMessage):
     """The client's answer to a server ping (and the server's answer to a client ping)."""
 
     TAG: ClassVar[str] = "pong"
 
 
+@client_message
 @attrs.frozen
-class Ping:
+class Ping(ClientMessage, ServerMessage):
     """A ping either way: the server's keepalive probe, or a client checking liveness."""
 
     TAG: ClassVar[str] = "ping"
 
 
-ClientMessage = Subscribe | Unsubscribe | Sync | Identify | Refresh | Publish | Pong | Ping
-CLIENT_MESSAGES: dict[str, type[ClientMessage]] = {
-    cls.TAG: cls for cls in (Subscribe, Unsubscribe, Sync, Identify, Refresh, Publish, Pong, Ping)
-}
 
 # --- server -> client ---------------------------------------------------------------------
 
 
 @attrs.frozen
-class Hello:
+class Hello(ServerMessage):
     """Sent instead of `ready` to a connection without credentials: identify first."""
 
     TAG: ClassVar[str] = "hello"
@@ -107,7 +141,7 @@ class Hello:
 
 
 @attrs.frozen
-class Ready:
+class Ready(ServerMessage):
     TAG: ClassVar[str] = "ready"
     client_id: str
     heartbeat_interval: int  # milliseconds between server pings
@@ -117,13 +151,13 @@ class Ready:
 
 
 @attrs.frozen
-class Refreshed:
+class Refreshed(ServerMessage):
     TAG: ClassVar[str] = "refreshed"
     expires_at: float | None = None
 
 
 @attrs.frozen
-class Published:
+class Published(ServerMessage):
     """The ack of a client publish: accepted by the broker, with its offset on the topic."""
 
     TAG: ClassVar[str] = "published"
@@ -132,12 +166,12 @@ class Published:
 
 
 @attrs.frozen
-class SessionExpired:
+class SessionExpired(ServerMessage):
     TAG: ClassVar[str] = "session.expired"
 
 
 @attrs.frozen
-class UserMessage:
+class UserMessage(ServerMessage):
     """A message sent to every connection of one user (send_to_user)."""
 
     TAG: ClassVar[str] = "user.message"
@@ -145,7 +179,7 @@ class UserMessage:
 
 
 @attrs.frozen
-class Subscribed:
+class Subscribed(ServerMessage):
     """The ack of a subscribe. A key with history also gives its position: the epoch and the
     offset of its latest message; `recovered` answers a subscribe that carried `since`."""
 
@@ -157,26 +191,26 @@ class Subscribed:
 
 
 @attrs.frozen
-class Unsubscribed:
+class Unsubscribed(ServerMessage):
     TAG: ClassVar[str] = "unsubscribed"
     subscription: str
 
 
 @attrs.frozen
-class Error:
+class Error(ServerMessage):
     TAG: ClassVar[str] = "error"
     message: str
     code: str | None = None
 
 
 @attrs.frozen
-class EventMessage:
+class EventMessage(ServerMessage):
     TAG: ClassVar[str] = "event"
     event: dict[str, Any]
 
 
 @attrs.frozen
-class SessionUpdate:
+class SessionUpdate(ServerMessage):
     TAG: ClassVar[str] = "session.update"
     session_id: str
     lifecycle: str
@@ -185,7 +219,7 @@ class SessionUpdate:
 
 
 @attrs.frozen
-class SessionState:
+class SessionState(ServerMessage):
     """The retained latest session update, sent to a client that subscribes or asks (sync)."""
 
     TAG: ClassVar[str] = "session.state"
@@ -196,13 +230,13 @@ class SessionState:
 
 
 @attrs.frozen
-class SessionDeleted:
+class SessionDeleted(ServerMessage):
     TAG: ClassVar[str] = "session.deleted"
     session_id: str
 
 
 @attrs.frozen
-class TopicMessage:
+class TopicMessage(ServerMessage):
     """A message published on a generic topic; `data` is any JSON value, passed through."""
 
     TAG: ClassVar[str] = "message"
@@ -213,29 +247,9 @@ class TopicMessage:
 
 
 @attrs.frozen
-class RemoteUpdate:
+class RemoteUpdate(ServerMessage):
     TAG: ClassVar[str] = "remote.update"
     remote_env_id: str
     status: str
     public_ip: str | None = None
 
-
-ServerMessage = (
-    Hello
-    | Ready
-    | Refreshed
-    | Published
-    | SessionExpired
-    | UserMessage
-    | Subscribed
-    | Unsubscribed
-    | Error
-    | Ping
-    | Pong
-    | EventMessage
-    | SessionUpdate
-    | SessionState
-    | SessionDeleted
-    | TopicMessage
-    | RemoteUpdate
-)

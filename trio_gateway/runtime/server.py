@@ -38,8 +38,11 @@ from ..fanout.hub import Hub
 from ..observability.jsonlog import fields, instance_field
 from ..protocol.errors import SHUTTING_DOWN
 from ..session.auth import Authenticator, KeyFileError, verifier_key
-from ..session.connection import GatewayContext
+from ..session.context import GatewayContext
+from ..session.handlers import core_handlers
 from ..session.keepalive import run_keepalive
+from ..session.lifecycle import Lifecycle
+from ..session.registry import Registry
 from ..transport.http import HttpApp, handle_stream
 from ..transport.listener import open_listeners, run_listeners
 from .config import Config, ConfigError
@@ -60,6 +63,10 @@ class Gateway:
     instance: str
     #: (host, port) of each TCP listener; empty when serving caller-supplied listeners.
     addresses: list[tuple[str, int]]
+    #: Client message handlers and their middleware chain (session/registry.py).
+    handlers: Registry
+    #: Connect / disconnect hooks of every client (session/lifecycle.py).
+    lifecycle: Lifecycle
     _stop: trio.Event = attrs.field(factory=trio.Event, alias="_stop")
 
     @property
@@ -131,8 +138,18 @@ async def serve(
         broker=broker,
         auth=authenticator,
         broadcaster=broadcaster,
+        handlers=core_handlers(),
     )
-    gateway = Gateway(config, broadcaster, hub, broker, instance, _addresses(listeners))
+    gateway = Gateway(
+        config,
+        broadcaster,
+        hub,
+        broker,
+        instance,
+        _addresses(listeners),
+        context.handlers,
+        context.lifecycle,
+    )
     app = HttpApp(context, broadcaster, __version__, instance, started_at=trio.current_time())
 
     failure: BrokerUnavailable | None = None

@@ -1,7 +1,7 @@
 """The one keepalive task for all connections: ping on a fixed cycle, reap the silent.
 
 Owns the ping schedule and the staleness rule. Must not close sockets itself: it asks a
-Client to close (connection.py carries it out) and reads time only from trio, so tests run
+Client to close (session/connection.py carries it out) and reads time only from trio, so tests run
 whole cycles under the autojump clock.
 """
 
@@ -13,15 +13,11 @@ import trio
 
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields
-from ..protocol.codec import encode
 from ..protocol.errors import PONG_TIMEOUT
-from ..protocol.frames import text_frame
-from ..protocol.messages import Ping
+from ..protocol.replies import PING_FRAME
 from ..runtime.config import Config
 
 log = logging.getLogger("trio_gateway.keepalive")
-
-PING_FRAME = text_frame(encode(Ping()))
 
 
 def sweep(hub: Hub, now: float, stale_after: float) -> None:

@@ -44,7 +44,8 @@ from ..observability.jsonlog import fields
 from ..protocol.codec import dumps, loads
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, key_matches, token_from_request
-from ..session.connection import GatewayContext, serve_websocket
+from ..session.connection import serve_websocket
+from ..session.context import GatewayContext
 from .websocket import (
     ECHO_PATH,
     RECEIVE_SIZE,

@@ -1,0 +1,37 @@
+"""What every connection of one gateway shares: built once by runtime/server.py.
+
+Owns the seams features plug into: `handlers` (client message type -> handler, with the
+middleware chain) and `lifecycle` (connect/disconnect hooks). Must not hold per-connection
+state; that is the `Client`'s.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from ..broker import Broker
+from ..fanout.broadcaster import Broadcaster
+from ..fanout.hub import Hub
+from ..runtime.config import Config
+from ..runtime.ids import IdFactory
+from .auth import Authenticator
+from .lifecycle import Lifecycle
+from .registry import Registry
+
+
+@attrs.define
+class GatewayContext:
+    """The shared state and seams of one running gateway."""
+
+    config: Config
+    hub: Hub
+    new_id: IdFactory
+    broker: Broker
+    auth: Authenticator
+    broadcaster: Broadcaster
+    handlers: Registry
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
+    # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
+    # HTTP side stops keeping connections alive.
+    shutting_down: trio.Event = attrs.field(factory=trio.Event)

@@ -1,0 +1,82 @@
+"""The two tasks of a session: the reader (frames in, one dispatch each) and the writer.
+
+- The reader is the connection's own task: it receives messages and hands each to the
+  registry, awaiting it before reading the next, so replies keep request order. Every reply
+  is queued in the client's outbox like any broadcast, so a subscribe ack is always ahead of
+  the first message it enables.
+- The writer is the only task that writes data frames: it takes everything queued and writes
+  it in order, in few writes. The fan-out may write for it while it is idle (fanout/outbox.py).
+
+Both turn a closed WebSocket into a close request on the client. Must not: decide close codes
+or run cleanup; session/connection.py does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import trio
+
+from ..fanout.hub import Client
+from ..protocol.codec import decode
+from ..protocol.frames import binary_frame, text_frame
+from ..protocol.replies import BINARY_ERROR_FRAME
+from ..transport.websocket import ConnectionClosed, WebSocket
+from .context import GatewayContext
+
+# Most bytes one write may gather from a client's queue: enough to batch a burst of small
+# frames into one send_all, small enough not to copy large messages around needlessly.
+COALESCE_LIMIT = 64 * 1024
+
+
+async def read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
+    """Receive until the WebSocket closes; an echo peer gets every message straight back."""
+    dispatch = context.handlers.dispatch
+    try:
+        while True:
+            frame = await ws.receive()
+            if isinstance(frame, bytes):
+                client.send(binary_frame(frame) if echo else BINARY_ERROR_FRAME)
+            elif echo:
+                client.send(text_frame(frame))
+            else:
+                await dispatch(client, context, decode(frame))
+    except ConnectionClosed as exc:
+        client.close(exc.closed)
+
+
+async def write_loop(ws: WebSocket, client: Client) -> None:
+    """Take everything queued and write it in few chunks, in order, until the outbox ends."""
+    try:
+        while True:
+            try:
+                frames = await client.outbox.take()
+            except trio.EndOfChannel:
+                return
+            for chunk in _coalesce(frames):
+                # A closing client gets no more data, except the rest of a frame already
+                # partly written (the stream would be corrupt without it).
+                if (
+                    client.close_reason is not None
+                    and not client.flush_before_close
+                    and not ws.incomplete
+                ):
+                    return
+                await ws.send_frames(chunk)
+    except ConnectionClosed as exc:
+        client.close(exc.closed)
+
+
+def _coalesce(frames: list[bytes]) -> Iterator[bytes]:
+    # Small frames are joined into writes of up to COALESCE_LIMIT bytes; a large one is
+    # written on its own rather than copied into a join.
+    batch: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if batch and size + len(frame) > COALESCE_LIMIT:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(frame)
+        size += len(frame)
+    if batch:
+        yield batch[0] if len(batch) == 1 else b"".join(batch)
