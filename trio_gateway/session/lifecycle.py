@@ -5,7 +5,8 @@ I/O (presence in Redis, a backend call) hands the work to a task of its own. Hoo
 
 - `connected`: once the client is in the hub, with `ready` queued and its id, identity and
   connect time set, before its first message is read. A hook that refuses the client asks it
-  to close (`client.close(reason)`); the hooks after it still run. A hook that raises closes
+  to close (`client.close(reason)`; without `flush=True` the queued `ready` is dropped); the
+  hooks after it still run. A hook that raises closes
   the connection with 1011 and the hooks after it do not run.
 - `disconnected`: once for every client that reached `connected` (even one whose connect
   hooks failed: a disconnect hook must accept a client its connect hook never saw), after the
