@@ -40,6 +40,7 @@ def client_message(cls: _C) -> _C:
     CLIENT_MESSAGES[cls.TAG] = cls
     return cls
 
+
 # --- client -> server ---------------------------------------------------------------------
 
 
@@ -125,7 +126,6 @@ class Ping(ClientMessage, ServerMessage):
     """A ping either way: the server's keepalive probe, or a client checking liveness."""
 
     TAG: ClassVar[str] = "ping"
-
 
 
 # --- server -> client ---------------------------------------------------------------------
@@ -252,4 +252,3 @@ class RemoteUpdate(ServerMessage):
     remote_env_id: str
     status: str
     public_ip: str | None = None
-
