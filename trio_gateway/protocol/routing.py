@@ -1,7 +1,7 @@
 """Subscription keys and publication routing: which clients a message is for.
 
 Keys are the strings acknowledged on the wire: "all", "workspace:<id>", "session:<id>".
-Pure functions only; the index that uses them lives in hub.py.
+Pure functions only; the index that uses them lives in fanout/hub.py.
 """
 
 from __future__ import annotations

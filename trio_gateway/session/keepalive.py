@@ -1,8 +1,8 @@
 """The one keepalive task for all connections: ping on a fixed cycle, reap the silent.
 
 Owns the ping schedule and the staleness rule. Must not close sockets itself: it asks a
-Client to close (session/connection.py carries it out) and reads time only from trio, so tests run
-whole cycles under the autojump clock.
+Client to close (session/connection.py carries it out). It reads time only from trio, so
+tests run whole cycles under the autojump clock.
 """
 
 from __future__ import annotations
