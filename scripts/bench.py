@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X]
         [--targets gateway,naive_trio,aiohttp,write_floor] [--json bench-results.json]
-        [--gateway-src DIR] [--loadgen-sleeps] [--x-rate 200]
+        [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps] [--x-rate 200]
     make bench BENCH_ARGS=--quick
 
 Owns the orchestration and the report. For every scenario and every target (the gateway as
@@ -87,6 +87,11 @@ LOADGEN = str(ROOT / "scripts" / "bench_loadgen.py")
 PEERS = ROOT / "scripts" / "bench_peers"
 TOKEN = "bench-key"
 TARGETS = ("gateway", "naive_trio", "aiohttp", "write_floor")
+# With --parent-src, "parent" is a second gateway (another source tree, e.g. the parent commit)
+# run right after "gateway" in every scenario but X, so a change is measured against its
+# parent in one invocation, interleaved.
+COLUMNS = ("gateway", "parent", "naive_trio", "aiohttp", "write_floor")
+SHORT = {"parent": "parent", "naive_trio": "naive", "aiohttp": "aiohttp", "write_floor": "floor"}
 # The scenarios the write floor takes part in (it has no keepalive and no limits).
 FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
@@ -114,7 +119,7 @@ CROSS_VARIANTS = [
 def server_command(
     target: str, scenario: str, args: argparse.Namespace, redis_url: str | None = None
 ) -> list[str]:
-    if target == "gateway":
+    if target in ("gateway", "parent"):
         command = [PYTHON, "-m", "trio_gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--api-key", TOKEN, "--log-level", "warning"]
         if redis_url is not None:
@@ -312,7 +317,8 @@ def quiet_before_run(args: argparse.Namespace) -> float:
 
 def run_one(target: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
     busy_before = quiet_before_run(args)
-    server = Server(server_command(target, scenario, args), args.gateway_src)
+    source = args.parent_src if target == "parent" else args.gateway_src
+    server = Server(server_command(target, scenario, args), source)
     try:
         try:
             ws_port, http_port = server.wait_listening()
@@ -450,23 +456,26 @@ def render(head: list[str], rows: list[list[str]]) -> str:
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -> str:
-    head = ["scenario / metric", *TARGETS, "gw/naive", "gw/aiohttp", "gw/floor"]
+    columns = [t for t in COLUMNS if results.get(t)]
+    others = columns[1:] if columns[:1] == ["gateway"] else []
+    head = ["scenario / metric", *columns, *(f"gw/{SHORT[t]}" for t in others)]
+    blank = [""] * len(others)
     rows = []
     for scenario, label, key, better in ROWS:
         if scenario not in scenarios:
             continue
-        values = [results.get(t, {}).get(scenario, {}).get(key) for t in TARGETS]
+        values = [results.get(t, {}).get(scenario, {}).get(key) for t in columns]
         arrow = {True: " (up)", False: " (down)", None: ""}[better]
-        ratios = [ratio(values[0], value) for value in values[1:]]
+        ratios = [ratio(values[0], value) for value in values[1:]] if others else []
         if better is None:
-            ratios = [None, None, None]
+            ratios = [None] * len(others)
         rows.append([f"{scenario} {label}{arrow}", *map(fmt, values), *map(fmt, ratios)])
     for scenario in scenarios:
         for label, key in CHECKS:
-            values = [results.get(t, {}).get(scenario, {}).get(key) for t in TARGETS]
-            rows.append([f"{scenario} {label}", *map(fmt, values), "", "", ""])
-        closes = [results.get(t, {}).get(scenario, {}).get("closed_by_server") for t in TARGETS]
-        rows.append([f"{scenario} server closes", *(fmt(c or {}) for c in closes), "", "", ""])
+            values = [results.get(t, {}).get(scenario, {}).get(key) for t in columns]
+            rows.append([f"{scenario} {label}", *map(fmt, values), *blank])
+        closes = [results.get(t, {}).get(scenario, {}).get("closed_by_server") for t in columns]
+        rows.append([f"{scenario} server closes", *(fmt(c or {}) for c in closes), *blank])
     return render(head, rows)
 
 
@@ -605,6 +614,13 @@ def main() -> None:
         help="directory holding the trio_gateway package to run (default: this working tree;"
         " e.g. `git archive COMMIT trio_gateway | tar -x -C DIR` to pin a commit)",
     )
+    parser.add_argument(
+        "--parent-src",
+        type=Path,
+        default=None,
+        help="a second gateway source tree (e.g. the parent commit, extracted as for"
+        " --gateway-src), run as target `parent` right after `gateway` in each scenario",
+    )
     args = parser.parse_args()
     quick = {
         "clients": 200,
@@ -629,12 +645,14 @@ def main() -> None:
             setattr(args, name, value)
     scenarios = [s for s in "ALCDX" if s in args.scenarios.upper().split(",")]
     targets = [t for t in TARGETS if t in args.targets.split(",")]
+    if args.parent_src is not None and "gateway" in targets:
+        targets.insert(1, "parent")
     if "gateway" not in targets and "X" in scenarios:
         scenarios.remove("X")
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
 
-    results: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in TARGETS}
+    results: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in COLUMNS}
     for scenario in scenarios:
         if scenario == "X":
             variants = {}
@@ -716,6 +734,7 @@ def main() -> None:
             "server_core": SERVER_CORE,
             "loadgen_core": LOADGEN_CORE,
             "gateway": gateway_revision(args.gateway_src),
+            "parent": gateway_revision(args.parent_src) if args.parent_src else None,
         },
         "results": results,
         "targets": [{"target": label, "met": ok, "value": value} for label, ok, value in checks],
