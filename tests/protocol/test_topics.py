@@ -209,7 +209,7 @@ def test_add_refuses_invalid_patterns() -> None:
         with pytest.raises(ValueError, match=r"."):
             index.add(bad)
     assert len(index) == 0
-    assert index._node_count() == 1
+    assert index.node_count() == 1
 
 
 def test_contains_and_len() -> None:
@@ -248,16 +248,16 @@ def test_discard_keeps_shared_nodes() -> None:
     index.add("a.b.c")
     index.add("a.b.**")
     index.add("a.*")
-    nodes = index._node_count()  # root, a, a.b, a.b.c, a.*
+    nodes = index.node_count()  # root, a, a.b, a.b.c, a.*
     assert nodes == 5
     index.discard("a.b.c")
-    assert index._node_count() == 4  # a.b still holds a.b.**
+    assert index.node_count() == 4  # a.b still holds a.b.**
     assert sorted(index.match("a.b")) == ["a.*", "a.b.**"]
     index.discard("a.b.**")
-    assert index._node_count() == 3
+    assert index.node_count() == 3
     assert index.match("a.b") == ["a.*"]
     index.discard("a.*")
-    assert index._node_count() == 1
+    assert index.node_count() == 1
     assert len(index) == 0
 
 
@@ -272,7 +272,7 @@ def test_discard_prunes_after_churn() -> None:
         index.discard(pattern)
     assert len(index) == 0
     assert not index._root.children
-    assert index._node_count() == 1
+    assert index.node_count() == 1
 
 
 # --- match cost ----------------------------------------------------------------------------
@@ -283,11 +283,11 @@ def test_match_cost_does_not_grow_with_non_matching_patterns() -> None:
     for n in range(100_000):
         index.add(f"room.{n}.*")
     assert index.match("chat.x") == []
-    assert index._visits == 1  # the root; no child is "chat" or "*"
+    assert index.visits == 1  # the root; no child is "chat" or "*"
     assert index.match("room.5.x") == ["room.5.*"]
-    assert index._visits <= 4  # root, room, room.5, room.5.*
+    assert index.visits <= 4  # root, room, room.5, room.5.*
     assert index.match("room.5") == []
-    assert index._visits <= 3
+    assert index.visits <= 3
 
 
 def test_match_cost_with_wildcards_is_bounded_by_the_topic() -> None:
@@ -297,7 +297,7 @@ def test_match_cost_with_wildcards_is_bounded_by_the_topic() -> None:
     index.add("*.x")
     index.add("**")
     assert sorted(index.match("chat.x")) == ["**", "*.x"]
-    assert index._visits <= 3  # root, *, *.x
+    assert index.visits <= 3  # root, *, *.x
 
 
 # --- redis_globs ---------------------------------------------------------------------------

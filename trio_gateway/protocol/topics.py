@@ -137,8 +137,9 @@ class PatternIndex:
     def __init__(self) -> None:
         self._root = _Node()
         self._size = 0
-        # Nodes visited by the last match(): lets tests check the cost without a clock.
-        self._visits = 0
+        #: Trie nodes the last `match()` visited: the cost of matching one topic, in units
+        #: that no clock or machine changes (for a cost bound or a metric of it).
+        self.visits = 0
 
     def __len__(self) -> int:
         return self._size
@@ -226,7 +227,7 @@ class PatternIndex:
                 # "chat.**" matches "chat": zero trailing segments.
                 if node.rest is not None:
                     found.append(node.rest)
-        self._visits = visits
+        self.visits = visits
         return found
 
     def _find(self, pattern: str) -> _Node | None:
@@ -239,8 +240,9 @@ class PatternIndex:
             node = child
         return node
 
-    def _node_count(self) -> int:
-        """Every node in the trie, root included (for tests of pruning)."""
+    def node_count(self) -> int:
+        """Every node in the trie, root included: the memory the patterns hold, which
+        `discard` gives back (pruning)."""
         count = 0
         stack = [self._root]
         while stack:
