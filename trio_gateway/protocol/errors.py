@@ -16,7 +16,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down
-    PROTOCOL_ERROR = 1002  # framing violation (sent by transport/websocket.py as wsproto reports it)
+    PROTOCOL_ERROR = 1002  # framing violation (sent as wsproto reports it)
     INVALID_PAYLOAD = 1007  # text message that is not UTF-8 (likewise)
     POLICY_VIOLATION = 1008  # keepalive pong overdue
     MESSAGE_TOO_BIG = 1009
