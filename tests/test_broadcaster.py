@@ -21,6 +21,7 @@ from trio_gateway.fanout.broadcaster import (
     run_publisher,
     session_update_publication,
 )
+from trio_gateway.fanout.flusher import Flusher
 from trio_gateway.fanout.hub import Client, Hub
 from trio_gateway.fanout.outbox import Outbox
 from trio_gateway.fanout.publication import Retain
@@ -51,7 +52,7 @@ async def start_publisher(
 
     async def publisher(task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as inner:
-            await inner.start(hub.run_flusher)
+            await inner.start(hub.flusher.run)
             await inner.start(broker.run, hub.deliver)
             await run_publisher(receive, broker, round_size, task_status=task_status)
             inner.cancel_scope.cancel()
@@ -415,7 +416,7 @@ async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> 
     # One HTTP batch may hold more events than a client's queue: it is fanned out in rounds
     # with the writers running in between, so a client that keeps reading is not "slow".
     # (max_ahead as the server sets it: half the queue.)
-    hub = Hub(max_ahead=4)
+    hub = Hub(Flusher(max_ahead=4))
     outbox = Outbox(8)
     client = Client(id="c", outbox=outbox, connected_at=0.0, last_pong=0.0)
     hub.add(client)

@@ -1,4 +1,4 @@
-"""The hub's flusher: a fan-out is queued at once and written a slice of clients at a time.
+"""The flusher: a fan-out is queued at once and written a slice of clients at a time.
 
 Each client here has a real Outbox and a writer task that records each take, i.e. each
 write it would make (without a direct path, flushing an outbox wakes its writer; the direct
@@ -14,6 +14,7 @@ import attrs
 import trio
 import trio.testing
 
+from trio_gateway.fanout.flusher import Flusher
 from trio_gateway.fanout.hub import Client, Hub
 from trio_gateway.fanout.outbox import Outbox
 from trio_gateway.fanout.publication import Delivery
@@ -24,7 +25,7 @@ CLIENTS = 6 * SLICE
 
 
 def item(frame: bytes) -> Delivery:
-    return frame, frame, ("all",), (1,), None, None
+    return Delivery(frame, frame, ("all",), (1,), None, None)
 
 
 @attrs.define
@@ -47,7 +48,7 @@ async def recipients(nursery: trio.Nursery, hub: Hub, depth: int = 16) -> list[R
         hub.subscribe(client, "all")
         nursery.start_soon(recipient.writer)
         made.append(recipient)
-    await nursery.start(hub.run_flusher)
+    await nursery.start(hub.flusher.run)
     await trio.testing.wait_all_tasks_blocked()
     return made
 
@@ -59,7 +60,7 @@ def written(everyone: list[Recipient]) -> int:
 async def test_a_fan_out_is_written_in_slices_with_other_tasks_running_between(
     nursery: trio.Nursery,
 ) -> None:
-    hub = Hub(flush_slice=SLICE)
+    hub = Hub(Flusher(SLICE))
     everyone = await recipients(nursery, hub)
     assert hub.publish_many([item(b"e1")]) == CLIENTS
     assert written(everyone) == 0  # queued only: the flusher writes
@@ -75,7 +76,7 @@ async def test_a_fan_out_is_written_in_slices_with_other_tasks_running_between(
 async def test_a_publication_queued_mid_pass_joins_the_write_of_clients_not_reached(
     nursery: trio.Nursery,
 ) -> None:
-    hub = Hub(flush_slice=SLICE)
+    hub = Hub(Flusher(SLICE))
     everyone = await recipients(nursery, hub)
     hub.publish_many([item(b"e1")])
     while written(everyone) == 0:
@@ -98,7 +99,7 @@ async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
     # gives max_ahead 1), and the direct path over real sockets (as a connection has it): a
     # producer that ran ahead of the flusher would overflow clients the flusher has not
     # reached yet and close them as slow consumers.
-    hub = Hub(flush_slice=SLICE, max_ahead=1)
+    hub = Hub(Flusher(SLICE, max_ahead=1))
     pairs = [socket.socketpair() for _ in range(2 * SLICE + 8)]
     try:
         clients = []
@@ -110,7 +111,7 @@ async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
             hub.subscribe(client, "all")
             nursery.start_soon(Recipient(client).writer)
             clients.append(client)
-        await nursery.start(hub.run_flusher)
+        await nursery.start(hub.flusher.run)
         await trio.testing.wait_all_tasks_blocked()
         for n in range(20):
             await hub.deliver([item(b"%02d" % n)])
@@ -140,7 +141,7 @@ class Direct:
 async def test_small_rounds_are_not_held_back_and_share_one_write(nursery: trio.Nursery) -> None:
     # The Redis subscriber's rounds are often one message each: deliver must not wait for the
     # flusher after each of them, or a pass over the clients would carry one or two.
-    hub = Hub(flush_slice=SLICE, max_ahead=8)
+    hub = Hub(Flusher(SLICE, max_ahead=8))
     everyone = await recipients(nursery, hub)
     for n in range(5):
         await hub.deliver([item(b"m%d" % n)])
@@ -150,11 +151,11 @@ async def test_small_rounds_are_not_held_back_and_share_one_write(nursery: trio.
 
 
 async def test_rounds_nobody_here_wants_never_hold_a_producer(nursery: trio.Nursery) -> None:
-    hub = Hub(flush_slice=SLICE, max_ahead=2)
+    hub = Hub(Flusher(SLICE, max_ahead=2))
     await recipients(nursery, hub)
     with trio.fail_after(1):
         for _ in range(10):
-            await hub.deliver([(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
+            await hub.deliver([Delivery(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
 
 
 async def test_a_producer_handing_over_one_per_turn_catches_up_before_the_next_slice(
@@ -163,7 +164,7 @@ async def test_a_producer_handing_over_one_per_turn_catches_up_before_the_next_s
     # Like the Redis subscriber, which gets messages from coredis one per scheduler turn:
     # between two slices the flusher lets it run while it has work, so everything it has
     # joins this pass instead of one message per slice.
-    hub = Hub(flush_slice=SLICE)
+    hub = Hub(Flusher(SLICE))
     everyone = await recipients(nursery, hub)
     hub.publish_many([item(b"e0")])
 
@@ -180,7 +181,7 @@ async def test_a_producer_handing_over_one_per_turn_catches_up_before_the_next_s
 
 
 async def test_a_removed_client_still_listed_is_skipped(nursery: trio.Nursery) -> None:
-    hub = Hub(flush_slice=SLICE)
+    hub = Hub(Flusher(SLICE))
     everyone = await recipients(nursery, hub)
     hub.publish_many([item(b"e1")])
     gone = everyone[-1].client

@@ -1,7 +1,7 @@
-"""Hub and Client over real trio memory channels: routing, de-duplication, slow consumers.
+"""Hub and Client over real outboxes: routing, de-duplication, slow consumers, recovery.
 
-The hub never awaits, so these tests are synchronous: `put`/`take_nowait` on a
-memory channel need no running event loop.
+The hub never awaits, so these tests are synchronous: queuing into an outbox and reading
+what it holds need no running event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from trio_gateway.protocol.routing import route_keys
 def item(frame: bytes, keys: Iterable[str]) -> Delivery:
     """A publication as the hub gets it, with the same frame for every client."""
     keys = tuple(keys)
-    return frame, frame, keys, tuple(range(1, len(keys) + 1)), None, None
+    return Delivery(frame, frame, keys, tuple(range(1, len(keys) + 1)), None, None)
 
 
 def make_client(client_id: str, depth: int = 16) -> tuple[Client, Outbox]:
@@ -270,7 +270,7 @@ def test_recovery_keeps_publications_aside_with_their_offsets() -> None:
     client, outbox = make_client("c")
     hub.add(client)
     hub.begin_recovery(client, "workspace:w")
-    hub.publish_many([(b"p1", b"c1", ("workspace:w",), (7,), None, None)])
+    hub.publish_many([Delivery(b"p1", b"c1", ("workspace:w",), (7,), None, None)])
     assert drain(outbox) == []
     assert hub.end_recovery(client, "workspace:w") == [(7, b"p1")]  # no offsets asked for
     hub.publish_many([item(b"live", ("workspace:w",))])

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from ..fanout.publication import Delivery, Position, Publication
+from ..fanout.publication import Delivery, OffsetFrame, Position, Publication
 
 #: Hands publications, in order, to the local hub (Hub.deliver); awaiting it is the
 #: backpressure that keeps a broker from getting ahead of the clients' sockets.
@@ -96,7 +96,7 @@ def history_window(
     offset: int,
     entries: Sequence[tuple[int, float, bytes]],
     horizon: float,
-) -> tuple[tuple[int, bytes], ...] | None:
+) -> tuple[OffsetFrame, ...] | None:
     """What a client that got everything up to `since` missed, or None if history cannot say.
 
     `entries` are a key's retained (offset, publish time, frame), oldest first and contiguous;
@@ -111,4 +111,4 @@ def history_window(
         return None
     if missed and missed[0][1] < horizon:
         return None
-    return tuple((n, frame) for n, _, frame in missed)
+    return tuple(OffsetFrame(n, frame) for n, _, frame in missed)

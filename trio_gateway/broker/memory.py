@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from ..fanout.publication import Delivery, Position, Publication, delivery
+from ..fanout.publication import Delivery, OffsetFrame, Position, Publication, delivery
 from ..runtime.config import Config
 from . import Deliver, history_window
 
@@ -116,7 +116,7 @@ class MemoryBroker:
         now = trio.current_time()
         log = self._log(key, now)
         recovered = None
-        replay: tuple[tuple[int, bytes], ...] = ()
+        replay: tuple[OffsetFrame, ...] = ()
         if since is not None:
             entries = [(offset, at, frame) for offset, at, frame in log.entries]
             window = history_window(since, log.epoch, log.offset, entries, now - self._history_ttl)

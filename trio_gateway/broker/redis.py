@@ -51,7 +51,7 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from ..fanout.publication import Delivery, Extra, Position, Publication
+from ..fanout.publication import Delivery, Extra, OffsetFrame, Position, Publication
 from ..observability.jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
 from ..runtime.config import Config, redact_url
@@ -323,12 +323,12 @@ class RedisBroker:
         epoch_raw, offset, now_ms, raw_entries, retained = _fetch_reply(reply)
         epoch = epoch_raw.decode()
         recovered = None
-        replay: tuple[tuple[int, bytes], ...] = ()
+        replay: tuple[OffsetFrame, ...] = ()
         if since is not None:
             entries = []
             for raw in raw_entries:
                 envelope = decode(raw)
-                _, frame, *_ = envelope.delivery()
+                frame = envelope.delivery().complete
                 entries.append((envelope.offset_of(key), float(envelope.time_ms), frame))
             horizon = float(now_ms - self._history_ttl_ms)
             window = history_window(since, epoch, offset, entries, horizon)

@@ -1,52 +1,32 @@
-"""The subscription index and the non-blocking fan-out.
+"""The subscription index, recovery, and the non-blocking fan-out into clients' outboxes.
 
-Owns: which clients exist, what each is subscribed to, delivery into each client's bounded
-outbox, and the flusher task that hands what a fan-out queued on to the sockets. Must not:
-await outside that task, or decide how a close is carried out (connection.py does that when a
-Client asks to close). It reaches a socket only through outbox.py (`flush_each`), whose
-direct writes never wait.
+Owns: which clients exist, what each is subscribed to (a dict per key, a trie for patterns),
+recovery buffers, and queuing a publication's frame into each matching client's bounded
+outbox. Must not: await (writing is flusher.py's task), or decide how a close is carried out
+(session/connection.py does that when a Client asks to close).
 
 Delivery policy (see python-trio/trio#987 on why nothing here is unbounded): a message is
 serialised and framed once by the publisher and the same `bytes` frame is put into each
 matching client's bounded outbox without waiting. `WouldBlock` means the client is not
 keeping up: it is asked to close with 4008 and skipped from then on, so a slow consumer costs
 the others nothing. `ClosedResourceError` means its connection is already going away.
-
-Queueing and writing are two steps. A fan-out only queues (half a microsecond a recipient)
-and lists the clients it gave work to; the flusher task then writes to them, a slice of
-clients at a time, and lets other tasks run between slices. On loopback a write costs 7-10 us,
-so one event to 1,000 clients is some 8 ms of writing: done in one go, every publication that
-arrives meanwhile would wait for the end and then for a whole fan-out of its own. Between
-slices it is queued at once instead, and joins the same write for every client the flusher has
-not reached yet, so under load a client's wait stays about one pass over the clients. The
-event loop also stays responsive (pongs, reads, the keepalive) during a large fan-out.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 import trio
 
-from ..protocol.codec import encode
 from ..protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
-from ..protocol.frames import text_frame
-from ..protocol.messages import SessionExpired
+from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..protocol.routing import user_key
 from ..protocol.topics import PatternIndex, is_pattern
 from ..session.auth import API_KEY_IDENTITY, Identity
-from .outbox import Outbox, flush_each
-from .publication import EXPIRE, Delivery, Extra
-
-SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))
-# Clients the flusher writes to before it lets other tasks run: some 2-3 ms of loopback
-# writes. Each pause costs a scheduler round with the caches cold after the writes: measured
-# on 1,000 real sockets, slices of 128 added 0.9 ms to a fan-out, slices of 256 0.6 ms.
-FLUSH_SLICE = 256
-# Most scheduler turns the flusher gives other tasks between two slices.
-EXTRA_TURNS = 16
+from .flusher import Flusher
+from .outbox import Outbox
+from .publication import EXPIRE, Delivery, Extra, OffsetFrame
 
 
 @attrs.define(eq=False)
@@ -133,36 +113,20 @@ class Hub:
 
     def __init__(
         self,
+        flusher: Flusher | None = None,
         on_first: Callable[[str], None] = _ignore,
         on_last: Callable[[str], None] = _ignore,
         recovery_limit: int = 256,
-        flush_slice: int = FLUSH_SLICE,
-        max_ahead: int = 128,
     ) -> None:
         self.clients: dict[str, Client] = {}
+        #: Writes what `publish_many` queued (its task is started by the server).
+        self.flusher = flusher if flusher is not None else Flusher()
         self._index: dict[str, set[Client]] = {}
         self._patterns = PatternIndex()
-        self._recovering: dict[str, dict[Client, list[tuple[int, bytes]]]] = {}
+        self._recovering: dict[str, dict[Client, list[OffsetFrame]]] = {}
         self._recovery_limit = recovery_limit
         self._on_first = on_first
         self._on_last = on_last
-        # Clients with frames queued by a fan-out and not yet handed on, in the order they got
-        # them. A client is listed once however many frames wait: `Outbox.stage` says when
-        # its outbox was empty.
-        self._dirty: deque[Client] = deque()
-        self._flusher = trio.lowlevel.ParkingLot()
-        self._flush_slice = flush_slice
-        # Running totals of clients listed in, and taken off, `_dirty`. A round delivered by
-        # `deliver` is written once `_taken` reaches the `_listed` of its end; until then it
-        # is in `_rounds` (that mark, its publications) and counts in `_ahead`.
-        self._listed = 0
-        self._taken = 0
-        self._rounds: deque[tuple[int, int]] = deque()
-        self._ahead = 0
-        self._max_ahead = max_ahead
-        self._progress = trio.lowlevel.ParkingLot()
-        # Calls of `publish_many`, so the flusher can tell whether publications are coming in.
-        self._published = 0
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -231,7 +195,7 @@ class Hub:
             self._on_first(key)
         self._recovering.setdefault(key, {})[client] = []
 
-    def end_recovery(self, client: Client, key: str) -> list[tuple[int, bytes]]:
+    def end_recovery(self, client: Client, key: str) -> list[OffsetFrame]:
         """Subscribe `client` to `key` for real; returns (offset, frame) kept aside, in order."""
         kept = self._stop_recovery(client, key, keep_interest=True)
         if client.close_reason is None:
@@ -242,7 +206,7 @@ class Hub:
 
     def _stop_recovery(
         self, client: Client, key: str, *, keep_interest: bool = False
-    ) -> list[tuple[int, bytes]]:
+    ) -> list[OffsetFrame]:
         waiting = self._recovering.get(key)
         if waiting is None or client not in waiting:
             return []
@@ -259,11 +223,10 @@ class Hub:
         """Queue each frame, in order, once for every client subscribed to any of its keys.
 
         Returns how many deliveries were queued. Never blocks; see the module docstring.
-        The flusher task (`run_flusher`) writes them: one write per client for everything
-        queued for it by then, made at once when its writer is idle (outbox.py).
+        The flusher writes them: one write per client for everything queued for it by then,
+        made at once when its writer is idle (outbox.py).
         """
-        self._published += 1
-        dirty = self._dirty
+        dirty = self.flusher.dirty
         listed_before = len(dirty)
         delivered = 0
         for plain, complete, keys, offsets, topic, extra in items:
@@ -286,67 +249,19 @@ class Hub:
                     delivered += 1
                     if staged:
                         dirty.append(client)
-        self._listed += len(dirty) - listed_before
-        if dirty and self._flusher:
-            self._flusher.unpark()
+        self.flusher.queued(len(dirty) - listed_before)
         return delivered
 
     async def deliver(self, items: Sequence[Delivery]) -> None:
-        """`publish_many` for a broker's rounds; waits while more than `max_ahead`
-        publications are queued and not yet written.
+        """`publish_many` for a broker's rounds, then wait while the flusher is too far
+        behind (`Flusher.admit`).
 
         So a client the flusher has not reached yet holds at most `max_ahead` frames plus one
         round. The server sets `max_ahead` to half of `queue_depth` and rounds are at most a
         quarter of it, so a burst cannot make a client that reads at full speed look slow.
-        The bound counts publications, not rounds: the Redis subscriber's rounds are often a
-        single message, and a bound of two rounds would let each pass over the clients
-        carry only two messages, far fewer than arrive during it under load.
         """
         self.publish_many(items)
-        self._rounds.append((self._listed, len(items)))
-        self._ahead += len(items)
-        # A round that gave nobody new work may be written already (or be empty).
-        self._forget_written()
-        while self._ahead > self._max_ahead:
-            await self._progress.park()
-
-    def _forget_written(self) -> None:
-        rounds = self._rounds
-        while rounds and rounds[0][0] <= self._taken:
-            self._ahead -= rounds.popleft()[1]
-
-    async def run_flusher(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Hand what fan-outs queued on to the clients' sockets, until cancelled.
-
-        A slice of `flush_slice` clients at a time, with a checkpoint between slices (see
-        the module docstring). Whatever is still queued when this task ends stays in the
-        outboxes, where each connection's writer finds it when the connection closes.
-        """
-        dirty = self._dirty
-        task_status.started()
-        while True:
-            if not dirty:
-                await self._flusher.park()
-            count = min(len(dirty), self._flush_slice)
-            flush_each([dirty.popleft().outbox for _ in range(count)])
-            self._taken += count
-            self._forget_written()
-            if self._progress:
-                self._progress.unpark_all()
-            # Other tasks run before the next slice, for as long as publications keep coming
-            # (up to EXTRA_TURNS turns): the Redis subscriber gets messages from coredis one
-            # per scheduler turn, and what it brings now joins this pass instead of one
-            # message waiting for each slice. Two quiet turns in a row end it, because a
-            # message takes two turns to get through coredis to the hub.
-            seen, quiet = self._published, 0
-            for _ in range(EXTRA_TURNS):
-                await trio.lowlevel.checkpoint()
-                if self._published != seen:
-                    seen, quiet = self._published, 0
-                elif (quiet := quiet + 1) == 2:
-                    break
+        await self.flusher.admit(len(items))
 
     def _keep_aside(
         self,
@@ -370,7 +285,7 @@ class Hub:
                 if len(kept) >= self._recovery_limit:
                     client.close(SLOW_CONSUMER)
                     continue
-                kept.append((offset, complete if client.offsets else plain))
+                kept.append(OffsetFrame(offset, complete if client.offsets else plain))
 
 
 def _apply(extra: Extra, recipients: set[Client]) -> set[Client]:

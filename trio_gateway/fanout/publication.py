@@ -9,6 +9,7 @@ assigning offsets and moving publications between instances lives in broker/.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import attrs
 
@@ -27,11 +28,27 @@ class Extra:
 
 EXPIRE = "expire"
 
-# One publication as the hub gets it: (frame, frame with offsets, keys, offsets aligned with
-# keys, topic or None, extra or None). The plain frame is the seed protocol's byte-for-byte; a
-# client that asked for recovery gets the one with offsets. On a topic message the two are the
-# same.
-Delivery = tuple[bytes, bytes, tuple[str, ...], tuple[int, ...], str | None, Extra | None]
+class Delivery(NamedTuple):
+    """One publication as the hub gets it, its offsets known.
+
+    `plain` is the seed protocol's frame byte for byte; a client that asked for recovery gets
+    `complete`, the frame with offsets. On a topic message the two are the same.
+    """
+
+    plain: bytes
+    complete: bytes
+    keys: tuple[str, ...]
+    #: Aligned with `keys`.
+    offsets: tuple[int, ...]
+    topic: str | None
+    extra: Extra | None
+
+
+class OffsetFrame(NamedTuple):
+    """A message frame with its offset on one key: a replay entry, or one kept aside."""
+
+    offset: int
+    frame: bytes
 
 
 @attrs.frozen
@@ -67,7 +84,7 @@ class Position:
     # Answer to a `since`: None when none was asked.
     recovered: bool | None = None
     # Message frames after `since`, in order, with their offsets on this key.
-    replay: tuple[tuple[int, bytes], ...] = ()
+    replay: tuple[OffsetFrame, ...] = ()
     # The retained state message (session.state) when asked for and present.
     state: str | None = None
 
@@ -82,7 +99,7 @@ def delivery(
     """Both frames of a publication whose offsets are known, built once for every client."""
     complete = text_frame(with_offsets(body, keys, offsets, topic))
     plain = complete if topic is not None else text_frame(body)
-    return plain, complete, keys, offsets, topic, extra
+    return Delivery(plain, complete, keys, offsets, topic, extra)
 
 
 def with_offsets(

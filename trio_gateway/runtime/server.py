@@ -34,6 +34,7 @@ from ..broker import Broker, BrokerUnavailable
 from ..broker.memory import MemoryBroker
 from ..broker.redis import RedisBroker
 from ..fanout.broadcaster import Batch, Broadcaster, run_publisher
+from ..fanout.flusher import Flusher
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields, instance_field
 from ..protocol.errors import SHUTTING_DOWN
@@ -126,9 +127,8 @@ async def serve(
     if listeners is None:
         listeners = await open_listeners(config.host, config.port, reuse_port=config.reuse_port)
     broker = _broker(config, instance)
-    hub = Hub(
-        on_first=broker.want, on_last=broker.unwant, max_ahead=max(1, config.queue_depth // 2)
-    )
+    flusher = Flusher(max_ahead=max(1, config.queue_depth // 2))
+    hub = Hub(flusher, on_first=broker.want, on_last=broker.unwant)
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
     broadcaster = Broadcaster(publish_send, broker)
     context = GatewayContext(
@@ -154,7 +154,7 @@ async def serve(
 
     failure: BrokerUnavailable | None = None
     async with trio.open_nursery() as supervisor:
-        await supervisor.start(hub.run_flusher)
+        await supervisor.start(flusher.run)
         try:
             await supervisor.start(broker.run, hub.deliver)
         except BrokerUnavailable as exc:

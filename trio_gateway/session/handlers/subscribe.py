@@ -95,7 +95,7 @@ async def _subscribe_with_position(
     if position is None:
         # The broker is down: live from now on, and a resume cannot be vouched for.
         ack = Subscribed(key, recovered=False if since is not None else None)
-        client.send(b"".join([text_frame(encode(ack)), *(frame for _, frame in kept)]))
+        client.send(b"".join([text_frame(encode(ack)), *(each.frame for each in kept)]))
         return
     if recover:
         ack = Subscribed(key, position.epoch, position.offset, position.recovered)
@@ -103,12 +103,12 @@ async def _subscribe_with_position(
         ack = Subscribed(key)
     frames = [text_frame(encode(ack))]
     if position.recovered:
-        frames += [frame for _, frame in position.replay]
+        frames += [each.frame for each in position.replay]
     elif position.state is not None:
         # A client starting afresh gets the latest state first; one that recovered got every
         # update it missed instead, and an older state now would go back in time.
         frames.append(text_frame(position.state))
-    frames += [frame for offset, frame in kept if offset > position.offset]
+    frames += [each.frame for each in kept if each.offset > position.offset]
     client.send(frames[0] if len(frames) == 1 else b"".join(frames))
 
 

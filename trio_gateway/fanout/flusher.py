@@ -1,0 +1,120 @@
+"""The flusher: hands what fan-outs queued on to the sockets, and holds brokers back.
+
+Owns the dirty queue (clients with frames queued by a fan-out and not yet handed on), the
+task that writes to them a slice at a time, and the back-pressure of `Hub.deliver`. Must
+not: know subscriptions (hub.py) or how a write is done (outbox.py's `flush_each`, whose
+direct writes never wait).
+
+Theory of operation
+-------------------
+Queueing and writing are two steps. A fan-out only queues and lists the clients it gave work
+to; the flusher task then writes to them, `slice_size` clients at a time, and lets other tasks
+run between slices. Writing a large fan-out in one go would make every publication arriving
+meanwhile wait for its end and then for a whole fan-out of its own. Between slices it is
+queued at once instead, and joins the same write for every client the flusher has not reached
+yet, so under load a client's wait stays about one pass over the clients. The event loop also
+stays responsive (pongs, reads, the keepalive) during a large fan-out.
+
+Back-pressure counts publications, not rounds: a broker's round is written once every client
+listed before its end has been taken off the queue; until then its publications count as
+"ahead", and `admit` waits while more than `max_ahead` are. The Redis subscriber's rounds are
+often a single message, and a bound in rounds would let each pass over the clients carry only
+as many messages as rounds, far fewer than arrive during it under load.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, NamedTuple
+
+import trio
+
+from .outbox import flush_each
+
+if TYPE_CHECKING:
+    from .hub import Client
+
+# Clients written to before other tasks may run: a few ms of loopback writes. Each pause costs
+# a scheduler round with the caches cold after the writes, so slices are not made smaller.
+FLUSH_SLICE = 256
+# Most scheduler turns the flusher gives other tasks between two slices.
+EXTRA_TURNS = 16
+
+
+class _Round(NamedTuple):
+    #: The running total of listed clients at the round's end: written once `taken` reaches it.
+    end: int
+    publications: int
+
+
+class Flusher:
+    """The dirty queue, the task writing it out, and the bound on what is queued ahead."""
+
+    def __init__(self, slice_size: int = FLUSH_SLICE, max_ahead: int = 128) -> None:
+        #: Clients with frames queued by a fan-out, in the order they got them; a client is
+        #: listed once however many frames wait (`Outbox.stage` says when it was empty). The
+        #: hub appends to it directly: it is the fan-out's per-recipient hot path.
+        self.dirty: deque[Client] = deque()
+        self._slice_size = slice_size
+        self._max_ahead = max_ahead
+        self._idle = trio.lowlevel.ParkingLot()
+        self._progress = trio.lowlevel.ParkingLot()
+        # Running totals of clients listed in, and taken off, `dirty`.
+        self._listed = 0
+        self._taken = 0
+        self._rounds: deque[_Round] = deque()
+        self._ahead = 0
+        # Fan-outs so far, so the flusher can tell whether publications are coming in.
+        self._published = 0
+
+    def queued(self, listed: int) -> None:
+        """A fan-out has appended `listed` clients to `dirty` (0 or more)."""
+        self._published += 1
+        self._listed += listed
+        if self.dirty and self._idle:
+            self._idle.unpark()
+
+    async def admit(self, publications: int) -> None:
+        """A broker's round of `publications` was just queued: wait while more than
+        `max_ahead` publications are queued and not yet written."""
+        self._rounds.append(_Round(self._listed, publications))
+        self._ahead += publications
+        # A round that gave nobody new work may be written already (or be empty).
+        self._forget_written()
+        while self._ahead > self._max_ahead:
+            await self._progress.park()
+
+    def _forget_written(self) -> None:
+        rounds = self._rounds
+        while rounds and rounds[0].end <= self._taken:
+            self._ahead -= rounds.popleft().publications
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write what fan-outs queued, until cancelled.
+
+        Whatever is still queued when this task ends stays in the outboxes, where each
+        connection's writer finds it when the connection closes.
+        """
+        dirty = self.dirty
+        task_status.started()
+        while True:
+            if not dirty:
+                await self._idle.park()
+            count = min(len(dirty), self._slice_size)
+            flush_each([dirty.popleft().outbox for _ in range(count)])
+            self._taken += count
+            self._forget_written()
+            if self._progress:
+                self._progress.unpark_all()
+            # Other tasks run before the next slice, for as long as publications keep coming
+            # (up to EXTRA_TURNS turns): the Redis subscriber gets messages from coredis one
+            # per scheduler turn, and what it brings now joins this pass instead of one
+            # message waiting for each slice. Two quiet turns in a row end it, because a
+            # message takes two turns to get through coredis to the hub.
+            seen, quiet = self._published, 0
+            for _ in range(EXTRA_TURNS):
+                await trio.lowlevel.checkpoint()
+                if self._published != seen:
+                    seen, quiet = self._published, 0
+                elif (quiet := quiet + 1) == 2:
+                    break
