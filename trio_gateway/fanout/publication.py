@@ -28,6 +28,7 @@ class Extra:
 
 EXPIRE = "expire"
 
+
 class Delivery(NamedTuple):
     """One publication as the hub gets it, its offsets known.
 

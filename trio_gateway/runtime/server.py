@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from .._version import __version__
+from ..api.app import HttpApp
 from ..broker import Broker, BrokerUnavailable
 from ..broker.memory import MemoryBroker
 from ..broker.redis import RedisBroker
@@ -44,7 +45,7 @@ from ..session.handlers import core_handlers
 from ..session.keepalive import run_keepalive
 from ..session.lifecycle import Lifecycle
 from ..session.registry import Registry
-from ..transport.http import HttpApp, handle_stream
+from ..transport.http import handle_stream
 from ..transport.listener import open_listeners, run_listeners
 from .config import Config, ConfigError
 from .ids import IdFactory, new_client_id

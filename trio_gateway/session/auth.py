@@ -27,6 +27,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..protocol.headers import bearer_token
 from ..protocol.routing import ALL, SESSION_PREFIX, WORKSPACE_PREFIX
 from ..protocol.topics import REST, covers, is_pattern, pattern_problem, topic_problem
 
@@ -197,11 +198,8 @@ def token_from_request(
     if tokens := values.get("token"):
         # Present but empty is a credential too (a wrong one), not "no credentials".
         return tokens[0]
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, credential = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and credential.strip():
-                return credential.strip()
+    if (bearer := bearer_token(headers)) is not None:
+        return bearer
     if cookie_name is not None:
         for name, value in headers:
             if name == b"cookie":

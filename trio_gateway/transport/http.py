@@ -1,51 +1,40 @@
-"""The HTTP/1.1 side of the port, parsed by h11: routing, the publish API, health.
+"""The HTTP/1.1 side of the port, parsed by h11: the keep-alive loop and the upgrade handoff.
 
 Theory of operation
 -------------------
 Every accepted stream starts here. `handle_stream` reads request heads with h11 in a
 keep-alive loop. `GET /api/ws` with `Upgrade: websocket` leaves the loop: the parsed head is
-replayed to the WebSocket adapter (connection.py) and the stream is theirs from then on.
-Everything else is answered here with a JSON body.
+replayed to the WebSocket adapter (session/connection.py) and the stream is theirs from then
+on. Every other request is read whole and handed to the route table (api/routes.py), whose
+answer is written back as one JSON response.
 
 Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
 keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
 the connection is closed (the unread rest cannot be skipped safely). Once shutdown begins,
 responses carry `Connection: close` and idle connections are closed at once.
 
-Must not: parse HTTP by hand, or block a publisher on a client (it awaits the publish queue).
+Must not: parse HTTP by hand, know any endpoint (api/ does), or block a publisher on a client.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import attrs
 import h11
 import trio
 
-from ..fanout.broadcaster import (
-    Broadcaster,
-    BrokerUnavailable,
-    GatewayClosed,
-    Publication,
-    event_publication,
-    expiry_publication,
-    remote_update_publication,
-    session_deleted_publication,
-    session_update_publication,
-    topic_publication,
-    user_message_publication,
-)
+from ..api.app import HttpApp, HttpError, Request
+from ..api.routes import respond
 from ..observability.jsonlog import fields
-from ..protocol.codec import dumps, loads
+from ..protocol.codec import dumps
+from ..protocol.headers import header
 from ..runtime.config import Config
-from ..session.auth import AuthError, Credential, key_matches, token_from_request
+from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
-from ..session.context import GatewayContext
 from .websocket import (
     ECHO_PATH,
     RECEIVE_SIZE,
@@ -61,298 +50,6 @@ log = logging.getLogger("trio_gateway.http")
 # Largest request head (request line + headers) in bytes; h11 answers 431 beyond it.
 MAX_HEAD_SIZE = 16 * 1024
 SERVER_HEADER = b"trio-gateway"
-# Seconds a publisher should wait after a 503 for an unavailable broker: about one reconnect
-# attempt of the subscriber's backoff.
-BROKER_RETRY_AFTER = b"1"
-
-
-class HttpError(Exception):
-    """An error response: status, JSON body and extra headers. `close` ends the connection."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        headers: list[tuple[bytes, bytes]] | None = None,
-        close: bool = False,
-        **extra: Any,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": message, **extra}
-        self.headers = headers or []
-        self.close = close
-
-
-@attrs.frozen
-class Request:
-    method: str
-    path: str
-    head: h11.Request
-    body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        for key, value in self.head.headers:
-            if key == name:
-                return bytes(value)
-        return None
-
-
-Handler = Callable[["HttpApp", Request], Awaitable[tuple[int, object]]]
-
-
-@attrs.define
-class HttpApp:
-    """What the HTTP handlers need from the running gateway."""
-
-    context: GatewayContext
-    broadcaster: Broadcaster
-    version: str
-    instance: str
-    started_at: float
-    # Cancel scopes of keep-alive connections waiting idle for their next request; shutdown
-    # cancels them so drain does not wait out the idle timeout.
-    idle_scopes: set[trio.CancelScope] = attrs.field(factory=set)
-
-    def begin_shutdown(self) -> None:
-        for scope in tuple(self.idle_scopes):
-            scope.cancel()
-
-
-# --- handlers ------------------------------------------------------------------------------
-
-
-def _require_api_key(app: HttpApp, request: Request) -> None:
-    authorization = request.header(b"authorization")
-    token = None
-    if authorization is not None:
-        scheme, _, credential = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer":
-            token = credential.strip() or None
-    if not key_matches(token, app.context.config.api_keys):
-        raise HttpError(
-            401,
-            "Missing or invalid API key" if token else "Missing API key",
-            headers=[(b"www-authenticate", b'Bearer realm="trio-gateway"')],
-        )
-
-
-def _json_body(request: Request) -> Any:
-    if not request.body:
-        raise HttpError(400, "Request body must be JSON")
-    try:
-        return loads(request.body)
-    except ValueError:
-        raise HttpError(400, "Invalid JSON") from None
-
-
-def _object_body(request: Request) -> dict[str, Any]:
-    body = _json_body(request)
-    if not isinstance(body, dict):
-        raise HttpError(400, "Body must be a JSON object")
-    return body
-
-
-async def _publish(app: HttpApp, publications: list[Publication]) -> list[tuple[int, ...]]:
-    try:
-        return await app.broadcaster.send(*publications)
-    except GatewayClosed:
-        raise HttpError(503, "Server shutting down", close=True) from None
-    except BrokerUnavailable:
-        raise HttpError(
-            503,
-            "Broker unavailable: nothing was published; retry later",
-            headers=[(b"retry-after", BROKER_RETRY_AFTER)],
-        ) from None
-
-
-async def health(app: HttpApp, request: Request) -> tuple[int, object]:
-    broker = app.context.broker
-    return 200 if broker.ok else 503, {
-        "status": "ok" if broker.ok else "degraded",
-        "instance": app.instance,
-        "ws_clients": len(app.context.hub),
-        "uptime": round(trio.current_time() - app.started_at, 3),
-        "version": app.version,
-        "broker": {"kind": broker.kind, "ok": broker.ok},
-    }
-
-
-async def post_events(app: HttpApp, request: Request) -> tuple[int, object]:
-    _require_api_key(app, request)
-    body = _json_body(request)
-    events = body if isinstance(body, list) else [body]
-    publications = []
-    for index, event in enumerate(events):
-        try:
-            publications.append(event_publication(event))
-        except ValueError as exc:
-            if isinstance(body, list):
-                raise HttpError(400, f"events[{index}]: {exc}", index=index) from None
-            raise HttpError(400, str(exc)) from None
-    if publications:
-        await _publish(app, publications)
-    return 202, {"accepted": len(publications)}
-
-
-def _fields(
-    body: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
-) -> list[Any]:
-    missing = [name for name in required if name not in body]
-    if missing:
-        raise HttpError(400, f"{missing[0]} is required")
-    return [body[name] for name in required] + [body.get(name) for name in optional]
-
-
-async def _publish_one(
-    app: HttpApp,
-    request: Request,
-    build: Callable[..., Publication],
-    required: tuple[str, ...],
-    optional: tuple[str, ...] = (),
-    *leading: str,
-) -> tuple[int, object]:
-    """The endpoints that take one object: its fields (after `leading` arguments taken from
-    the path) build one publication, published before the 202."""
-    _require_api_key(app, request)
-    values = _fields(_object_body(request), required, optional)
-    try:
-        publication = build(*leading, *values)
-    except ValueError as exc:
-        raise HttpError(400, str(exc)) from None
-    await _publish(app, [publication])
-    return 202, {"accepted": 1}
-
-
-async def post_session_update(app: HttpApp, request: Request) -> tuple[int, object]:
-    return await _publish_one(
-        app,
-        request,
-        session_update_publication,
-        ("session_id", "workspace_id", "lifecycle"),
-        ("summary", "stats"),
-    )
-
-
-async def post_session_deleted(app: HttpApp, request: Request) -> tuple[int, object]:
-    return await _publish_one(
-        app, request, session_deleted_publication, ("session_id", "workspace_id")
-    )
-
-
-async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
-    _require_api_key(app, request)
-    body = _json_body(request)
-    items = body if isinstance(body, list) else [body]
-    publications = []
-    for index, item in enumerate(items):
-        where = f"messages[{index}]: " if isinstance(body, list) else ""
-        try:
-            if not isinstance(item, dict):
-                raise ValueError("message must be a JSON object")
-            topic, data, exclude_user, exclude_client = _fields(
-                item, ("topic", "data"), ("exclude_user_id", "exclude_client_id")
-            )
-            publications.append(
-                topic_publication(
-                    topic, data, exclude_user_id=exclude_user, exclude_client_id=exclude_client
-                )
-            )
-        except (ValueError, HttpError) as exc:
-            message = exc.body["error"] if isinstance(exc, HttpError) else str(exc)
-            if isinstance(body, list):
-                raise HttpError(400, where + message, index=index) from None
-            raise HttpError(400, message) from None
-    offsets = await _publish(app, publications) if publications else []
-    return 202, {"accepted": len(publications), "offsets": [each[0] for each in offsets]}
-
-
-async def post_user_message(app: HttpApp, request: Request) -> tuple[int, object]:
-    return await _publish_one(
-        app,
-        request,
-        user_message_publication,
-        ("data",),
-        ("exclude_client_id",),
-        _user_id(request.path),
-    )
-
-
-async def post_user_disconnect(app: HttpApp, request: Request) -> tuple[int, object]:
-    _require_api_key(app, request)
-    await _publish(app, [expiry_publication(_user_id(request.path))])
-    return 202, {"accepted": 1}
-
-
-def _user_id(path: str) -> str:
-    quoted = path.removeprefix(USERS_PATH).rpartition("/")[0]
-    return unquote(quoted, errors="strict")
-
-
-async def post_remote_update(app: HttpApp, request: Request) -> tuple[int, object]:
-    return await _publish_one(
-        app,
-        request,
-        remote_update_publication,
-        ("remote_env_id", "workspace_id", "status"),
-        ("public_ip",),
-    )
-
-
-async def websocket_without_upgrade(app: HttpApp, request: Request) -> tuple[int, object]:
-    raise HttpError(
-        426,
-        "This endpoint speaks WebSocket: send an Upgrade request",
-        headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade")],
-    )
-
-
-ROUTES: dict[str, dict[str, Handler]] = {
-    "/api/health": {"GET": health},
-    "/api/events": {"POST": post_events},
-    "/api/session-updates": {"POST": post_session_update},
-    "/api/remote-updates": {"POST": post_remote_update},
-    "/api/session-deleted": {"POST": post_session_deleted},
-    "/api/publish": {"POST": post_publish},
-    WS_PATH: {"GET": websocket_without_upgrade},
-}
-
-
-USERS_PATH = "/api/users/"
-# /api/users/{id}/<action>; the id is percent-decoded.
-USER_ROUTES: dict[str, dict[str, Handler]] = {
-    "messages": {"POST": post_user_message},
-    "disconnect": {"POST": post_user_disconnect},
-}
-
-
-def _methods(path: str) -> dict[str, Handler] | None:
-    if (methods := ROUTES.get(path)) is not None:
-        return methods
-    if path.startswith(USERS_PATH):
-        quoted, _, action = path.removeprefix(USERS_PATH).rpartition("/")
-        try:
-            user_id = unquote(quoted, errors="strict")
-        except UnicodeDecodeError:
-            return None
-        if user_id and "/" not in quoted:
-            return USER_ROUTES.get(action)
-    return None
-
-
-def _route(method: str, path: str) -> Handler:
-    methods = _methods(path)
-    if methods is None:
-        raise HttpError(404, "Not found")
-    # HEAD is GET without the body (RFC 9110), wherever GET is served.
-    handler = methods.get("GET" if method == "HEAD" else method)
-    if handler is None:
-        allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
-        raise HttpError(
-            405, f"Method {method} not allowed", headers=[(b"allow", ", ".join(allowed).encode())]
-        )
-    return handler
 
 
 # --- the connection loop -------------------------------------------------------------------
@@ -389,10 +86,8 @@ async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) 
 
 
 def _declared_length(head: h11.Request) -> int | None:
-    for key, value in head.headers:
-        if key == b"content-length":
-            return int(value)
-    return None
+    value = header(head.headers, b"content-length")
+    return int(value) if value is not None else None
 
 
 async def _send_response(
@@ -442,8 +137,7 @@ async def _answer(
             body = await _read_body(conn, stream, config.max_body_size)
         if body_scope.cancelled_caught:
             raise HttpError(408, "Request body not received in time", close=True)
-        handler = _route(method, path)
-        status, payload = await handler(app, Request(method, path, head, body))
+        status, payload = await respond(app, Request(method, path, head, body))
         headers: list[tuple[bytes, bytes]] = []
         close = False
     except HttpError as exc:
@@ -596,5 +290,5 @@ def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
 def _origin_allowed(config: Config, head: h11.Request) -> bool:
     if not config.allowed_origins:
         return True
-    origins = [value for name, value in head.headers if name == b"origin"]
-    return not origins or origins[0].decode("latin-1") in config.allowed_origins
+    origin = header(head.headers, b"origin")
+    return origin is None or origin.decode("latin-1") in config.allowed_origins

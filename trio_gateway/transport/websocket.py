@@ -45,6 +45,7 @@ from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
 from ..protocol.errors import CloseReason, message_too_big
+from ..protocol.headers import header, header_tokens
 
 WS_PATH = "/api/ws"
 # Diagnostics echo endpoint, served only with `enable_echo`.
@@ -69,42 +70,27 @@ class ConnectionClosed(Exception):
 # --- the opening handshake (pure functions over the parsed h11 request) ----------------------
 
 
-def _header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _header_tokens(request: h11.Request, name: bytes) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for key, value in request.headers:
-        if key == name:
-            tokens.update(part.strip().lower() for part in bytes(value).split(b","))
-    return tokens
-
-
 def is_upgrade(request: h11.Request) -> bool:
     """True when the client asks to switch to WebSocket (valid or not)."""
-    return b"websocket" in _header_tokens(request, b"upgrade")
+    return b"websocket" in header_tokens(request.headers, b"upgrade")
 
 
 def handshake_problem(request: h11.Request) -> str | None:
     """Why an upgrade request is not a valid RFC 6455 opening handshake, or None."""
     if request.method != b"GET":
         return "WebSocket handshake must use GET"
-    if b"upgrade" not in _header_tokens(request, b"connection"):
+    if b"upgrade" not in header_tokens(request.headers, b"connection"):
         return "WebSocket handshake needs Connection: Upgrade"
-    if _header(request, b"sec-websocket-version") != b"13":
+    if header(request.headers, b"sec-websocket-version") != b"13":
         return "WebSocket handshake needs Sec-WebSocket-Version: 13"
-    if not _header(request, b"sec-websocket-key"):
+    if not header(request.headers, b"sec-websocket-key"):
         return "WebSocket handshake needs Sec-WebSocket-Key"
     return None
 
 
 def accept_headers(request: h11.Request) -> list[tuple[bytes, bytes]]:
     """Headers of the 101 answer to a valid handshake (no subprotocol, no extension)."""
-    key = _header(request, b"sec-websocket-key") or b""
+    key = header(request.headers, b"sec-websocket-key") or b""
     return [
         (b"upgrade", b"websocket"),
         (b"connection", b"Upgrade"),

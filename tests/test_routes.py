@@ -1,0 +1,47 @@
+"""The route table: each route's declared policy is what a caller without credentials meets."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from trio_gateway import Gateway
+from trio_gateway.api.routes import API_KEY, ROUTES, USER_ROUTES, USERS_PATH, Policy
+from trio_gateway.client.http import http_request
+
+TIMEOUT = 5
+
+
+def every_route() -> list[tuple[str, str, Policy]]:
+    found = [
+        (method, path, route.policy)
+        for path, methods in ROUTES.items()
+        for method, route in methods.items()
+    ]
+    found += [
+        (method, f"{USERS_PATH}alice%20b/{action}", route.policy)
+        for action, methods in USER_ROUTES.items()
+        for method, route in methods.items()
+    ]
+    return found
+
+
+async def test_each_route_enforces_its_policy_before_its_handler(gateway: Gateway) -> None:
+    refused: list[tuple[str, str, int, str | None]] = []
+    served: list[tuple[str, str, int, str | None]] = []
+    with trio.fail_after(TIMEOUT):
+        for method, path, policy in every_route():
+            status, headers, body = await http_request(
+                method, f"http://127.0.0.1:{gateway.port}{path}", body=b"{}"
+            )
+            answer = (method, path, status, json.loads(body).get("error"))
+            (refused if policy is API_KEY else served).append(answer)
+            if policy is API_KEY:
+                assert dict(headers)["www-authenticate"] == 'Bearer realm="trio-gateway"'
+    assert {status for *_, status, _ in refused} == {401}
+    assert {error for *_, error in refused} == {"Missing API key"}
+    assert sorted((method, path, status) for method, path, status, _ in served) == [
+        ("GET", "/api/health", 200),
+        ("GET", "/api/ws", 426),
+    ]

@@ -1,0 +1,113 @@
+"""The route table: every endpoint on one line, with its methods, handler and policy.
+
+A policy is what must hold before the handler runs, declared per route and applied once by
+`respond`, never inside a handler: `PUBLIC`, or `API_KEY` (`Authorization: Bearer <key>`,
+401 with `WWW-Authenticate` otherwise). A new kind of check (a metrics token, admin auth, a
+rate limit) is a new `Policy` value handled in `_enforce`; a new endpoint is one line here
+and one handler.
+
+Paths are matched exactly, except `/api/users/{user_id}/<action>`, whose id is
+percent-decoded (strictly: bad UTF-8 is a 404) and must not contain "/". HEAD is answered
+wherever GET is (RFC 9110); other methods get 405 with `Allow`.
+"""
+
+from __future__ import annotations
+
+import enum
+from urllib.parse import unquote
+
+import attrs
+
+from ..protocol.headers import bearer_token
+from ..session.auth import key_matches
+from ..transport.websocket import WS_PATH
+from .app import Handler, HttpApp, HttpError, Request
+from .health import health, websocket_without_upgrade
+from .publish import (
+    post_events,
+    post_publish,
+    post_remote_update,
+    post_session_deleted,
+    post_session_update,
+)
+from .users import post_user_disconnect, post_user_message
+
+
+class Policy(enum.Enum):
+    PUBLIC = "public"
+    API_KEY = "api_key"
+
+
+PUBLIC, API_KEY = Policy.PUBLIC, Policy.API_KEY
+
+
+@attrs.frozen
+class Route:
+    handler: Handler
+    policy: Policy
+
+
+ROUTES: dict[str, dict[str, Route]] = {
+    "/api/health": {"GET": Route(health, PUBLIC)},
+    "/api/events": {"POST": Route(post_events, API_KEY)},
+    "/api/session-updates": {"POST": Route(post_session_update, API_KEY)},
+    "/api/remote-updates": {"POST": Route(post_remote_update, API_KEY)},
+    "/api/session-deleted": {"POST": Route(post_session_deleted, API_KEY)},
+    "/api/publish": {"POST": Route(post_publish, API_KEY)},
+    WS_PATH: {"GET": Route(websocket_without_upgrade, PUBLIC)},
+}
+
+USERS_PATH = "/api/users/"
+# /api/users/{user_id}/<action>
+USER_ROUTES: dict[str, dict[str, Route]] = {
+    "messages": {"POST": Route(post_user_message, API_KEY)},
+    "disconnect": {"POST": Route(post_user_disconnect, API_KEY)},
+}
+
+
+async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
+    """Route `request`, enforce its route's policy, run its handler.
+
+    Raises:
+        HttpError: 404, 405, the policy's refusal, or the handler's own error.
+    """
+    methods, user_id = _methods(request.path)
+    if methods is None:
+        raise HttpError(404, "Not found")
+    method = request.method
+    # HEAD is GET without the body (RFC 9110), wherever GET is served.
+    route = methods.get("GET" if method == "HEAD" else method)
+    if route is None:
+        allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
+        raise HttpError(
+            405, f"Method {method} not allowed", headers=[(b"allow", ", ".join(allowed).encode())]
+        )
+    _enforce(app, request, route.policy)
+    if user_id is not None:
+        request = attrs.evolve(request, user_id=user_id)
+    return await route.handler(app, request)
+
+
+def _methods(path: str) -> tuple[dict[str, Route] | None, str | None]:
+    if (methods := ROUTES.get(path)) is not None:
+        return methods, None
+    if path.startswith(USERS_PATH):
+        quoted, _, action = path.removeprefix(USERS_PATH).rpartition("/")
+        try:
+            user_id = unquote(quoted, errors="strict")
+        except UnicodeDecodeError:
+            return None, None
+        if user_id and "/" not in quoted:
+            return USER_ROUTES.get(action), user_id
+    return None, None
+
+
+def _enforce(app: HttpApp, request: Request, policy: Policy) -> None:
+    if policy is API_KEY:
+        token = bearer_token(request.head.headers)
+        if not key_matches(token, app.context.config.api_keys):
+            raise HttpError(
+                401,
+                "Missing or invalid API key" if token else "Missing API key",
+                headers=[(b"www-authenticate", b'Bearer realm="trio-gateway"')],
+            )
