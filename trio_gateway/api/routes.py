@@ -19,8 +19,8 @@ from urllib.parse import unquote
 import attrs
 
 from ..protocol.headers import bearer_token
+from ..protocol.routing import WS_PATH
 from ..session.auth import key_matches
-from ..transport.websocket import WS_PATH
 from .app import Handler, HttpApp, HttpError, Request
 from .health import health, websocket_without_upgrade
 from .publish import (

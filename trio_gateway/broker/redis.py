@@ -40,7 +40,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +50,8 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
+from ..common.backoff import backoff_delays
+from ..common.groups import first_leaf
 from ..fanout.publication import Delivery, Extra, OffsetFrame, Position, Publication
 from ..observability.jsonlog import fields
 from ..protocol.topics import is_pattern, redis_globs
@@ -97,12 +98,6 @@ def _is_redis_failure(exc: BaseException) -> bool:
     return isinstance(exc, _ERRORS)
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 @contextmanager
 def _as_unavailable(what: str) -> Iterator[None]:
     """Turn a Redis failure (bare, or grouped by coredis's task groups) into BrokerUnavailable.
@@ -118,15 +113,13 @@ def _as_unavailable(what: str) -> Iterator[None]:
             raise
         if cancelled is not None:
             raise cancelled from None
-        raise BrokerUnavailable(f"{what}: {_innermost(group)}") from None
+        raise BrokerUnavailable(f"{what}: {first_leaf(group)}") from None
     except _ERRORS as exc:
         raise BrokerUnavailable(f"{what}: {exc}") from None
 
 
 def _backoff() -> Iterator[float]:
-    for exponent in itertools.count():
-        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2**exponent)
-        yield random.uniform(delay / 2, delay)
+    return backoff_delays(initial=BACKOFF_FIRST, maximum=BACKOFF_CAP, jitter=0.5)
 
 
 def _already_received(pubsub: Any, limit: int) -> list[Any]:
@@ -370,7 +363,7 @@ class RedisBroker:
             unavailable, _ = group.split(BrokerUnavailable)
             if started or unavailable is None:
                 raise
-            raise _innermost(unavailable) from None
+            raise first_leaf(unavailable) from None
         finally:
             self._publisher = None
             self._set_connected(False)
@@ -425,7 +418,7 @@ class RedisBroker:
                 if cancelled is not None:
                     raise cancelled from None
                 if first and unavailable is not None:
-                    raise _innermost(unavailable) from None
+                    raise first_leaf(unavailable) from None
 
     async def _first_contact(self, publisher: coredis.Redis[bytes], where: str) -> None:
         """A PING at startup: a clear error (or, when told to wait, retries), never a hang."""

@@ -78,13 +78,18 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, NamedTuple, NoReturn, TypeGuard
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import trio
 import trio_websocket
 
+from ..common.backoff import backoff_delay
+from ..protocol.codec import encode
 from ..protocol.errors import CloseCode
+from ..protocol.messages import Pong
+from ..protocol.routing import SESSION_PREFIX, WORKSPACE_PREFIX
+from ..protocol.topics import ALL, is_pattern
+from .urls import Endpoint, split_url, websocket_url
 
 __all__ = [
     "ClientError",
@@ -102,15 +107,11 @@ __all__ = [
 
 log = logging.getLogger("trio_gateway.client")
 
-WS_PATH = "/api/ws"
 # Seconds we wait for the server to answer our close frame before dropping the socket.
 CLOSE_TIMEOUT = 2.0
 # Frames queued for the writer; a request beyond this waits for room (backpressure on callers).
 OUTGOING_DEPTH = 64
-# 2**64 times any sane initial delay exceeds any sane maximum; capping the exponent keeps a
-# long outage's attempt count from overflowing a float.
-MAX_BACKOFF_EXPONENT = 64
-PONG_TEXT = json.dumps({"type": "pong"}, separators=(",", ":"))
+PONG_TEXT = encode(Pong())
 REPLY_TYPES = frozenset({"subscribed", "unsubscribed", "error"})
 # Messages that are a key's state rather than part of its stream: never deduplicated, never
 # counted in a position (a session.state is the retained latest update, already counted).
@@ -148,36 +149,6 @@ class Disconnected(ClientError):
 
 class SubscriptionError(ClientError):
     """The server answered a subscribe or unsubscribe with an `error` message."""
-
-
-def backoff_delay(
-    attempt: int, *, initial: float, maximum: float, rng: random.Random | None = None
-) -> float:
-    """Seconds to wait before reconnect attempt `attempt` (0 for the first after a drop).
-
-    "Full jitter": uniform over [0, min(maximum, initial * 2**attempt)], so that many clients
-    dropped at once (a server restart) do not come back in lockstep.
-    """
-    ceiling = min(maximum, initial * 2.0 ** min(attempt, MAX_BACKOFF_EXPONENT))
-    return (rng or random).uniform(0, ceiling)
-
-
-def websocket_url(base_url: str) -> str:
-    """The gateway's WebSocket URL for an HTTP base URL.
-
-    `http://host:8000` gives `ws://host:8000/api/ws` (https gives wss; a path prefix is kept,
-    for a gateway behind a proxy). A ws:// or wss:// URL is returned unchanged.
-
-    Raises:
-        ValueError: any other scheme.
-    """
-    parts = urlsplit(base_url)
-    if parts.scheme in ("ws", "wss"):
-        return base_url
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"expected an http(s) or ws(s) URL, got {base_url!r}")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + WS_PATH, "", ""))
 
 
 # --- positions ------------------------------------------------------------------------------
@@ -473,34 +444,14 @@ class _Closed:
         return f"code {self.code} {self.reason!r}" if self.code is not None else self.reason
 
 
-@attrs.frozen
-class _Endpoint:
-    """Where a ws:// or wss:// URL points, split the way the handshake needs it."""
-
-    host: str
-    port: int
-    tls: bool
-    host_header: str
-    resource: str
-
-    @classmethod
-    def parse(cls, url: str) -> _Endpoint:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
-        tls = parts.scheme == "wss"
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (443 if tls else 80),
-            tls=tls,
-            host_header=parts.netloc.rpartition("@")[2],
-            resource=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+async def _open_stream(
+    endpoint: Endpoint,
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    if endpoint.tls:
+        return await trio.open_ssl_over_tcp_stream(
+            endpoint.host, endpoint.port, https_compatible=True
         )
-
-    async def open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-        if self.tls:
-            return await trio.open_ssl_over_tcp_stream(self.host, self.port, https_compatible=True)
-        return await trio.open_tcp_stream(self.host, self.port)
+    return await trio.open_tcp_stream(endpoint.host, endpoint.port)
 
 
 class _Dropped(Exception):
@@ -589,18 +540,13 @@ class _Connection:
             self._pending.popleft().resolve(None)
 
 
-def _is_pattern(key: str) -> bool:
-    """A wildcard topic ("chat.*", "chat.**"): live only, no offsets."""
-    return any(segment in ("*", "**") for segment in key.split("."))
-
-
 def _subscription_fields(key: str) -> dict[str, str]:
     """The subscribe message fields for a key: "all", "workspace:W", "session:S", a topic or
     a pattern (the server checks a topic's syntax)."""
-    if key == "all":
-        return {"scope": "all"}
+    if key == ALL:
+        return {"scope": ALL}
     kind, colon, value = key.partition(":")
-    field = {"workspace": "workspace_id", "session": "session_id"}.get(kind)
+    field = {WORKSPACE_PREFIX: "workspace_id", SESSION_PREFIX: "session_id"}.get(kind + colon)
     if (colon and (field is None or not value)) or not key:
         raise ValueError(
             f'expected "all", "workspace:<id>", "session:<id>" or a topic, got {key!r}'
@@ -612,9 +558,9 @@ def _key_of(fields: Mapping[str, str]) -> str:
     """The key the server acknowledges for these (exactly one) subscribe fields."""
     ((name, value),) = fields.items()
     if name == "workspace_id":
-        return f"workspace:{value}"
+        return WORKSPACE_PREFIX + value
     if name == "session_id":
-        return f"session:{value}"
+        return SESSION_PREFIX + value
     return value  # scope ("all") or topic
 
 
@@ -644,7 +590,7 @@ def _subscribe_message(
     message: dict[str, Any] = {"type": "subscribe", **fields}
     if since is not None:
         message["since"] = {"offset": since.offset, "epoch": since.epoch}
-    elif not _is_pattern(key):
+    elif not is_pattern(key):
         message["recover"] = True
     return message
 
@@ -694,7 +640,7 @@ class GatewayClient:
         if max_buffered < 1:
             raise ValueError("max_buffered must be at least 1")
         self._url = url
-        self._endpoint = _Endpoint.parse(url)
+        self._endpoint = split_url(url, "ws", "wss")
         self._headers = (
             [(b"authorization", f"Bearer {token}".encode())] if token is not None else []
         )
@@ -703,7 +649,7 @@ class GatewayClient:
         self._subscriptions = {key: _subscription_fields(key) for key in subscriptions}
         resume = {key: _checked_position(position, key) for key, position in resume.items()}
         for key in resume:
-            if _is_pattern(key):
+            if is_pattern(key):
                 raise ValueError(f"cannot resume {key!r}: a pattern is live only")
             self._subscriptions.setdefault(key, _subscription_fields(key))
         # The reader's positions (deduplication, resumes) and the application's (positions).
@@ -814,7 +760,7 @@ class GatewayClient:
         fields = _selection(scope, workspace_id, session_id, topic)
         key = _key_of(fields)
         if since is not None:
-            if _is_pattern(key):
+            if is_pattern(key):
                 raise ValueError(f"since is not supported for {key!r}: a pattern is live only")
             since = _checked_position(since, "since")
             if self._tracker.expect(key, since):
@@ -979,7 +925,7 @@ class GatewayClient:
         endpoint = self._endpoint
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await endpoint.open_stream()
+                stream = await _open_stream(endpoint)
         except OSError as exc:
             return _Closed(None, str(exc))
         except trio.TooSlowError:
@@ -995,7 +941,7 @@ class GatewayClient:
                                 nursery,
                                 stream,
                                 endpoint.host_header,
-                                endpoint.resource,
+                                endpoint.target,
                                 extra_headers=self._headers,
                             )
                         self._socket = ws
@@ -1063,7 +1009,7 @@ class GatewayClient:
             # resumes from its position as it stands when it is queued.
             replies = []
             for key, fields in wanted:
-                since = None if _is_pattern(key) else self._tracker.position(key)
+                since = None if is_pattern(key) else self._tracker.position(key)
                 intent = _Intent(True, key, fields, since, restore=True)
                 replies.append(
                     await connection.request(_subscribe_message(key, fields, since), intent)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import h11
 import trio
 
 from .._version import __version__
 from . import ClientError, ConnectFailed, Unauthorized
+from .urls import split_url
 
 __all__ = ["ApiError", "health", "http_request", "publish_events"]
 
@@ -62,13 +62,10 @@ async def http_request(
         ConnectFailed: the server could not be reached, or the connection broke.
         ClientError: the response was not valid HTTP/1.1.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    where = split_url(url, "http", "https")
+    host, port = where.host, where.port
     request_headers = [
-        ("host", parts.netloc.rpartition("@")[2]),
+        ("host", where.host_header),
         ("user-agent", USER_AGENT),
         ("accept", "application/json"),
         ("connection", "close"),
@@ -76,20 +73,20 @@ async def http_request(
     ]
     if body is not None:
         request_headers.append(("content-length", str(len(body))))
-    request = h11.Request(method=method, target=target, headers=request_headers)
+    request = h11.Request(method=method, target=where.target, headers=request_headers)
     try:
         stream: trio.abc.Stream
-        if parts.scheme == "https":
-            stream = await trio.open_ssl_over_tcp_stream(parts.hostname, port)
+        if where.tls:
+            stream = await trio.open_ssl_over_tcp_stream(host, port)
         else:
-            stream = await trio.open_tcp_stream(parts.hostname, port)
+            stream = await trio.open_tcp_stream(host, port)
     except OSError as exc:
-        raise ConnectFailed(f"cannot connect to {parts.hostname}:{port}: {exc}") from exc
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
     async with stream:
         try:
             return await _exchange(stream, request, body)
         except trio.BrokenResourceError as exc:
-            raise ConnectFailed(f"connection to {parts.hostname}:{port} broke: {exc}") from exc
+            raise ConnectFailed(f"connection to {host}:{port} broke: {exc}") from exc
         except h11.ProtocolError as exc:
             raise ClientError(f"invalid HTTP response: {exc}") from exc
 

@@ -13,6 +13,9 @@ from .messages import Subscribe, Unsubscribe
 from .topics import ALL as ALL
 from .topics import pattern_problem
 
+# The WebSocket endpoint, and the diagnostics echo endpoint (served only with `enable_echo`).
+WS_PATH = "/api/ws"
+ECHO_PATH = "/api/echo"
 SESSION_PREFIX = "session:"
 WORKSPACE_PREFIX = "workspace:"
 # Internal key of a user's connections (per-user delivery); clients cannot subscribe to it.

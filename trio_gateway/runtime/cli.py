@@ -33,9 +33,10 @@ import trio
 
 from .._version import __version__
 from ..broker import BrokerUnavailable
+from ..common.groups import first_leaf
 from ..observability import jsonlog
 from ..observability.jsonlog import fields
-from ..transport.websocket import WS_PATH
+from ..protocol.routing import WS_PATH
 from . import workers
 from .config import REDACTED, Config, ConfigError, redact_url
 from .server import Gateway, read_public_key, serve
@@ -210,13 +211,6 @@ async def run_daemon(
     return EXIT_OK
 
 
-def _forced_exit_status(group: BaseExceptionGroup[ForcedShutdown]) -> int:
-    first = group.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first.exit_status
-
-
 def _run_daemon_to_exit(
     config: Config,
     on_started: Callable[[Gateway], None] = _announce,
@@ -225,7 +219,7 @@ def _run_daemon_to_exit(
     try:
         status = trio.run(partial(run_daemon, config, on_started=on_started, watch=watch))
     except* ForcedShutdown as forced:
-        status = _forced_exit_status(forced)
+        status = first_leaf(forced).exit_status
     except* KeyboardInterrupt:
         status = EXIT_INTERRUPTED
     return status

@@ -58,13 +58,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
+from ..common.backoff import backoff_delays
+from ..common.groups import first_leaf
 from ..observability.jsonlog import fields
+from ..transport.sockets import reuse_port_socket
 from .config import Config
 from .server import Gateway
 from .settings import ENV_PREFIX
@@ -103,6 +106,10 @@ class WorkerFailedToStart(Exception):
         self.exit_status = exit_status
 
 
+def _restart_delays() -> Iterator[float]:
+    return backoff_delays(initial=INITIAL_BACKOFF, maximum=MAX_BACKOFF, jitter=0)
+
+
 # --- the supervisor -------------------------------------------------------------------------
 
 
@@ -127,13 +134,9 @@ async def reserve_port(host: str, port: int) -> tuple[list[trio.socket.SocketTyp
         chosen = port
         try:
             for family, type_, proto, _, address in infos:
-                sock = trio.socket.socket(family, type_, proto)
+                # The same options as the workers' listeners, or they could not join.
+                sock = reuse_port_socket(family, type_, proto)
                 sockets.append(sock)
-                # The same options as listener.open_listeners, or the workers could not join.
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-                if family == trio.socket.AF_INET6:
-                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
                 await sock.bind((address[0], chosen, *address[2:]))
                 chosen = sock.getsockname()[1]
         except OSError as exc:
@@ -267,7 +270,8 @@ class _Supervisor:
             WorkerFailedToStart: its first process exited before it was ready.
         """
         booted = False
-        delay = INITIAL_BACKOFF
+        delays = _restart_delays()
+        delay = next(delays)
         while True:
             started_at = trio.current_time()
             try:
@@ -284,7 +288,8 @@ class _Supervisor:
                     raise WorkerFailedToStart(index, describe_exit(ended.returncode)["exit_status"])
                 booted = True
                 if trio.current_time() - started_at >= HEALTHY_RUN:
-                    delay = INITIAL_BACKOFF
+                    delays = _restart_delays()
+                    delay = next(delays)
                 log.warning(
                     "worker exited, restarting",
                     extra=fields(
@@ -296,7 +301,7 @@ class _Supervisor:
                     ),
                 )
             await trio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
+            delay = next(delays)
 
     async def _run_worker(self, index: int, task_status: trio.TaskStatus[list[Address]]) -> _Exit:
         """Run one worker process until it exits, or until cancelled (then stop it)."""
@@ -427,7 +432,7 @@ async def supervise(
             try:
                 status = await supervisor.run(signals, announce)
             except* WorkerFailedToStart as group:
-                failed = _first_leaf(group)
+                failed = first_leaf(group)
             if failed is None:
                 return status
             log.error(
@@ -439,13 +444,6 @@ async def supervise(
         finally:
             for sock in reserved:
                 sock.close()
-
-
-def _first_leaf(group: BaseExceptionGroup[WorkerFailedToStart]) -> WorkerFailedToStart:
-    first = group.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
 
 
 # --- inside a worker ------------------------------------------------------------------------

@@ -32,13 +32,12 @@ from ..api.routes import respond
 from ..observability.jsonlog import fields
 from ..protocol.codec import dumps
 from ..protocol.headers import header
+from ..protocol.routing import ECHO_PATH, WS_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
 from .websocket import (
-    ECHO_PATH,
     RECEIVE_SIZE,
-    WS_PATH,
     accept_headers,
     handshake_problem,
     is_upgrade,

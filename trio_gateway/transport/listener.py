@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from ..observability.jsonlog import fields
+from .sockets import reuse_port_socket
 
 log = logging.getLogger("trio_gateway.listener")
 
@@ -78,12 +79,8 @@ async def open_listeners(
     listeners = []
     try:
         for family, type_, proto, _, address in infos:
-            sock = trio.socket.socket(family, type_, proto)
+            sock = reuse_port_socket(family, type_, proto)
             try:
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-                if family == trio.socket.AF_INET6:
-                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
                 await sock.bind(address)
                 sock.listen(socket.SOMAXCONN)
             except OSError:

@@ -47,9 +47,6 @@ from wsproto.utilities import generate_accept_token
 from ..protocol.errors import CloseReason, message_too_big
 from ..protocol.headers import header, header_tokens
 
-WS_PATH = "/api/ws"
-# Diagnostics echo endpoint, served only with `enable_echo`.
-ECHO_PATH = "/api/echo"
 # Bytes read from the socket per receive call.
 RECEIVE_SIZE = 64 * 1024
 # How a connection ended when the transport went away without a close frame (RFC 6455 1006).
