@@ -14,7 +14,7 @@ import h11
 import trio
 
 from .._version import __version__
-from . import ClientError, ConnectFailed, Unauthorized
+from .errors import ClientError, ConnectFailed, Unauthorized
 from .urls import split_url
 
 __all__ = ["ApiError", "health", "http_request", "publish_events"]
