@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
 	$(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
 
+# ruff over everything; strict mypy over trio_gateway/ and tests/ (pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -25,7 +26,7 @@ async def gateway(nursery: trio.Nursery, config: Config) -> Gateway:
     return started
 
 
-def with_settings(config: Config, **changes: object) -> Config:
+def with_settings(config: Config, **changes: Any) -> Config:
     return attrs.evolve(config, **changes)
 
 

@@ -124,8 +124,14 @@ async def _websocket_over(
     stream: trio.abc.Stream, resource: str, **kwargs: Any
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     async with trio.open_nursery() as client_nursery:
+        # trio-websocket annotates the stream as a socket stream but uses only the Stream
+        # interface, which an in-memory stream has.
         ws = await trio_websocket.wrap_client_stream(
-            client_nursery, stream, "gateway.test", resource, **kwargs
+            client_nursery,
+            stream,  # type: ignore[arg-type]
+            "gateway.test",
+            resource,
+            **kwargs,
         )
         try:
             yield ws

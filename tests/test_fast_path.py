@@ -35,7 +35,7 @@ class RecordingListener(MemoryListener):
             record(len(data))
             await original(data)
 
-        send_stream.send_all = recording_send_all  # type: ignore[method-assign]
+        send_stream.send_all = recording_send_all
         return stream
 
 

@@ -284,6 +284,8 @@ def test_exclusions_apply_to_what_is_kept_aside_during_recovery() -> None:
     for client in (excluded, other):
         hub.add(client)
         hub.begin_recovery(client, "workspace:w")
-    hub.publish_many([(b"p", b"c", ("workspace:w",), (1,), None, Extra(exclude_client="excluded"))])
+    hub.publish_many(
+        [Delivery(b"p", b"c", ("workspace:w",), (1,), None, Extra(exclude_client="excluded"))]
+    )
     assert hub.end_recovery(excluded, "workspace:w") == []
     assert hub.end_recovery(other, "workspace:w") == [(1, b"p")]

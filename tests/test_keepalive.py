@@ -307,18 +307,18 @@ def test_sweep_does_not_ping_a_closing_client() -> None:
 def test_sweep_with_full_outbox_closes_slow_consumer() -> None:
     hub = Hub()
     client, out = hand_built_client(hub, "c", last_pong=10.0, depth=1)
-    client.send("backlog")
+    client.send(b"backlog")
     sweep(hub, now=20.0, stale_after=40.0)
     assert client.close_reason is not None
     assert client.close_reason.code == 4008
-    assert outbox_frames(out) == ["backlog"]
+    assert outbox_frames(out) == [b"backlog"]
 
 
 def test_sweep_first_reason_wins_when_stale_client_already_closing() -> None:
     hub = Hub()
     client, _ = hand_built_client(hub, "c", last_pong=0.0, depth=1)
-    client.send("backlog")
-    client.send("overflow")  # closes with 4008 first
+    client.send(b"backlog")
+    client.send(b"overflow")  # closes with 4008 first
     sweep(hub, now=100.0, stale_after=40.0)
     assert client.close_reason is not None
     assert client.close_reason.code == 4008

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from wsproto import ConnectionType
 from wsproto.connection import Connection
-from wsproto.events import BytesMessage, Message, TextMessage
+from wsproto.events import BytesMessage, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_gateway.protocol.frames import binary_frame, text_frame
 
 
-def received_by_client(data: bytes) -> list[Message[str] | Message[bytes]]:
+def received_by_client(data: bytes) -> list[TextMessage | BytesMessage]:
     client = Connection(ConnectionType.CLIENT)
     client.receive_data(data)
-    return [event for event in client.events() if isinstance(event, Message)]
+    return [event for event in client.events() if isinstance(event, TextMessage | BytesMessage)]
 
 
 def wsproto_server_frame(message: TextMessage | BytesMessage) -> bytes:
