@@ -251,17 +251,31 @@ async def test_silent_server_is_replaced() -> None:
                 await ws.get_message()
 
     connections = Connections()
+    accepted = 0
+
+    async def counting_handler(request: trio_websocket.WebSocketRequest) -> None:
+        nonlocal accepted
+        accepted += 1
+        await handler(request)
+
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             server: trio_websocket.WebSocketServer = await nursery.start(
-                partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+                partial(
+                    trio_websocket.serve_websocket,
+                    counting_handler,
+                    "127.0.0.1",
+                    0,
+                    ssl_context=None,
+                )
             )
             url = f"ws://127.0.0.1:{server.port}/api/ws"
             async with open_client(
                 url, API_KEY, heartbeat_grace=0.05, on_connect=connections, sleep=no_sleep
             ):
-                await connections.next()
-                await connections.next()
+                # The first connection went silent; the client gave up on it and came back.
+                assert [await connections.next(), await connections.next()] == ["silent"] * 2
+                assert accepted == 2
             nursery.cancel_scope.cancel()
 
 

@@ -152,10 +152,12 @@ async def test_small_rounds_are_not_held_back_and_share_one_write(nursery: trio.
 
 async def test_rounds_nobody_here_wants_never_hold_a_producer(nursery: trio.Nursery) -> None:
     hub = Hub(Flusher(SLICE, max_ahead=2))
-    await recipients(nursery, hub)
+    everyone = await recipients(nursery, hub)
     with trio.fail_after(1):
         for _ in range(10):
             await hub.deliver([Delivery(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert written(everyone) == 0
 
 
 async def test_a_producer_handing_over_one_per_turn_catches_up_before_the_next_slice(

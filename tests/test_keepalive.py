@@ -325,4 +325,6 @@ def test_sweep_first_reason_wins_when_stale_client_already_closing() -> None:
 
 
 def test_sweep_on_empty_hub_is_a_no_op() -> None:
-    sweep(Hub(), now=1e9, stale_after=40.0)
+    hub = Hub()
+    sweep(hub, now=1e9, stale_after=40.0)
+    assert hub.clients == {}
