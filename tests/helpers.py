@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +17,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import TextMessage
 
+from trio_gateway import Config, Gateway, serve
 from trio_gateway.client.http import http_request
 
 API_KEY = "test-key"
@@ -38,6 +40,24 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     async def aclose(self) -> None:
         self._receive.close()
         await trio.lowlevel.checkpoint()
+
+
+def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A seed 000 event for the publish API."""
+    return {"workspace_id": workspace_id, "session_id": session_id, **extra}
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Let the server run until `predicate()` holds (bounded by the caller's fail_after)."""
+    while not predicate():
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def serve_in_memory(nursery: trio.Nursery, config: Config) -> tuple[Gateway, MemoryListener]:
+    """A gateway in `nursery` accepting in-memory streams (for autojump-clock tests)."""
+    listener = MemoryListener()
+    gateway: Gateway = await nursery.start(functools.partial(serve, config, listeners=[listener]))
+    return gateway, listener
 
 
 def unframe(frame: bytes) -> str:

@@ -34,7 +34,7 @@ from trio_gateway.client.http import ApiError, health, http_request, publish_eve
 from trio_gateway.protocol.errors import SLOW_CONSUMER
 
 from .conftest import with_settings
-from .helpers import API_KEY, ready, tcp_client
+from .helpers import API_KEY, event, ready, tcp_client
 
 TIMEOUT = 10
 
@@ -45,10 +45,6 @@ def base_url(port: int) -> str:
 
 def client_for(gateway: Gateway, **kwargs: Any) -> AbstractAsyncContextManager[GatewayClient]:
     return open_client(websocket_url(base_url(gateway.port)), API_KEY, **kwargs)
-
-
-def event(workspace_id: str, n: int, session_id: str | None = None) -> dict[str, Any]:
-    return {"workspace_id": workspace_id, "session_id": session_id, "n": n}
 
 
 def wire(data: dict[str, Any]) -> dict[str, Any]:
@@ -131,12 +127,12 @@ async def test_subscribe_and_receive_broadcasts(gateway: Gateway) -> None:
         async with client_for(gateway, subscriptions=["workspace:w1"]) as client:
             assert (await client.subscribe(session_id="s9")).key == "session:s9"
             assert client.subscriptions == {"workspace:w1", "session:s9"}
-            gateway.broadcaster.broadcast_event(event("w1", 1))
-            gateway.broadcaster.broadcast_event(event("other", 2))
-            gateway.broadcaster.broadcast_event(event("other", 3, session_id="s9"))
+            gateway.broadcaster.broadcast_event(event("w1", n=1))
+            gateway.broadcaster.broadcast_event(event("other", n=2))
+            gateway.broadcaster.broadcast_event(event("other", "s9", n=3))
             gateway.broadcaster.broadcast_session_update("s9", "other", "ended")
-            assert await received(client) == wire(event("w1", 1))
-            assert await received(client) == wire(event("other", 3, session_id="s9"))
+            assert await received(client) == wire(event("w1", n=1))
+            assert await received(client) == wire(event("other", "s9", n=3))
             assert await received(client) == {
                 "type": "session.update",
                 "session_id": "s9",
@@ -151,15 +147,15 @@ async def test_unsubscribe_stops_delivery(gateway: Gateway) -> None:
             await client.subscribe(workspace_id="w1")
             await client.unsubscribe("all")
             assert client.subscriptions == {"workspace:w1"}
-            gateway.broadcaster.broadcast_event(event("other", 1))
-            gateway.broadcaster.broadcast_event(event("w1", 2))
-            assert await received(client) == wire(event("w1", 2))
+            gateway.broadcaster.broadcast_event(event("other", n=1))
+            gateway.broadcaster.broadcast_event(event("w1", n=2))
+            assert await received(client) == wire(event("w1", n=2))
             await client.unsubscribe()
             assert client.subscriptions == frozenset()
             await client.subscribe(workspace_id="w2")
-            gateway.broadcaster.broadcast_event(event("w1", 3))
-            gateway.broadcaster.broadcast_event(event("w2", 4))
-            assert await received(client) == wire(event("w2", 4))
+            gateway.broadcaster.broadcast_event(event("w1", n=3))
+            gateway.broadcaster.broadcast_event(event("w2", n=4))
+            assert await received(client) == wire(event("w2", n=4))
 
 
 async def test_error_reply_raises_subscription_error(gateway: Gateway) -> None:
@@ -234,8 +230,8 @@ class TestKeepalive:
                 assert gateway.hub.clients[client_id].last_pong > (
                     gateway.hub.clients[client_id].connected_at
                 )
-                gateway.broadcaster.broadcast_event(event("w1", 1))
-                assert await received(client) == wire(event("w1", 1))
+                gateway.broadcaster.broadcast_event(event("w1", n=1))
+                assert await received(client) == wire(event("w1", n=1))
 
 
 async def test_silent_server_is_replaced() -> None:
@@ -302,8 +298,8 @@ async def test_reconnects_and_resubscribes_after_server_close(gateway: Gateway) 
                 "session:s1",
                 "all",
             }
-            gateway.broadcaster.broadcast_event(event("w9", 1))
-            assert await received(client) == wire(event("w9", 1))
+            gateway.broadcaster.broadcast_event(event("w9", n=1))
+            assert await received(client) == wire(event("w9", n=1))
 
 
 async def test_reconnect_after_restart_uses_jittered_backoff(config: Config) -> None:
@@ -353,8 +349,8 @@ async def test_reconnect_after_restart_uses_jittered_backoff(config: Config) -> 
                         "offset": 0,
                         "recovered": False,
                     }
-                    second.broadcaster.broadcast_event(event("w1", 1))
-                    assert await received(client) == wire(event("w1", 1))
+                    second.broadcaster.broadcast_event(event("w1", n=1))
+                    assert await received(client) == wire(event("w1", n=1))
 
 
 async def test_subscribe_while_reconnecting_waits_for_the_next_connection(
@@ -389,16 +385,16 @@ async def test_application_falling_behind_drops_and_reconnects(gateway: Gateway)
         ) as client:
             first = await connections.next()
             for n in range(5):
-                gateway.broadcaster.broadcast_event(event("w1", n))
+                gateway.broadcaster.broadcast_event(event("w1", n=n))
             second = await connections.next()
             assert second != first
             # What was buffered is still delivered, and the resume replays the overflow
             # (a full buffer may cost a few more reconnects on the way).
             assert [await received(client) for _ in range(5)] == [
-                wire(event("w1", n)) for n in range(5)
+                wire(event("w1", n=n)) for n in range(5)
             ]
-            gateway.broadcaster.broadcast_event(event("w1", 9))
-            assert await received(client) == wire(event("w1", 9))
+            gateway.broadcaster.broadcast_event(event("w1", n=9))
+            assert await received(client) == wire(event("w1", n=9))
             assert client.positions["workspace:w1"].offset == 6
 
 
@@ -407,8 +403,8 @@ async def test_without_reconnect_the_stream_ends(gateway: Gateway) -> None:
         async with client_for(gateway, subscriptions=["workspace:w1"], reconnect=False) as client:
             client_id = client.client_id
             assert client_id is not None
-            gateway.broadcaster.broadcast_event(event("w1", 1))
-            assert await received(client) == wire(event("w1", 1))
+            gateway.broadcaster.broadcast_event(event("w1", n=1))
+            assert await received(client) == wire(event("w1", n=1))
             gateway.hub.clients[client_id].close(SLOW_CONSUMER)
             assert [message async for message in client] == []
             assert client.disconnected is not None
@@ -490,13 +486,13 @@ async def test_publish_events_round_trip(gateway: Gateway) -> None:
     base = base_url(gateway.port)
     with trio.fail_after(TIMEOUT):
         async with client_for(gateway, subscriptions=["workspace:w1"]) as client:
-            assert await publish_events(base, API_KEY, event("w1", 1)) == {"accepted": 1}
-            batch = [event("w1", 2), event("w2", 3), event("w1", 4, session_id="s")]
+            assert await publish_events(base, API_KEY, event("w1", n=1)) == {"accepted": 1}
+            batch = [event("w1", n=2), event("w2", n=3), event("w1", "s", n=4)]
             assert await publish_events(base, API_KEY, batch) == {"accepted": 3}
             assert [await received(client) for _ in range(3)] == [
-                wire(event("w1", 1)),
-                wire(event("w1", 2)),
-                wire(event("w1", 4, session_id="s")),
+                wire(event("w1", n=1)),
+                wire(event("w1", n=2)),
+                wire(event("w1", "s", n=4)),
             ]
 
 
@@ -504,9 +500,9 @@ async def test_publish_events_errors(gateway: Gateway) -> None:
     base = base_url(gateway.port)
     with trio.fail_after(TIMEOUT):
         with pytest.raises(Unauthorized, match="invalid API key"):
-            await publish_events(base, "wrong", event("w1", 1))
+            await publish_events(base, "wrong", event("w1", n=1))
         with pytest.raises(ApiError) as bad:
-            await publish_events(base, API_KEY, [event("w1", 1), {"kind": "no workspace"}])
+            await publish_events(base, API_KEY, [event("w1", n=1), {"kind": "no workspace"}])
     assert bad.value.status == 400
     assert bad.value.body == {
         "error": "events[1]: workspace_id must be a non-empty string",

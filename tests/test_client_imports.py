@@ -25,7 +25,6 @@ def test_the_client_imports_nothing_of_the_server(module: str) -> None:
     assert [
         name
         for name in ours
-        if name not in ("trio_gateway", "trio_gateway._version")
-        and not name.startswith(ALLOWED)
+        if name not in ("trio_gateway", "trio_gateway._version") and not name.startswith(ALLOWED)
     ] == []
     assert [name for name in loaded if name.split(".")[0] in FORBIDDEN_LIBRARIES] == []

@@ -30,7 +30,7 @@ from trio_gateway.fanout.broadcaster import event_publication, session_update_pu
 from trio_gateway.protocol.errors import SLOW_CONSUMER
 
 from .conftest import with_settings
-from .helpers import API_KEY, receive_json, send_json, tcp_client
+from .helpers import API_KEY, event, receive_json, send_json, tcp_client
 from .helpers import ready as ready_frame
 from .redis_server import RedisServer
 from .test_client import (
@@ -40,7 +40,6 @@ from .test_client import (
     bare,
     base_url,
     client_for,
-    event,
     no_sleep,
     own_gateway,
     wire,
@@ -85,18 +84,18 @@ async def test_resume_after_a_drop_delivers_the_gap_once(any_broker: Config) -> 
         ):
             broadcaster = gateway.broadcaster
             first = await connections.next()
-            broadcaster.broadcast_event(event("w1", 0, session_id="s1"))
+            broadcaster.broadcast_event(event("w1", "s1", n=0))
             broadcaster.publish_nowait("chat.room.1", {"n": 0})
             assert [bare(m) for m in await drain(client, 2)] == [
-                wire(event("w1", 0, session_id="s1")),
+                wire(event("w1", "s1", n=0)),
                 topic_message("chat.room.1", 0),
             ]
             gateway.hub.clients[first].close(SLOW_CONSUMER)
             await backoff.next_delay()
             assert client.client_id is None
             for n in range(1, 4):
-                await publish_event(gateway, event("w1", n, session_id="s1"))
-                await publish_event(gateway, event("w2", n))
+                await publish_event(gateway, event("w1", "s1", n=n))
+                await publish_event(gateway, event("w2", n=n))
                 await broadcaster.send(session_update_publication("s1", "w1", f"step{n}"))
                 await broadcaster.publish("chat.room.1", {"n": n})
                 # Only the pattern chat.room.* holds chat.room.2: live only, so the gap
@@ -104,11 +103,11 @@ async def test_resume_after_a_drop_delivers_the_gap_once(any_broker: Config) -> 
                 await broadcaster.publish("chat.room.2", {"n": n})
             backoff.go()
             await connections.next()
-            broadcaster.broadcast_event(event("w1", 4, session_id="s1"))
+            broadcaster.broadcast_event(event("w1", "s1", n=4))
             broadcaster.publish_nowait("chat.room.2", {"n": 4})
-            broadcaster.broadcast_event(event("end", 0))
+            broadcaster.broadcast_event(event("end", n=0))
             got: list[dict[str, Any]] = []
-            while not got or bare(got[-1]) != wire(event("end", 0)):
+            while not got or bare(got[-1]) != wire(event("end", n=0)):
                 got.append(await anext(client))
 
     # all's replay carries the events and updates in publish order; workspace:w1's and
@@ -117,17 +116,17 @@ async def test_resume_after_a_drop_delivers_the_gap_once(any_broker: Config) -> 
         item
         for n in range(1, 4)
         for item in (
-            wire(event("w1", n, session_id="s1")),
-            wire(event("w2", n)),
+            wire(event("w1", "s1", n=n)),
+            wire(event("w2", n=n)),
             update("s1", f"step{n}"),
         )
     ]
     assert [bare(m) for m in got] == [
         *routed,
         *(topic_message("chat.room.1", n) for n in range(1, 4)),
-        wire(event("w1", 4, session_id="s1")),
+        wire(event("w1", "s1", n=4)),
         topic_message("chat.room.2", 4),
-        wire(event("end", 0)),
+        wire(event("end", n=0)),
     ]
     # Offsets as the server numbered them: nothing skipped on any key.
     all_offsets = [m["offsets"]["all"] for m in got if "offsets" in m]
@@ -200,19 +199,19 @@ async def test_resume_after_a_network_cut(gateway: Gateway) -> None:
             ) as client,
         ):
             first = await connections.next()
-            gateway.broadcaster.broadcast_event(event("w1", 0))
-            assert bare(await anext(client)) == wire(event("w1", 0))
+            gateway.broadcaster.broadcast_event(event("w1", n=0))
+            assert bare(await anext(client)) == wire(event("w1", n=0))
             proxy.cut()
             await backoff.next_delay()
             for n in range(1, 4):
-                gateway.broadcaster.broadcast_event(event("w1", n))
+                gateway.broadcaster.broadcast_event(event("w1", n=n))
                 gateway.broadcaster.publish_nowait("chat.room.1", {"n": n})
             await until_sent(gateway)
             backoff.go()
             assert await connections.next() != first
             got = await drain(client, 6)
     assert [bare(m) for m in got] == [
-        *(wire(event("w1", n)) for n in range(1, 4)),
+        *(wire(event("w1", n=n)) for n in range(1, 4)),
         *(topic_message("chat.room.1", n) for n in range(1, 4)),
     ]
 
@@ -237,22 +236,22 @@ async def test_resume_on_another_instance(config: Config, redis_server: RedisSer
             ) as client,
         ):
             await connections.next()
-            await publish_event(second, event("w1", 0))
-            assert bare(await anext(client)) == wire(event("w1", 0))
+            await publish_event(second, event("w1", n=0))
+            assert bare(await anext(client)) == wire(event("w1", n=0))
             proxy.cut()
             proxy.target = second.port
             await backoff.next_delay()
             for n in range(1, 4):
-                await publish_event(first, event("w1", n))
+                await publish_event(first, event("w1", n=n))
                 await first.broadcaster.publish("chat.room.1", {"n": n})
             backoff.go()
             await connections.next()
-            await publish_event(first, event("w1", 4))
+            await publish_event(first, event("w1", n=4))
             got = await drain(client, 7)
     assert [bare(m) for m in got] == [
-        *(wire(event("w1", n)) for n in range(1, 4)),
+        *(wire(event("w1", n=n)) for n in range(1, 4)),
         *(topic_message("chat.room.1", n) for n in range(1, 4)),
-        wire(event("w1", 4)),
+        wire(event("w1", n=4)),
     ]
 
 
@@ -276,8 +275,8 @@ async def test_failed_recovery_reaches_the_application(config: Config) -> None:
             gateway.hub.clients[first].close(SLOW_CONSUMER)
             await backoff.next_delay()
             for n in range(1, 6):
-                gateway.broadcaster.broadcast_event(event("w1", n))
-            gateway.broadcaster.broadcast_event(event("w2", 1))
+                gateway.broadcaster.broadcast_event(event("w1", n=n))
+            gateway.broadcaster.broadcast_event(event("w2", n=1))
             await until_sent(gateway)
             backoff.go()
             await connections.next()
@@ -294,9 +293,9 @@ async def test_failed_recovery_reaches_the_application(config: Config) -> None:
                 "recovered": False,
             }
             # workspace:w2 recovered: its missed event follows; w1's are lost.
-            assert bare(await anext(client)) == wire(event("w2", 1))
-            gateway.broadcaster.broadcast_event(event("w1", 6))
-            assert bare(await anext(client)) == wire(event("w1", 6))
+            assert bare(await anext(client)) == wire(event("w2", n=1))
+            gateway.broadcaster.broadcast_event(event("w1", n=6))
+            assert bare(await anext(client)) == wire(event("w1", n=6))
             assert client.positions["workspace:w1"] == (before["workspace:w1"].epoch, 6)
 
 
@@ -308,8 +307,8 @@ async def test_resume_from_an_unknown_epoch_reaches_the_application(gateway: Gat
             assert notice["type"] == "subscribed"
             assert notice["recovered"] is False
             assert client.positions["workspace:w1"] == (notice["epoch"], notice["offset"])
-            gateway.broadcaster.broadcast_event(event("w1", 1))
-            assert bare(await anext(client)) == wire(event("w1", 1))
+            gateway.broadcaster.broadcast_event(event("w1", n=1))
+            assert bare(await anext(client)) == wire(event("w1", n=1))
 
 
 async def test_subscribe_since_returns_the_ack_and_replays(gateway: Gateway) -> None:
@@ -322,13 +321,13 @@ async def test_subscribe_since_returns_the_ack_and_replays(gateway: Gateway) -> 
             await client.unsubscribe(workspace_id="w1")
             assert client.positions == {}
             for n in range(1, 6):
-                gateway.broadcaster.broadcast_event(event("w1", n))
+                gateway.broadcaster.broadcast_event(event("w1", n=n))
             await until_sent(gateway)
 
             ack = await client.subscribe(workspace_id="w1", since=Position(epoch, 2))
             assert ack == Subscribed("workspace:w1", Position(epoch, 5), recovered=True)
             replayed = await drain(client, 3)
-            assert [bare(m) for m in replayed] == [wire(event("w1", n)) for n in (3, 4, 5)]
+            assert [bare(m) for m in replayed] == [wire(event("w1", n=n)) for n in (3, 4, 5)]
             assert [m["offsets"]["workspace:w1"] for m in replayed] == [3, 4, 5]
             assert client.positions == {"workspace:w1": (epoch, 5)}
 
@@ -365,31 +364,31 @@ async def dedup_scenario(gateway: Gateway) -> None:
         epoch = (await receive_json(raw))["epoch"]
         await send_json(raw, {"type": "subscribe", "scope": "all"})
         await receive_json(raw)
-        gateway.broadcaster.broadcast_event(event("w1", 1))
-        assert (await receive_json(raw))["event"] == event("w1", 1)
+        gateway.broadcaster.broadcast_event(event("w1", n=1))
+        assert (await receive_json(raw))["event"] == event("w1", n=1)
         await send_json(raw, {"type": "unsubscribe", "workspace_id": "w1"})
         await receive_json(raw)
         since = {"offset": 0, "epoch": epoch}
         await send_json(raw, {"type": "subscribe", "workspace_id": "w1", "since": since})
         assert (await receive_json(raw))["recovered"] is True
         # The same message again, offsets and all.
-        assert (await receive_json(raw))["event"] == event("w1", 1)
+        assert (await receive_json(raw))["event"] == event("w1", n=1)
 
     async with client_for(gateway, subscriptions=["all"]) as client:
-        gateway.broadcaster.broadcast_event(event("w1", 2))
-        gateway.broadcaster.broadcast_event(event("w2", 3))
+        gateway.broadcaster.broadcast_event(event("w1", n=2))
+        gateway.broadcaster.broadcast_event(event("w2", n=3))
         assert [bare(m) for m in await drain(client, 2)] == [
-            wire(event("w1", 2)),
-            wire(event("w2", 3)),
+            wire(event("w1", n=2)),
+            wire(event("w2", n=3)),
         ]
         ack = await client.subscribe(workspace_id="w1", since=Position(epoch, 0))
         assert ack.recovered is True
-        gateway.broadcaster.broadcast_event(event("w1", 4))
+        gateway.broadcaster.broadcast_event(event("w1", n=4))
         # The replay brought w1 1 (older than the all subscription: new to us) and w1 2
         # (delivered through all: dropped).
         assert [bare(m) for m in await drain(client, 2)] == [
-            wire(event("w1", 1)),
-            wire(event("w1", 4)),
+            wire(event("w1", n=1)),
+            wire(event("w1", n=4)),
         ]
         assert client.positions["workspace:w1"] == (epoch, 3)
 
@@ -399,25 +398,25 @@ async def test_positions_resume_in_a_new_client(gateway: Gateway) -> None:
     broadcaster = gateway.broadcaster
     with trio.fail_after(TIMEOUT):
         async with client_for(gateway, subscriptions=["workspace:w1", "chat.room.1"]) as client:
-            broadcaster.broadcast_event(event("w1", 1))
+            broadcaster.broadcast_event(event("w1", n=1))
             broadcaster.publish_nowait("chat.room.1", {"n": 1})
             await drain(client, 2)
             saved = json.dumps(client.positions)
         for n in range(2, 4):
-            broadcaster.broadcast_event(event("w1", n))
+            broadcaster.broadcast_event(event("w1", n=n))
             broadcaster.publish_nowait("chat.room.1", {"n": n})
         await until_sent(gateway)
         resume = {key: Position(*value) for key, value in json.loads(saved).items()}
         async with client_for(gateway, resume=resume) as client:
             assert client.subscriptions == {"workspace:w1", "chat.room.1"}
-            broadcaster.broadcast_event(event("w1", 4))
+            broadcaster.broadcast_event(event("w1", n=4))
             got = await drain(client, 5)
     assert [bare(m) for m in got] == [
-        wire(event("w1", 2)),
-        wire(event("w1", 3)),
+        wire(event("w1", n=2)),
+        wire(event("w1", n=3)),
         topic_message("chat.room.1", 2),
         topic_message("chat.room.1", 3),
-        wire(event("w1", 4)),
+        wire(event("w1", n=4)),
     ]
 
 
@@ -426,7 +425,7 @@ async def test_positions_count_only_what_the_application_took(gateway: Gateway) 
         async with client_for(gateway, subscriptions=["workspace:w1"]) as client:
             epoch = client.positions["workspace:w1"].epoch
             for n in range(1, 4):
-                await publish_event(gateway, event("w1", n))
+                await publish_event(gateway, event("w1", n=n))
             await trio.testing.wait_all_tasks_blocked()
             # Three messages wait in the buffer; none was taken.
             assert client.positions == {"workspace:w1": (epoch, 0)}
@@ -444,7 +443,7 @@ async def test_drops_under_load_lose_nothing_and_double_nothing(any_broker: Conf
 
     async def publisher(gateway: Gateway) -> None:
         for n in range(total):
-            data = event("w1" if n % 3 else "w2", n, session_id="s1" if n % 2 else None)
+            data = event("w1" if n % 3 else "w2", "s1" if n % 2 else None, n=n)
             await publish_event(gateway, data)
             if n % 10 == 0:
                 await trio.sleep(0.001)

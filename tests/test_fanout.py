@@ -15,16 +15,12 @@ import trio_websocket
 from trio_gateway import Config, Gateway, serve
 
 from .conftest import with_settings
-from .helpers import raw_client, ready, receive_json, send_json, subscribe, tcp_client
+from .helpers import event, raw_client, ready, receive_json, send_json, subscribe, tcp_client
 
 TIMEOUT = 5
 
 
 # --- local helpers --------------------------------------------------------------------------
-
-
-def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"workspace_id": workspace_id, "session_id": session_id, **extra}
 
 
 async def receive_events(ws: trio_websocket.WebSocketConnection, count: int) -> list[Any]:

@@ -7,7 +7,6 @@ run under the autojump clock over memory streams; the rest on real sockets.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gateway import Config, Gateway, open_gateway, serve
+from trio_gateway import Config, Gateway, open_gateway
 
 from .conftest import with_settings
 from .helpers import (
@@ -30,6 +29,7 @@ from .helpers import (
     receive_json,
     request,
     send_json,
+    serve_in_memory,
     tcp_client,
 )
 from .redis_server import RedisServer
@@ -129,8 +129,7 @@ async def test_other_origins_get_403(jwt_config: Config) -> None:
 
 
 async def start(nursery: trio.Nursery, config: Config) -> MemoryListener:
-    listener = MemoryListener()
-    await nursery.start(functools.partial(serve, config, listeners=[listener]))
+    _, listener = await serve_in_memory(nursery, config)
     return listener
 
 

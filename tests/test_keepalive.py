@@ -1,6 +1,6 @@
 """Keepalive under the autojump clock over in-memory streams: exact virtual times.
 
-The gateway starts at t0 (the virtual time `start_gateway` returns); its keepalive pings every
+The gateway starts at t0 (the virtual time `serve_in_memory` returns); its keepalive pings every
 `ping_interval` seconds on a fixed grid and reaps a client whose last pong is older than
 `ping_interval + pong_timeout` at a ping. With the defaults (30 s + 10 s) a silent client is
 closed at the second cycle, t0 + 60.
@@ -8,13 +8,11 @@ closed at the second cycle, t0 + 60.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import trio
 import trio.testing
 
-from trio_gateway import Config, Gateway, serve
+from trio_gateway import Config
 from trio_gateway.fanout.hub import Client, Hub
 from trio_gateway.fanout.outbox import Outbox
 from trio_gateway.protocol.errors import PONG_TIMEOUT
@@ -23,16 +21,17 @@ from trio_gateway.protocol.replies import PING_FRAME
 from trio_gateway.session.keepalive import sweep
 
 from .conftest import with_settings
-from .helpers import MemoryListener, closed_with, memory_client, ready, receive_json, send_json
+from .helpers import (
+    closed_with,
+    memory_client,
+    ready,
+    receive_json,
+    send_json,
+    serve_in_memory,
+)
 
 PING = {"type": "ping"}
 PONG = {"type": "pong"}
-
-
-async def start_gateway(nursery: trio.Nursery, config: Config) -> tuple[Gateway, MemoryListener]:
-    listener = MemoryListener()
-    gateway: Gateway = await nursery.start(functools.partial(serve, config, listeners=[listener]))
-    return gateway, listener
 
 
 def elapsed(t0: float) -> float:
@@ -43,7 +42,7 @@ async def test_pings_arrive_every_30_seconds(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         assert elapsed(t0) == 0
@@ -57,7 +56,7 @@ async def test_pings_arrive_every_30_seconds(
 async def test_ready_announces_default_heartbeat_interval(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
-    _, listener = await start_gateway(nursery, config)
+    _, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         greeting = await receive_json(ws)
         assert greeting["type"] == "ready"
@@ -68,7 +67,7 @@ async def test_answering_client_stays_connected_for_ten_minutes(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         cycle = 0
@@ -88,7 +87,7 @@ async def test_silent_client_is_closed_at_60_seconds(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         assert gateway.client_count() == 1
@@ -104,7 +103,7 @@ async def test_client_answering_only_first_ping_is_reaped_at_90_seconds(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         assert await receive_json(ws) == PING
@@ -124,7 +123,7 @@ async def test_late_joiner_follows_the_shared_ping_grid(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     await trio.sleep_until(t0 + 10)  # position the connect at t0 + 10, not a wait
     async with memory_client(listener) as ws:
         await ready(ws)
@@ -141,7 +140,7 @@ async def test_only_the_silent_client_is_reaped(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as alive, memory_client(listener) as silent:
         await ready(alive)
         await ready(silent)
@@ -163,7 +162,7 @@ async def test_custom_ping_interval_and_pong_timeout(
 ) -> None:
     t0 = trio.current_time()
     config = with_settings(config, ping_interval=5, pong_timeout=2)
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         greeting = await receive_json(ws)
         assert greeting["type"] == "ready"
@@ -182,7 +181,7 @@ async def test_custom_schedule_with_answered_pings(
 ) -> None:
     t0 = trio.current_time()
     config = with_settings(config, ping_interval=5, pong_timeout=2)
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         for cycle in (1, 2, 3):
@@ -202,7 +201,7 @@ async def test_fractional_ping_interval_is_rounded_to_milliseconds(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    _, listener = await start_gateway(nursery, with_settings(config, ping_interval=0.25))
+    _, listener = await serve_in_memory(nursery, with_settings(config, ping_interval=0.25))
     async with memory_client(listener) as ws:
         greeting = await receive_json(ws)
         assert greeting["heartbeat_interval"] == 250
@@ -214,7 +213,7 @@ async def test_client_ping_gets_pong(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         await send_json(ws, PING)
@@ -228,7 +227,7 @@ async def test_client_ping_does_not_count_as_a_pong(
 ) -> None:
     # Only {"type":"pong"} answers the server's ping; a client ping is a separate probe.
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         assert await receive_json(ws) == PING
@@ -245,7 +244,7 @@ async def test_unsolicited_pong_is_accepted_silently(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
     t0 = trio.current_time()
-    gateway, listener = await start_gateway(nursery, config)
+    gateway, listener = await serve_in_memory(nursery, config)
     async with memory_client(listener) as ws:
         await ready(ws)
         await send_json(ws, PONG)

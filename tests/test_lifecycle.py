@@ -7,9 +7,8 @@ disconnect uses `wait_all_tasks_blocked()` in a loop, never a sleep.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
@@ -23,11 +22,13 @@ from .helpers import (
     API_KEY,
     MemoryListener,
     closed_with,
+    event,
     raw_client,
     ready,
     receive_json,
     subscribe,
     tcp_client,
+    wait_until,
 )
 
 TIMEOUT = 5
@@ -35,16 +36,6 @@ CROCKFORD_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 
 
 # --- local helpers --------------------------------------------------------------------------
-
-
-def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"workspace_id": workspace_id, "session_id": session_id, **extra}
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Let the server run until `predicate()` holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await trio.testing.wait_all_tasks_blocked()
 
 
 def all_tasks() -> set[trio.lowlevel.Task]:

@@ -7,7 +7,6 @@ redis-server): the guarantees are the broker's, so both must keep them. Real soc
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,13 +17,12 @@ import trio
 import trio.testing
 import trio_websocket
 
-from trio_gateway import Config, Gateway, open_gateway, serve
+from trio_gateway import Config, Gateway, open_gateway
 from trio_gateway.client.http import http_request, publish_events
 
 from .conftest import with_settings
 from .helpers import (
     API_KEY,
-    MemoryListener,
     closed_with,
     memory_client,
     post,
@@ -33,6 +31,7 @@ from .helpers import (
     receive_json,
     request,
     send_json,
+    serve_in_memory,
     tcp_client,
 )
 from .redis_server import RedisServer
@@ -177,9 +176,8 @@ async def test_a_resume_from_a_changed_epoch_or_too_far_back_is_not_recovered(
 async def test_history_older_than_its_ttl_is_not_replayed(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
-    listener = MemoryListener()
     short = with_settings(config, history_ttl=60.0, ping_interval=1000.0)
-    gateway: Gateway = await nursery.start(functools.partial(serve, short, listeners=[listener]))
+    gateway, listener = await serve_in_memory(nursery, short)
     async with memory_client(listener) as ws:
         await ready(ws)
         ack = await request(ws, type="subscribe", topic="t", recover=True)
@@ -424,10 +422,9 @@ async def test_session_state_is_sent_first_and_cleared_by_delete(any_broker: Con
 async def test_retained_state_expires_after_its_ttl(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
-    listener = MemoryListener()
     # Pings every 1000 s: this client does not answer them.
     short = with_settings(config, state_ttl=100.0, ping_interval=1000.0)
-    gateway: Gateway = await nursery.start(functools.partial(serve, short, listeners=[listener]))
+    gateway, listener = await serve_in_memory(nursery, short)
     gateway.broadcaster.broadcast_session_update("S", "W", "active")
     await trio.testing.wait_all_tasks_blocked()
     async with memory_client(listener) as ws:
@@ -441,9 +438,7 @@ async def test_retained_state_expires_after_its_ttl(
 async def test_a_quiet_key_keeps_its_epoch_while_someone_holds_it(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
-    listener = MemoryListener()
-    quiet = with_settings(config, ping_interval=100_000.0)
-    await nursery.start(functools.partial(serve, quiet, listeners=[listener]))
+    _, listener = await serve_in_memory(nursery, with_settings(config, ping_interval=100_000.0))
     async with memory_client(listener) as holder:
         await ready(holder)
         held = await request(holder, type="subscribe", topic="held", recover=True)

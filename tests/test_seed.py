@@ -8,45 +8,34 @@ next frame, since every client receives publications in publish order.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 import trio_websocket
 
-from trio_gateway import Config, Gateway, open_gateway, serve
+from trio_gateway import Config, Gateway, open_gateway
 
 from .conftest import with_settings
 from .helpers import (
-    MemoryListener,
     closed_with,
+    event,
     memory_client,
     raw_client,
     ready,
     receive_json,
     send_json,
+    serve_in_memory,
     subscribe,
     tcp_client,
+    wait_until,
 )
 
 TIMEOUT = 5
 
 
 # --- local helpers --------------------------------------------------------------------------
-
-
-def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"workspace_id": workspace_id, "session_id": session_id, **extra}
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Let the server run until `predicate()` holds (bounded by the caller's fail_after)."""
-    while not predicate():
-        await trio.testing.wait_all_tasks_blocked()
 
 
 async def no_frame_then_closed(
@@ -258,12 +247,9 @@ async def test_seed_13_event_reaches_workspace_or_session_subscriber(gateway: Ga
 async def test_seed_14_ping_pong_keeps_connection_alive(
     autojump_clock: trio.testing.MockClock, config: Config
 ) -> None:
-    listener = MemoryListener()
     with trio.fail_after(600):  # virtual seconds
         async with trio.open_nursery() as nursery:
-            gw: Gateway = await nursery.start(
-                functools.partial(serve, config, listeners=[listener])
-            )
+            gw, listener = await serve_in_memory(nursery, config)
             async with memory_client(listener) as ws:
                 start = trio.current_time()
                 await ready(ws)
@@ -281,12 +267,9 @@ async def test_seed_14_ping_pong_keeps_connection_alive(
 async def test_seed_15_stale_client_is_terminated(
     autojump_clock: trio.testing.MockClock, config: Config
 ) -> None:
-    listener = MemoryListener()
     with trio.fail_after(600):  # virtual seconds
         async with trio.open_nursery() as nursery:
-            gw: Gateway = await nursery.start(
-                functools.partial(serve, config, listeners=[listener])
-            )
+            gw, listener = await serve_in_memory(nursery, config)
             async with memory_client(listener) as ws:
                 start = trio.current_time()
                 await ready(ws)
