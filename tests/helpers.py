@@ -21,6 +21,8 @@ from trio_gateway import Config, Gateway, serve
 from trio_gateway.client.http import http_request
 
 API_KEY = "test-key"
+# Seconds a real-socket test may take before it fails (each wraps its body in fail_after).
+TIMEOUT = 5
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):

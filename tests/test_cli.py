@@ -30,10 +30,9 @@ from trio_gateway.runtime.cli import build_parser, load_settings
 from trio_gateway.runtime.config import ConfigError
 from trio_gateway.runtime.settings import Settings
 
-from .helpers import closed_with, ready, tcp_client
+from .helpers import TIMEOUT, closed_with, ready, tcp_client
 
 # Seconds: hard bound on each subprocess test, far above its normal run time.
-TIMEOUT = 5
 COMMAND = [sys.executable, "-m", "trio_gateway"]
 LISTENING = r"^trio-gateway listening on ws://127\.0\.0\.1:(\d+)/api/ws "
 

@@ -9,9 +9,7 @@ import trio_websocket
 from trio_gateway import Config, Gateway, serve
 
 from .conftest import with_settings
-from .helpers import closed_with, tcp_client
-
-TIMEOUT = 5
+from .helpers import TIMEOUT, closed_with, tcp_client
 
 
 async def test_echo_is_not_served_by_default(gateway: Gateway) -> None:

@@ -16,9 +16,8 @@ import trio_websocket
 from trio_gateway import Config, Gateway, open_gateway, serve
 
 from .conftest import with_settings
-from .helpers import API_KEY, ready, receive_json, send_json, subscribe, tcp_client
+from .helpers import API_KEY, TIMEOUT, ready, receive_json, send_json, subscribe, tcp_client
 
-TIMEOUT = 5
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
 BINARY_ERROR = "Binary frames are not supported; send JSON text frames"
 

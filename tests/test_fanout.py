@@ -15,10 +15,16 @@ import trio_websocket
 from trio_gateway import Config, Gateway, serve
 
 from .conftest import with_settings
-from .helpers import event, raw_client, ready, receive_json, send_json, subscribe, tcp_client
-
-TIMEOUT = 5
-
+from .helpers import (
+    TIMEOUT,
+    event,
+    raw_client,
+    ready,
+    receive_json,
+    send_json,
+    subscribe,
+    tcp_client,
+)
 
 # --- local helpers --------------------------------------------------------------------------
 

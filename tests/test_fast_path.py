@@ -12,9 +12,15 @@ import trio.testing
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.fanout.broadcaster import event_publication
 
-from .helpers import MemoryListener, memory_client, ready, receive_json, subscribe, tcp_client
-
-TIMEOUT = 5
+from .helpers import (
+    TIMEOUT,
+    MemoryListener,
+    memory_client,
+    ready,
+    receive_json,
+    subscribe,
+    tcp_client,
+)
 
 
 class RecordingListener(MemoryListener):

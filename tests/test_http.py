@@ -12,10 +12,9 @@ import trio
 from trio_gateway import Config, Gateway
 
 from .conftest import with_settings
-from .helpers import API_KEY, ready, receive_json, subscribe, tcp_client
+from .helpers import API_KEY, TIMEOUT, ready, receive_json, subscribe, tcp_client
 
 # Hard bound in seconds on every exchange: a hung server fails the test instead of the suite.
-TIMEOUT = 5
 AUTH = [("authorization", f"Bearer {API_KEY}")]
 
 

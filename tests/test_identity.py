@@ -20,6 +20,7 @@ from trio_gateway import Config, Gateway, open_gateway
 from .conftest import with_settings
 from .helpers import (
     API_KEY,
+    TIMEOUT,
     MemoryListener,
     closed_with,
     memory_client,
@@ -34,7 +35,6 @@ from .helpers import (
 )
 from .redis_server import RedisServer
 
-TIMEOUT = 5
 SECRET = "jwt-test-secret-0123456789abcdef"
 
 

@@ -20,6 +20,7 @@ from trio_gateway import Config, Gateway, GatewayClosed, serve
 
 from .helpers import (
     API_KEY,
+    TIMEOUT,
     MemoryListener,
     closed_with,
     event,
@@ -31,7 +32,6 @@ from .helpers import (
     wait_until,
 )
 
-TIMEOUT = 5
 CROCKFORD_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 
 

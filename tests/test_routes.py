@@ -10,7 +10,7 @@ from trio_gateway import Gateway
 from trio_gateway.api.routes import API_KEY, ROUTES, USER_ROUTES, USERS_PATH, Policy
 from trio_gateway.client.http import http_request
 
-TIMEOUT = 5
+from .helpers import TIMEOUT
 
 
 def every_route() -> list[tuple[str, str, Policy]]:

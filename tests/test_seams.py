@@ -25,9 +25,7 @@ from trio_gateway.protocol.messages import (
 from trio_gateway.session.context import GatewayContext
 from trio_gateway.session.registry import Message, Next, Registry
 
-from .helpers import closed_with, ready, request, send_json, tcp_client, unframe
-
-TIMEOUT = 5
+from .helpers import TIMEOUT, closed_with, ready, request, send_json, tcp_client, unframe
 
 
 def seen_by(registry: Registry) -> list[str]:

@@ -19,6 +19,7 @@ from trio_gateway import Config, Gateway, open_gateway
 
 from .conftest import with_settings
 from .helpers import (
+    TIMEOUT,
     closed_with,
     event,
     memory_client,
@@ -31,9 +32,6 @@ from .helpers import (
     tcp_client,
     wait_until,
 )
-
-TIMEOUT = 5
-
 
 # --- local helpers --------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, Tex
 from trio_gateway.protocol.frames import text_frame
 from trio_gateway.transport.websocket import ConnectionClosed, WebSocket, _whole_frames
 
-TIMEOUT = 5
+from .helpers import TIMEOUT
+
 LIMIT = 1 << 20
 
 
