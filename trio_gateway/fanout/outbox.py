@@ -10,7 +10,7 @@ consumer wants everything queued at once, to write it in as few `send_all`s as p
 list, a limit and one parked task cost a fraction of a channel's memory and time.
 
 The fan-out goes one step further (`stage` then `flush_each`): it queues publications
-first, and the hub's flusher task hands each touched outbox on once, for all that is queued
+first, and the flusher task (flusher.py) hands each touched outbox on once, for all that is queued
 by then. If that outbox's writer is idle, the frames are written straight away with one
 non-blocking write(2) to the descriptor the connection lends (`direct`) instead of waking
 the writer: on a fan-out of one message to many clients, a task switch per recipient costs
@@ -20,7 +20,7 @@ is busy, goes the usual way, in order.
 `flush_each` makes every check first and then the writes back to back. A write to a
 loopback socket runs the receiver's TCP input on this core too and leaves the CPU caches
 cold, so Python that touches objects between two writes costs several times what it costs
-in a warm loop (measured: about 0.8 us a recipient, a quarter of the Python of a fan-out).
+in a warm loop (docs/PERFORMANCE.md has the figures).
 This module writes to descriptors but never opens, closes or waits on one.
 """
 

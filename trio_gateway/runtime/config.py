@@ -78,7 +78,8 @@ class Config:
     pong_timeout: float = attrs.field(default=10.0, validator=_positive)
     # Outgoing frames buffered per client; overflowing it closes that client with 4008.
     queue_depth: int = attrs.field(default=256, validator=_positive)
-    # Publications buffered between publishers and the broadcast task.
+    # Publications buffered between publishers and the publisher task (which hands them to
+    # the broker).
     publish_queue_depth: int = attrs.field(default=4096, validator=_positive)
     # Most subscriptions one connection may hold; bounds memory per client.
     max_subscriptions: int = attrs.field(default=1000, validator=_positive)

@@ -3,17 +3,19 @@
 Task tree (every task started with `nursery.start`, so "started" is observable):
 
     serve                 supervisor nursery
-    ├── broker.run        memory: nothing; Redis: subscriber connection -> hub
-    ├── run_publisher     publish channel -> broker
+    ├── flusher.run       writes what fan-outs queued, a slice of clients at a time
+    ├── broker.run        memory: history expiry; Redis: subscriber connection -> hub.deliver
+    ├── run_publisher     publish channel -> broker (offsets, history; memory: hub.deliver)
     ├── run_keepalive     ping / reap
     └── connection nursery
         ├── run_listeners accept loop(s) -> handle_stream in the connection nursery
         └── handle_stream one per accepted stream (HTTP, or one WebSocket client)
 
 Graceful shutdown (`Gateway.shutdown()`, also what SIGTERM does), in hypercorn's order:
-stop accepting; refuse new publications and let the broadcast task fan out what is queued;
-ask every client to close with 1001 after flushing its queue; close idle HTTP keep-alive
-connections; give the connection nursery `drain_timeout` to finish, then cancel what is left.
+stop accepting; refuse new publications and let the publisher hand what is queued to the
+broker; ask every client to close with 1001 after flushing its queue; close idle HTTP
+keep-alive connections; give the connection nursery `drain_timeout` to finish, then cancel
+what is left.
 Cancelling `serve` from outside skips the draining but still sends every client 1001.
 """
 

@@ -22,14 +22,14 @@ and keeps the connection state itself:
 
 One reader task and one writer task per connection, no channel inside: this module owns the
 per-connection cost of the WebSocket layer, which is what an idle connection costs. Hence
-what may look like hand-rolled parts (measured with tracemalloc, 5,000 idle connections):
-wsproto's `Connection` is not used (its event deque alone is 760 bytes), a connection keeps
-no frame parser between messages (`_parser_disposable`), the send lock is a flag with a
-waiting queue made only under contention, and the reader waits on the socket itself rather
-than through trio's stream and socket layers, whose coroutine frames, held for as long as
-the connection is idle, came to some 1.8 KiB.
+what may look like hand-rolled parts, each there because tracemalloc showed what it saves
+per idle connection (docs/PERFORMANCE.md): wsproto's `Connection` is not used (its event
+deque), a connection keeps no frame parser between messages (`_parser_disposable`), the send
+lock is a flag with a waiting queue made only under contention, and the reader waits on the
+socket itself rather than through trio's stream and socket layers, whose coroutine frames are
+held for as long as the connection is idle.
 
-Must not know about hubs, subscriptions, message types or credentials (auth.py).
+Must not know about hubs, subscriptions, message types or credentials (session/auth.py).
 """
 
 from __future__ import annotations
