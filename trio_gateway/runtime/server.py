@@ -15,8 +15,8 @@ Graceful shutdown (`Gateway.shutdown()`, also what SIGTERM does), in hypercorn's
 stop accepting; refuse new publications and let the publisher hand what is queued to the
 broker; ask every client to close with 1001 after flushing its queue; close idle HTTP
 keep-alive connections; give the connection nursery `drain_timeout` to finish, then cancel
-what is left.
-Cancelling `serve` from outside skips the draining but still sends every client 1001.
+what is left. Cancelling `serve` from outside skips the draining but still sends every
+client 1001.
 """
 
 from __future__ import annotations
