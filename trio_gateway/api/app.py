@@ -6,7 +6,7 @@ Must not: parse HTTP (transport/http.py does, with h11) or know any route (route
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -44,8 +44,8 @@ class Request:
     path: str
     head: h11.Request
     body: bytes
-    #: The percent-decoded `{user_id}` of a `/api/users/{user_id}/...` route.
-    user_id: str | None = None
+    #: The route template's `{name}` segments, percent-decoded (api/routes.py).
+    params: Mapping[str, str] = attrs.field(factory=dict)
 
     def header(self, name: bytes) -> bytes | None:
         return header(self.head.headers, name)

@@ -6,9 +6,10 @@ A policy is what must hold before the handler runs, declared per route and appli
 rate limit) is a new `Policy` value handled in `_enforce`; a new endpoint is one line here
 and one handler.
 
-Paths are matched exactly, except `/api/users/{user_id}/<action>`, whose id is
-percent-decoded (strictly: bad UTF-8 is a 404) and must not contain "/". HEAD is answered
-wherever GET is (RFC 9110); other methods get 405 with `Allow`.
+A path is a literal or a template: a `{name}` segment matches one non-empty path segment,
+percent-decoded strictly (bad UTF-8 is a 404), and reaches the handler as
+`request.params[name]`. HEAD is answered wherever GET is (RFC 9110); other methods get 405
+with `Allow`.
 """
 
 from __future__ import annotations
@@ -55,14 +56,12 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/api/session-deleted": {"POST": Route(post_session_deleted, API_KEY)},
     "/api/publish": {"POST": Route(post_publish, API_KEY)},
     WS_PATH: {"GET": Route(websocket_without_upgrade, PUBLIC)},
+    "/api/users/{user_id}/messages": {"POST": Route(post_user_message, API_KEY)},
+    "/api/users/{user_id}/disconnect": {"POST": Route(post_user_disconnect, API_KEY)},
 }
 
-USERS_PATH = "/api/users/"
-# /api/users/{user_id}/<action>
-USER_ROUTES: dict[str, dict[str, Route]] = {
-    "messages": {"POST": Route(post_user_message, API_KEY)},
-    "disconnect": {"POST": Route(post_user_disconnect, API_KEY)},
-}
+_LITERAL = {path: methods for path, methods in ROUTES.items() if "{" not in path}
+_TEMPLATES = [(path.split("/"), methods) for path, methods in ROUTES.items() if "{" in path]
 
 
 async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
@@ -71,7 +70,7 @@ async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
     Raises:
         HttpError: 404, 405, the policy's refusal, or the handler's own error.
     """
-    methods, user_id = _methods(request.path)
+    methods, params = _methods(request.path)
     if methods is None:
         raise HttpError(404, "Not found")
     method = request.method
@@ -83,23 +82,38 @@ async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
             405, f"Method {method} not allowed", headers=[(b"allow", ", ".join(allowed).encode())]
         )
     _enforce(app, request, route.policy)
-    if user_id is not None:
-        request = attrs.evolve(request, user_id=user_id)
+    if params:
+        request = attrs.evolve(request, params=params)
     return await route.handler(app, request)
 
 
-def _methods(path: str) -> tuple[dict[str, Route] | None, str | None]:
-    if (methods := ROUTES.get(path)) is not None:
-        return methods, None
-    if path.startswith(USERS_PATH):
-        quoted, _, action = path.removeprefix(USERS_PATH).rpartition("/")
-        try:
-            user_id = unquote(quoted, errors="strict")
-        except UnicodeDecodeError:
-            return None, None
-        if user_id and "/" not in quoted:
-            return USER_ROUTES.get(action), user_id
-    return None, None
+def _methods(path: str) -> tuple[dict[str, Route] | None, dict[str, str]]:
+    if (methods := _LITERAL.get(path)) is not None:
+        return methods, {}
+    segments = path.split("/")
+    for template, methods in _TEMPLATES:
+        params = _match(template, segments)
+        if params is not None:
+            return methods, params
+    return None, {}
+
+
+def _match(template: list[str], segments: list[str]) -> dict[str, str] | None:
+    if len(template) != len(segments):
+        return None
+    params = {}
+    for want, have in zip(template, segments, strict=True):
+        if want.startswith("{"):
+            try:
+                value = unquote(have, errors="strict")
+            except UnicodeDecodeError:
+                return None
+            if not value:
+                return None
+            params[want[1:-1]] = value
+        elif want != have:
+            return None
+    return params
 
 
 def _enforce(app: HttpApp, request: Request, policy: Policy) -> None:

@@ -1,5 +1,5 @@
 """Per-user endpoints, `/api/users/{user_id}/...`: a message to every connection of a user,
-and ending a user's sessions. The route table decodes the id from the path."""
+and ending a user's sessions. The route table decodes `{user_id}` from the path."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from .publish import publish, publish_one
 
 
 async def post_user_message(app: HttpApp, request: Request) -> tuple[int, object]:
-    assert request.user_id is not None
+    user_id = request.params["user_id"]
     return await publish_one(
-        app, request, user_message_publication, ("data",), ("exclude_client_id",), request.user_id
+        app, request, user_message_publication, ("data",), ("exclude_client_id",), user_id
     )
 
 
 async def post_user_disconnect(app: HttpApp, request: Request) -> tuple[int, object]:
-    assert request.user_id is not None
-    await publish(app, [expiry_publication(request.user_id)])
+    await publish(app, [expiry_publication(request.params["user_id"])])
     return 202, {"accepted": 1}
