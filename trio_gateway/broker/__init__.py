@@ -16,6 +16,7 @@ from typing import Protocol
 import trio
 
 from ..fanout.publication import Delivery, OffsetFrame, Position, Publication
+from ..protocol.messages import Since
 
 #: Hands publications, in order, to the local hub (Hub.deliver); awaiting it is the
 #: backpressure that keeps a broker from getting ahead of the clients' sockets.
@@ -62,7 +63,7 @@ class Broker(Protocol):
         """
         ...
 
-    async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:
+    async def fetch(self, key: str, since: Since | None, *, state: bool) -> Position:
         """`key`'s epoch and latest offset; with `since` (offset, epoch), also what came after
         it, or `recovered=False` when history cannot say; with `state`, the retained state.
 
@@ -91,7 +92,7 @@ class Broker(Protocol):
 
 
 def history_window(
-    since: tuple[int, str],
+    since: Since,
     epoch: str,
     offset: int,
     entries: Sequence[tuple[int, float, bytes]],
@@ -103,11 +104,10 @@ def history_window(
     entries published before `horizon` have expired. None when the epoch changed, the offset
     is ahead of the key (a different history), or a missed message is gone or expired.
     """
-    since_offset, since_epoch = since
-    if since_epoch != epoch or since_offset > offset:
+    if since.epoch != epoch or since.offset > offset:
         return None
-    missed = [(n, at, frame) for n, at, frame in entries if n > since_offset]
-    if len(missed) != offset - since_offset:
+    missed = [(n, at, frame) for n, at, frame in entries if n > since.offset]
+    if len(missed) != offset - since.offset:
         return None
     if missed and missed[0][1] < horizon:
         return None

@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from ..fanout.publication import Delivery, OffsetFrame, Position, Publication, delivery
+from ..protocol.messages import Since
 from ..runtime.config import Config
 from . import Deliver, history_window
 
@@ -112,7 +113,7 @@ class MemoryBroker:
             await self._deliver(round_)
         return assigned
 
-    async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:
+    async def fetch(self, key: str, since: Since | None, *, state: bool) -> Position:
         now = trio.current_time()
         log = self._log(key, now)
         recovered = None

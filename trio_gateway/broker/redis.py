@@ -54,6 +54,7 @@ from ..common.backoff import backoff_delays
 from ..common.groups import first_leaf
 from ..fanout.publication import Delivery, Extra, OffsetFrame, Position, Publication
 from ..observability.jsonlog import fields
+from ..protocol.messages import Since
 from ..protocol.topics import is_pattern, redis_globs
 from ..runtime.config import Config, redact_url
 from . import BrokerUnavailable, Deliver, history_window, scripts
@@ -287,13 +288,13 @@ class RedisBroker:
         offsets = iter(_ints(flat))
         return [tuple(next(offsets) for _ in publication.keys) for publication in publications]
 
-    async def fetch(self, key: str, since: tuple[int, str] | None, *, state: bool) -> Position:
+    async def fetch(self, key: str, since: Since | None, *, state: bool) -> Position:
         publisher = self._usable_publisher()
         args = [
             self._prefix,
             key,
-            "" if since is None else since[0],
-            "" if since is None else since[1],
+            "" if since is None else since.offset,
+            "" if since is None else since.epoch,
             new_epoch(),
             self._log_ttl,
             "1" if state else "",

@@ -81,11 +81,7 @@ async def _subscribe_with_position(
     position: Position | None = None
     try:
         await _when_live(context, key, lambda: None)
-        position = await context.broker.fetch(
-            key,
-            (since.offset, since.epoch) if since is not None else None,
-            state=key.startswith(SESSION_PREFIX),
-        )
+        position = await context.broker.fetch(key, since, state=key.startswith(SESSION_PREFIX))
     except BrokerUnavailable:
         pass
     # No checkpoint from here on: ack, replay and what was kept aside go out in one piece,
