@@ -242,8 +242,24 @@ async def test_a_protocol_error_fails_the_connection_with_1002(pair: Pair) -> No
             await pair.ws.receive()
         assert info.value.closed.code == 1002
         (event,) = parsed_by_client(await read_available(pair.client))
-    assert isinstance(event, CloseConnection)
-    assert event.code == 1002
+    assert event == CloseConnection(code=1002, reason="Protocol error")
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client text frame carrying `payload` as it is, valid UTF-8 or not."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+async def test_invalid_utf8_closes_1007_without_python_text(pair: Pair) -> None:
+    with trio.fail_after(TIMEOUT):
+        await pair.client.send_all(masked_text_frame(b"ok \xf8\x88\x80"))
+        with pytest.raises(ConnectionClosed) as info:
+            await pair.ws.receive()
+        (event,) = parsed_by_client(await read_available(pair.client))
+    assert info.value.closed.code == 1007
+    assert event == CloseConnection(code=1007, reason="Invalid UTF-8 in a text message")
 
 
 async def test_the_peer_leaving_is_1006(pair: Pair) -> None:

@@ -40,6 +40,19 @@ PONG_TIMEOUT = CloseReason(CloseCode.POLICY_VIOLATION, "Pong timeout")
 INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
 
 
+# The reasons of the closes wsproto decides: fixed texts, because the description wsproto gives
+# for invalid UTF-8 carries Python's own UnicodeDecodeError text.
+_FRAMING_REASONS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "Protocol error",
+    CloseCode.INVALID_PAYLOAD: "Invalid UTF-8 in a text message",
+}
+
+
+def framing_failure(code: int) -> CloseReason:
+    """The close for a frame-level violation wsproto found (1002, 1007)."""
+    return CloseReason(code, _FRAMING_REASONS.get(code, "Protocol error"))
+
+
 def message_too_big(limit: int) -> CloseReason:
     """The 1009 close for a client message over `limit` bytes (trio-websocket's wording)."""
     return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes")

@@ -44,7 +44,7 @@ from wsproto.frame_protocol import CloseReason as WsCloseCode
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
-from ..protocol.errors import CloseReason, message_too_big
+from ..protocol.errors import CloseReason, framing_failure, message_too_big
 from ..protocol.headers import header, header_tokens
 
 # Bytes read from the socket per receive call.
@@ -261,7 +261,8 @@ class WebSocket:
                         return None
         except ParseFailed as exc:
             # A protocol error (1002), or text that is not UTF-8 (1007): fail the connection.
-            await self.send_close(exc.code, str(exc))
+            failure = framing_failure(exc.code)
+            await self.send_close(failure.code, failure.reason)
             return None
         if self._parser_disposable:
             self._parser = None
