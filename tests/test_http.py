@@ -333,6 +333,25 @@ async def test_upgrade_on_wrong_path_is_404(gateway: Gateway) -> None:
     assert response.startswith(b"HTTP/1.1 404 ")
 
 
+@pytest.mark.parametrize("first", [b"Basic " + API_KEY.encode(), b"Bearer"])
+async def test_upgrade_takes_the_first_bearer_among_authorization_headers(
+    gateway: Gateway, first: bytes
+) -> None:
+    headers = [(b"authorization", first), (b"authorization", b"Bearer " + API_KEY.encode())]
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port, token=None, extra_headers=headers) as ws:
+            await ready(ws)
+
+
+async def test_api_key_comes_from_the_first_authorization_header_only(gateway: Gateway) -> None:
+    headers = [("authorization", f"Basic {API_KEY}"), *AUTH]
+    status, response_headers, body = await request(
+        gateway, "POST", "/api/events", body="{}", headers=headers
+    )
+    assert (status, body) == (401, {"error": "Missing API key"})
+    assert response_headers["www-authenticate"] == 'Bearer realm="trio-gateway"'
+
+
 async def test_broken_upgrade_request_is_400(gateway: Gateway) -> None:
     head = b"GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     response = await raw_exchange(gateway, head)
