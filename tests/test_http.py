@@ -14,7 +14,7 @@ from trio_gateway import Config, Gateway
 from .conftest import with_settings
 from .helpers import API_KEY, TIMEOUT, ready, receive_json, subscribe, tcp_client
 
-# Hard bound in seconds on every exchange: a hung server fails the test instead of the suite.
+# The headers of a publisher with a valid API key.
 AUTH = [("authorization", f"Bearer {API_KEY}")]
 
 
@@ -287,6 +287,25 @@ async def test_query_token_is_not_accepted_for_http(gateway: Gateway) -> None:
         gateway, "POST", f"/api/events?token={API_KEY}", body='{"workspace_id":"W"}'
     )
     assert status == 401
+
+
+@pytest.mark.parametrize("first", [b"Basic " + API_KEY.encode(), b"Bearer"])
+async def test_upgrade_takes_the_first_bearer_among_authorization_headers(
+    gateway: Gateway, first: bytes
+) -> None:
+    headers = [(b"authorization", first), (b"authorization", b"Bearer " + API_KEY.encode())]
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port, token=None, extra_headers=headers) as ws:
+            await ready(ws)
+
+
+async def test_api_key_comes_from_the_first_authorization_header_only(gateway: Gateway) -> None:
+    headers = [("authorization", f"Basic {API_KEY}"), *AUTH]
+    status, response_headers, body = await request(
+        gateway, "POST", "/api/events", body="{}", headers=headers
+    )
+    assert (status, body) == (401, {"error": "Missing API key"})
+    assert response_headers["www-authenticate"] == 'Bearer realm="trio-gateway"'
 
 
 # --- routing errors ----------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """The route table: every endpoint on one line, with its methods, handler and policy.
 
 A policy is what must hold before the handler runs, declared per route and applied once by
-`respond`, never inside a handler: `PUBLIC`, or `API_KEY` (`Authorization: Bearer <key>`,
-401 with `WWW-Authenticate` otherwise). A new kind of check (a metrics token, admin auth, a
-rate limit) is a new `Policy` value handled in `_enforce`; a new endpoint is one line here
-and one handler.
+`respond`, never inside a handler: `PUBLIC`, or `API_KEY` (the first `Authorization` header
+is `Bearer <key>`, 401 with `WWW-Authenticate` otherwise). A new kind of check (a metrics
+token, admin auth, a rate limit) is a new `Policy` value handled in `_enforce`; a new
+endpoint is one line here and one handler.
 
 A path is a literal or a template: a `{name}` segment matches one non-empty path segment,
 percent-decoded strictly (bad UTF-8 is a 404), and reaches the handler as
@@ -118,7 +118,7 @@ def _match(template: list[str], segments: list[str]) -> dict[str, str] | None:
 
 def _enforce(app: HttpApp, request: Request, policy: Policy) -> None:
     if policy is API_KEY:
-        token = bearer_token(request.head.headers)
+        token = bearer_token(request.header(b"authorization"))
         if not key_matches(token, app.context.config.api_keys):
             raise HttpError(
                 401,

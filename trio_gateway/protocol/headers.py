@@ -1,16 +1,26 @@
 """HTTP header lookups over h11-style header lists, and the Bearer credential. Pure.
 
 h11 lowercases header names, so names here are lowercase bytes. Shared by the HTTP API, the
-WebSocket handshake and the credential sources; must not know any endpoint.
+WebSocket handshake and the credential sources; must not know any endpoint, nor decide which
+of several headers counts (each caller keeps its own rule).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 Headers = Iterable[tuple[bytes, bytes]]
 
 
+def header_values(headers: Headers, name: bytes) -> Iterator[bytes]:
+    """The value of every `name` header, in order."""
+    for key, value in headers:
+        if key == name:
+            yield bytes(value)
+
+
+# header() and header_tokens() run on every HTTP request, so they are plain loops: a generator
+# (header_values) per call would slow each request.
 def header(headers: Headers, name: bytes) -> bytes | None:
     """The value of the first `name` header, or None."""
     for key, value in headers:
@@ -28,10 +38,9 @@ def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
     return tokens
 
 
-def bearer_token(headers: Headers) -> str | None:
-    """The credential of the first `Authorization: Bearer ...` header, or None (also when
-    it is empty or another scheme)."""
-    authorization = header(headers, b"authorization")
+def bearer_token(authorization: bytes | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` value, or None (no value,
+    another scheme, or an empty credential)."""
     if authorization is None:
         return None
     scheme, _, credential = authorization.decode("latin-1").partition(" ")

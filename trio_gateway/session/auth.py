@@ -27,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ..protocol.headers import bearer_token
+from ..protocol.headers import bearer_token, header_values
 from ..protocol.routing import ALL, SESSION_PREFIX, WORKSPACE_PREFIX
 from ..protocol.topics import REST, covers, is_pattern, pattern_problem, topic_problem
 
@@ -192,23 +192,24 @@ def _identity(claims: Mapping[str, Any], now: float) -> Identity:
 def token_from_request(
     target: bytes, headers: Sequence[tuple[bytes, bytes]], cookie_name: str | None
 ) -> str | None:
-    """The credential of an upgrade request: `?token=`, else `Authorization: Bearer`, else
-    the cookie named `cookie_name` (when configured)."""
+    """The credential of an upgrade request: `?token=`, else the first Bearer credential
+    among its Authorization headers (the HTTP API reads only the first header), else the
+    cookie named `cookie_name` (when configured)."""
     values = parse_qs(urlsplit(target.decode("latin-1")).query, keep_blank_values=True)
     if tokens := values.get("token"):
         # Present but empty is a credential too (a wrong one), not "no credentials".
         return tokens[0]
-    if (bearer := bearer_token(headers)) is not None:
-        return bearer
+    for authorization in header_values(headers, b"authorization"):
+        if (bearer := bearer_token(authorization)) is not None:
+            return bearer
     if cookie_name is not None:
-        for name, value in headers:
-            if name == b"cookie":
-                try:
-                    jar = SimpleCookie(value.decode("latin-1"))
-                except CookieError:
-                    continue
-                if (morsel := jar.get(cookie_name)) is not None and morsel.value:
-                    return morsel.value
+        for cookies in header_values(headers, b"cookie"):
+            try:
+                jar = SimpleCookie(cookies.decode("latin-1"))
+            except CookieError:
+                continue
+            if (morsel := jar.get(cookie_name)) is not None and morsel.value:
+                return morsel.value
     return None
 
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-http_api.py reads the upgrade request with h11 and answers `101 Switching Protocols`
+transport/http.py reads the upgrade request with h11 and answers `101 Switching Protocols`
 (`accept_headers`), then hands over the stream and any bytes already read after the head.
 From there `WebSocket` drives wsproto's frame layer (`wsproto.frame_protocol.FrameProtocol`)
 and keeps the connection state itself:
@@ -156,7 +156,8 @@ class WebSocket:
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         # For `writable_fd`, once per recipient of every publication: the number, not the
         # trio wrapper's fileno(). Valid as long as the connection's session runs; the
-        # session takes the direct path away before the socket can be closed (connection.py).
+        # session takes the direct path away before the socket can be closed
+        # (session/connection.py).
         self._fd = -1 if self._socket is None else self._socket.fileno()
         self._limit = max_message_size
         self._state = ConnectionState.OPEN
