@@ -12,7 +12,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from trio_gateway import Config, Gateway, serve
+from trio_gateway import Config, Gateway, open_gateway, serve
 
 from .conftest import with_settings
 from .helpers import (
@@ -219,3 +219,26 @@ async def test_slow_consumer_is_closed_4008_and_fast_client_keeps_up(
             gw.broadcaster.broadcast_event(event("W", n="after"))
             assert await receive_events(fast, 1) == ["after"]
             assert gw.client_count() == 1
+
+
+# --- ids that look like patterns --------------------------------------------------------------
+
+
+async def test_a_workspace_or_session_id_with_wildcards_is_a_literal_key(
+    any_broker: Config,
+) -> None:
+    # Only topics are patterns: "workspace:chat.**" names the workspace "chat.**" (found by
+    # a fuzzer: these subscribes used to close the connection 1011).
+    async with open_gateway(any_broker) as gateway:
+        with trio.fail_after(TIMEOUT):
+            async with tcp_client(gateway.port) as ws:
+                await ready(ws)
+                assert await subscribe(ws, workspace_id="chat.**") == "workspace:chat.**"
+                await send_json(ws, {"type": "subscribe", "session_id": "a.*", "recover": True})
+                ack = await receive_json(ws)
+                assert (ack["subscription"], ack["offset"]) == ("session:a.*", 0)
+                gateway.broadcaster.broadcast_event(event("chat.other", n=0))
+                gateway.broadcaster.broadcast_event(event("chat.**", "a.*", n=1))
+                frame = await receive_json(ws)
+                assert frame["event"]["n"] == 1
+                assert frame["offsets"] == {"all": 2, "workspace:chat.**": 1, "session:a.*": 1}

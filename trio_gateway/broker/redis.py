@@ -55,7 +55,8 @@ from ..common.groups import first_leaf
 from ..fanout.publication import Delivery, Extra, OffsetFrame, Position, Publication
 from ..observability.jsonlog import fields
 from ..protocol.messages import Since
-from ..protocol.topics import is_pattern, redis_globs
+from ..protocol.routing import is_pattern_key
+from ..protocol.topics import redis_globs
 from ..runtime.config import Config, redact_url
 from . import BrokerUnavailable, Deliver, history_window, scripts
 from .envelope import channel, decode, log_name
@@ -223,7 +224,7 @@ class RedisBroker:
 
     def _subscriptions(self, key: str) -> tuple[str, ...]:
         """The channel, or for a pattern the globs, that bring `key`'s messages here."""
-        if is_pattern(key):
+        if is_pattern_key(key):
             return redis_globs(self._prefix, key)
         return (channel(self._prefix, key),)
 
@@ -377,7 +378,7 @@ class RedisBroker:
         """
         while True:
             await trio.sleep(LOG_RENEW_PERIOD)
-            held = [key for key in self._wanted if not is_pattern(key)]
+            held = [key for key in self._wanted if not is_pattern_key(key)]
             if not held or self._publisher is None or not self._connected:
                 continue
             try:
@@ -543,8 +544,10 @@ class RedisBroker:
         while True:
             self._changed = trio.Event()
             keys = set(self._wanted)
-            wanted_channels = {channel(self._prefix, k) for k in keys if not is_pattern(k)}
-            wanted_globs = {g for k in keys if is_pattern(k) for g in redis_globs(self._prefix, k)}
+            wanted_channels = {channel(self._prefix, k) for k in keys if not is_pattern_key(k)}
+            wanted_globs = {
+                g for k in keys if is_pattern_key(k) for g in redis_globs(self._prefix, k)
+            }
             # The message loop marks each name live as Redis confirms it.
             if added := wanted_channels - channels:
                 await pubsub.subscribe(*added)

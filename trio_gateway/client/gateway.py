@@ -58,7 +58,7 @@ import trio_websocket
 
 from ..common.backoff import backoff_delay
 from ..protocol.errors import CloseCode
-from ..protocol.topics import is_pattern
+from ..protocol.routing import is_pattern_key
 from .errors import (
     ConnectFailed,
     Disconnected,
@@ -237,7 +237,7 @@ class GatewayClient:
         self._subscriptions = {key: _subscription_fields(key) for key in subscriptions}
         resume = {key: _checked_position(position, key) for key, position in resume.items()}
         for key in resume:
-            if is_pattern(key):
+            if is_pattern_key(key):
                 raise ValueError(f"cannot resume {key!r}: a pattern is live only")
             self._subscriptions.setdefault(key, _subscription_fields(key))
         # The reader's positions (deduplication, resumes) and the application's (positions).
@@ -348,7 +348,7 @@ class GatewayClient:
         fields = _selection(scope, workspace_id, session_id, topic)
         key = _key_of(fields)
         if since is not None:
-            if is_pattern(key):
+            if is_pattern_key(key):
                 raise ValueError(f"since is not supported for {key!r}: a pattern is live only")
             since = _checked_position(since, "since")
             if self._tracker.expect(key, since):
@@ -597,7 +597,7 @@ class GatewayClient:
             # resumes from its position as it stands when it is queued.
             replies = []
             for key, fields in wanted:
-                since = None if is_pattern(key) else self._tracker.position(key)
+                since = None if is_pattern_key(key) else self._tracker.position(key)
                 intent = _Intent(True, key, fields, since, restore=True)
                 replies.append(
                     await connection.request(_subscribe_message(key, fields, since), intent)

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..protocol.codec import encode
 from ..protocol.messages import Pong
-from ..protocol.routing import SESSION_PREFIX, WORKSPACE_PREFIX
-from ..protocol.topics import ALL, is_pattern
+from ..protocol.routing import SESSION_PREFIX, WORKSPACE_PREFIX, is_pattern_key
+from ..protocol.topics import ALL
 from .positions import Position
 
 PONG_TEXT = encode(Pong())
@@ -72,7 +72,7 @@ def _subscribe_message(
     message: dict[str, Any] = {"type": "subscribe", **fields}
     if since is not None:
         message["since"] = {"offset": since.offset, "epoch": since.epoch}
-    elif not is_pattern(key):
+    elif not is_pattern_key(key):
         message["recover"] = True
     return message
 

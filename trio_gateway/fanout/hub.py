@@ -21,8 +21,8 @@ import trio
 
 from ..protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
 from ..protocol.replies import SESSION_EXPIRED_FRAME
-from ..protocol.routing import user_key
-from ..protocol.topics import PatternIndex, is_pattern
+from ..protocol.routing import is_pattern_key, user_key
+from ..protocol.topics import PatternIndex
 from ..session.auth import API_KEY_IDENTITY, Identity
 from .flusher import Flusher
 from .outbox import Outbox
@@ -162,7 +162,7 @@ class Hub:
         if members is None:
             first = not self._wanted(key)
             members = self._index[key] = set()
-            if is_pattern(key):
+            if is_pattern_key(key):
                 self._patterns.add(key)
             if first:
                 self._on_first(key)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from .errors import ProtocolError
 from .messages import Subscribe, Unsubscribe
 from .topics import ALL as ALL
-from .topics import pattern_problem
+from .topics import is_pattern, pattern_problem
 
 # The WebSocket endpoint, and the diagnostics echo endpoint (served only with `enable_echo`).
 WS_PATH = "/api/ws"
@@ -80,6 +80,13 @@ def subscription_key(message: Subscribe) -> str:
 def unsubscription_key(message: Unsubscribe) -> str | None:
     """The key an unsubscribe message drops, or None for "drop every subscription"."""
     return _requested_key(message)
+
+
+def is_pattern_key(key: str) -> bool:
+    """Whether a subscription key is a wildcard topic. Workspace, session and user keys are
+    literal whatever their ids hold: a topic never contains ':', and "workspace:a.*" names
+    the workspace "a.*"."""
+    return ":" not in key and is_pattern(key)
 
 
 def encodable(text: str) -> bool:

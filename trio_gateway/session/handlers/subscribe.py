@@ -20,8 +20,13 @@ from ...protocol.codec import ECHO_LIMIT, encode
 from ...protocol.errors import FORBIDDEN, ProtocolError
 from ...protocol.frames import text_frame
 from ...protocol.messages import Since, Subscribe, Subscribed, Unsubscribe, Unsubscribed
-from ...protocol.routing import ALL, SESSION_PREFIX, subscription_key, unsubscription_key
-from ...protocol.topics import is_pattern
+from ...protocol.routing import (
+    ALL,
+    SESSION_PREFIX,
+    is_pattern_key,
+    subscription_key,
+    unsubscription_key,
+)
 from ..auth import may_subscribe
 from ..context import GatewayContext
 from ..registry import Registry
@@ -37,13 +42,13 @@ async def subscribe(client: Client, context: GatewayContext, message: Subscribe)
             f"Too many subscriptions: at most {config.max_subscriptions} per connection"
         )
     recover = message.recover or message.since is not None
-    if is_pattern(key) and recover:
+    if is_pattern_key(key) and recover:
         raise ProtocolError(
             "Invalid subscribe: wildcard topics are live only (no since or recover)"
         )
     if recover:
         client.offsets = True
-    elif is_pattern(key) or not key.startswith(SESSION_PREFIX):
+    elif is_pattern_key(key) or not key.startswith(SESSION_PREFIX):
         hub.subscribe(client, key)
         # Acked from the broker's side the moment the key is live, ahead of any message it
         # brings (those reach the client straight through the hub).
