@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gateway import Config, Gateway, open_gateway
+from trio_gateway import Config, Gateway, open_gateway, serve
 
 from .conftest import with_settings
 from .helpers import (
@@ -342,3 +342,26 @@ async def test_user_ids_are_percent_decoded(jwt_config: Config) -> None:
             )
             assert status == 202
             assert await receive_json(ws) == {"type": "user.message", "data": 7}
+
+
+async def test_a_token_with_a_lone_surrogate_is_refused_not_a_crash(
+    nursery: trio.Nursery, jwt_config: Config
+) -> None:
+    # JSON may carry a lone surrogate; neither the key check nor the JWT library may see it
+    # (a fuzzer found these closing the connection 1011).
+    gateway: Gateway = await nursery.start(serve, jwt_config)
+    refused = {
+        "type": "error",
+        "message": "Refresh refused: invalid credentials",
+        "code": "unauthorized",
+    }
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as ws:
+            await ready(ws)
+            for token in ("\ud800", "a.\ud800.b"):
+                assert await request(ws, type="refresh", token=token) == refused
+        async with tcp_client(gateway.port, token=None) as ws:
+            assert (await receive_json(ws))["type"] == "hello"
+            await send_json(ws, {"type": "identify", "token": "a.\ud800.b"})
+            reason = await closed_with(ws)
+    assert (reason.code, reason.reason) == (4001, "Unauthorized")

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ..protocol.headers import bearer_token, header_values
-from ..protocol.routing import ALL, SESSION_PREFIX, WORKSPACE_PREFIX
+from ..protocol.routing import ALL, SESSION_PREFIX, WORKSPACE_PREFIX, encodable
 from ..protocol.topics import REST, covers, is_pattern, pattern_problem, topic_problem
 
 # Seconds of clock skew tolerated on exp/nbf/iat between the token issuer and us.
@@ -105,7 +105,9 @@ class Authenticator:
         """
         if key_matches(token, self.api_keys):
             return API_KEY_IDENTITY
-        if not self.accepts_jwt or token.count(".") != 2:
+        # A lone surrogate (JSON allows one) is no key and no JWT, and the JWT library
+        # would fail on it with an error of its own.
+        if not self.accepts_jwt or token.count(".") != 2 or not encodable(token):
             raise AuthError("invalid credentials")
         return self._from_jwt(token, now)
 
@@ -142,7 +144,8 @@ def key_matches(token: str | None, keys: Sequence[str]) -> bool:
     """Constant-time check of `token` against every configured key (no early exit)."""
     if token is None:
         return False
-    presented = token.encode("utf-8", "surrogateescape")
+    # surrogatepass: a token from JSON may hold a lone surrogate, which matches no key.
+    presented = token.encode("utf-8", "surrogatepass")
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(presented, key.encode("utf-8"))
