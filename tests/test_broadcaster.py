@@ -1,4 +1,4 @@
-"""The in-process publishing API and the broadcast task, over real trio memory channels."""
+"""The in-process publishing API and the publisher task, over real trio memory channels."""
 
 from __future__ import annotations
 
@@ -243,11 +243,11 @@ def test_closed_broadcaster_raises_gateway_closed() -> None:
     with pytest.raises(GatewayClosed):
         broadcaster.send_nowait(event_publication({"workspace_id": "w"}))
     broadcaster.close()  # idempotent
-    # What was queued before close is still there for the broadcast task to drain.
+    # What was queued before close is still there for the publisher task to drain.
     assert len(queued(receive)) == 1
 
 
-def test_gateway_closed_when_broadcast_task_is_gone() -> None:
+def test_gateway_closed_when_publisher_task_is_gone() -> None:
     broadcaster, receive = open_broadcaster()
     receive.close()
     with pytest.raises(GatewayClosed):

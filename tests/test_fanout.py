@@ -1,7 +1,7 @@
 """Fan-out: publish order, exactly-once delivery, routing, and slow-consumer isolation.
 
 Real sockets, real clock, hard `fail_after` bounds. Absence is proven with a marker: a later
-publication the client does follow must be its next frame (one broadcast task, one order).
+publication the client does follow must be its next frame (one publisher task, one order).
 """
 
 from __future__ import annotations
