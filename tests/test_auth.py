@@ -71,8 +71,11 @@ def test_a_valid_hs256_token_names_the_user_and_grants() -> None:
         (jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "exp"),
         (jwt.encode({"exp": NOW + 60}, SECRET, algorithm="HS256"), "sub"),
         (hs256(sub=""), "sub"),
-        (hs256(sub=5), "Subject"),
-        (jwt.encode({"sub": "alice", "exp": NOW + 60}, "t" * 32, algorithm="HS256"), "Signature"),
+        (hs256(sub=5), "sub must be a non-empty string"),
+        (
+            jwt.encode({"sub": "alice", "exp": NOW + 60}, "t" * 32, algorithm="HS256"),
+            "bad signature",
+        ),
         (hs256(sub_topics="chat"), "sub_topics"),
         (hs256(pub_topics=["chat..x"]), "pub_topics"),
         ("not-a-token", "invalid credentials"),
@@ -117,7 +120,7 @@ def test_rs256_with_a_public_key_and_no_key_confusion(rsa_key: rsa.RSAPrivateKey
     with pytest.raises(AuthError):
         rs.authenticate(forged, NOW)
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with pytest.raises(AuthError, match="Signature"):
+    with pytest.raises(AuthError, match=r"^invalid token: bad signature$"):
         rs.authenticate(jwt.encode({"sub": "bob", "exp": NOW + 60}, other, algorithm="RS256"), NOW)
 
 
@@ -200,3 +203,15 @@ def test_jwt_subscribe_permissions() -> None:
     assert may_publish(user, "chat.room.5")
     assert not may_publish(user, "chat.lobby")
     assert not may_publish(user, "chat.room.*")
+
+
+def test_a_refusal_never_quotes_the_jwt_librarys_own_text() -> None:
+    # A correctly signed token whose payload is not JSON: PyJWT's message for it quotes
+    # Python's JSONDecodeError ("Expecting value: line 1 column 1"), which must not reach a
+    # client's error reply.
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64(b"\xff\xfe")
+    signing_input = f"{header}.{payload}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    with pytest.raises(AuthError, match=r"^invalid token: malformed$"):
+        HS.authenticate(f"{signing_input}.{_b64(signature)}", NOW)

@@ -133,11 +133,32 @@ class Authenticator:
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
+                    # `sub` is checked below, in our words (PyJWT 2.10+ checks it too).
+                    "verify_sub": False,
                 },
             )
         except jwt.InvalidTokenError as exc:
-            raise AuthError(f"invalid token: {exc}") from None
+            raise AuthError(f"invalid token: {_jwt_problem(exc)}") from None
         return _identity(claims, now)
+
+
+def _jwt_problem(exc: jwt.InvalidTokenError) -> str:
+    """Our words for why PyJWT refused a token: its own messages may quote Python's
+    exception text (a payload that is not JSON), and they reach clients in error replies."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"{exc.claim} is required"
+    for kind, problem in _JWT_PROBLEMS:
+        if isinstance(exc, kind):
+            return problem
+    return "malformed"
+
+
+_JWT_PROBLEMS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+)
 
 
 def key_matches(token: str | None, keys: Sequence[str]) -> bool:
