@@ -1,7 +1,8 @@
 """The client's position tracking, fed frames directly: synchronous, no socket, no trio.
 
 What the reader does with each ack and message, in frame order: positions, duplicate
-suppression across subscriptions and replays, and giving up a gap that never fills.
+suppression across subscriptions and replays, and giving up a gap that never fills; and what
+`positions` reports as the application takes messages (the reader runs ahead of it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from trio_gateway.client.positions import MAX_AHEAD, Position, _message_offsets, _Tracker
+from trio_gateway.client.positions import (
+    MAX_AHEAD,
+    Position,
+    _Committed,
+    _Delivery,
+    _message_offsets,
+    _Tracker,
+)
 
 
 class Feed:
@@ -19,6 +27,8 @@ class Feed:
     def __init__(self, resume: dict[str, Position] | None = None) -> None:
         self.tracker = _Tracker(resume)
         self.delivered: list[dict[str, Any]] = []
+        # What the buffer holds, in order, with the positions taking each reaches.
+        self.buffered: list[_Delivery] = []
 
     def ack(
         self,
@@ -48,6 +58,7 @@ class Feed:
             return False
         self.delivered.append(message)
         self.tracker.record(offsets)
+        self.buffered.append(_Delivery(message, self.tracker.marks(offsets)))
         return True
 
     def event(self, name: str, **offsets: int) -> bool:
@@ -201,3 +212,37 @@ def test_a_gap_that_never_fills_is_given_up(monkeypatch: pytest.MonkeyPatch) -> 
     # ...until more than MAX_AHEAD wait above it.
     assert feed.tracker.position("topic") == ("E", 5)
     assert MAX_AHEAD > 1000
+
+
+def test_positions_report_what_was_handed_out_not_what_was_read() -> None:
+    feed = Feed()
+    feed.ack("all", "E", 10)
+    feed.ack("workspace:w", "W", 4)
+    committed = _Committed(feed.tracker.positions())
+    assert feed.event("a", all=11, workspace_w=5)
+    assert feed.event("b", all=12)
+    assert feed.event("c", all=13, workspace_w=6)
+    # The reader is at 13; the application has taken nothing yet.
+    assert feed.tracker.positions() == {"all": ("E", 13), "workspace:w": ("W", 6)}
+    assert committed.snapshot() == {"all": ("E", 10), "workspace:w": ("W", 4)}
+    taken = feed.buffered.pop(0)
+    committed.advance(taken.marks)
+    assert committed.snapshot() == {"all": ("E", 11), "workspace:w": ("W", 5)}
+    committed.advance(feed.buffered.pop(0).marks)
+    assert committed.snapshot() == {"all": ("E", 12), "workspace:w": ("W", 5)}
+    committed.advance(feed.buffered.pop(0).marks)
+    assert committed.snapshot() == feed.tracker.positions()
+
+
+def test_positions_never_go_back_or_cross_an_epoch() -> None:
+    committed = _Committed({"all": Position("E", 10)})
+    committed.advance({"all": Position("E", 7)})
+    assert committed.snapshot() == {"all": ("E", 10)}
+    # A mark from before a reset into another epoch is stale.
+    committed.set("all", Position("F", 2))
+    committed.advance({"all": Position("E", 30)})
+    assert committed.snapshot() == {"all": ("F", 2)}
+    # A key no longer held (unsubscribed while its message sat in the buffer) stays gone.
+    committed.drop("all")
+    committed.advance({"all": Position("F", 3)})
+    assert committed.snapshot() == {}

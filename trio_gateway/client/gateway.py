@@ -1,16 +1,14 @@
-"""A Trio client for the gateway's WebSocket side: subscriptions that survive drops, with
-nothing missed and nothing doubled where the server keeps history.
+"""The client's WebSocket side: `open_client` and `GatewayClient`, subscriptions that survive
+drops, with nothing missed and nothing doubled where the server keeps history.
 
-Owns the client's half of the wire protocol (the `ready` greeting, subscribe/unsubscribe acks,
-answering keepalive pings, `since` on a resuming subscribe), the position of every
-subscription (epoch and offset), duplicate suppression, and reconnecting with jittered
-exponential backoff while resuming every subscription. Publishing over HTTP is
-http_client.py.
+Owns the connection's life (connect, the `ready` greeting, restoring subscriptions, the
+reader, reconnecting with jittered exponential backoff) and what each reply and message
+means for the held subscriptions. The positions themselves are positions.py's, the writer
+and reply slots connection.py's, the frames' fields wire.py's.
 
-Must not: use the server's runtime (hub, connection, server, http_api) or be imported by it.
-The server never depends on its clients; the two share only protocol constants (close codes).
-Must not run a task outside the nursery `open_client` owns, so nothing outlives the
-`async with` block.
+Must not: use the server's runtime (fanout, session, transport, runtime, broker) or be
+imported by it. Must not run a task outside the nursery `open_client` owns, so nothing
+outlives the `async with` block.
 
 Theory of operation
 -------------------
@@ -19,11 +17,11 @@ read the `ready` greeting, restore the subscriptions, serve the connection until
 then either reconnect after a backoff delay or stop. Besides trio-websocket's frame reader
 (and a short-lived task restoring the subscriptions), each connection runs two tasks:
 
-- the writer is the only task that sends frames. A request (subscribe, unsubscribe) is queued
-  with a reply slot, and the writer files the slot just before sending the frame. The server
-  answers requests one by one in arrival order, so replies are matched to slots first in,
-  first out. A caller cancelled while waiting leaves its slot filed; the late reply fills it
-  and the order stays aligned.
+- the writer (connection.py) is the only task that sends frames. A request (subscribe,
+  unsubscribe) is queued with a reply slot, and the writer files the slot just before
+  sending the frame. The server answers requests one by one in arrival order, so replies
+  are matched to slots first in, first out. A caller cancelled while waiting leaves its
+  slot filed; the late reply fills it and the order stays aligned.
 - the reader answers pings, fills reply slots and hands application messages to the
   iterator through a bounded buffer. It never blocks on the application: when the buffer is
   full, the client drops the connection and reconnects, the same policy the server applies
@@ -37,11 +35,9 @@ exception bare rather than as an exception group, as trio-websocket's context ma
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -52,13 +48,13 @@ from collections.abc import (
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-import attrs
 import trio
 import trio_websocket
 
 from ..common.backoff import backoff_delay
 from ..protocol.errors import CloseCode
 from ..protocol.routing import is_pattern_key
+from .connection import _Connection, _Dropped, _Intent, _open_stream, _Reply
 from .errors import (
     ConnectFailed,
     Disconnected,
@@ -78,7 +74,7 @@ from .positions import (
     _message_offsets,
     _Tracker,
 )
-from .urls import Endpoint, split_url
+from .urls import split_url
 from .wire import (
     PONG_TEXT,
     REPLY_TYPES,
@@ -93,104 +89,6 @@ log = logging.getLogger("trio_gateway.client")
 
 # Seconds we wait for the server to answer our close frame before dropping the socket.
 CLOSE_TIMEOUT = 2.0
-# Frames queued for the writer; a request beyond this waits for room (backpressure on callers).
-OUTGOING_DEPTH = 64
-
-
-async def _open_stream(
-    endpoint: Endpoint,
-) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-    if endpoint.tls:
-        return await trio.open_ssl_over_tcp_stream(
-            endpoint.host, endpoint.port, https_compatible=True
-        )
-    return await trio.open_tcp_stream(endpoint.host, endpoint.port)
-
-
-class _Dropped(Exception):
-    """The connection a request was made on ended before its reply arrived."""
-
-
-@attrs.frozen
-class _Intent:
-    """What a request asks for, so the reader can account its reply (see `_settle`)."""
-
-    subscribe: bool
-    # None: unsubscribe from everything.
-    key: str | None
-    fields: Mapping[str, str]
-    since: Position | None = None
-    # Sent by `_restore`: a failed recovery is the application's to hear of, not a caller's.
-    restore: bool = False
-
-
-@attrs.define(eq=False)
-class _Reply:
-    intent: _Intent | None = None
-    done: trio.Event = attrs.field(factory=trio.Event)
-    # None once done means the connection dropped first.
-    message: dict[str, Any] | None = None
-
-    def resolve(self, message: dict[str, Any] | None) -> None:
-        self.message = message
-        self.done.set()
-
-    async def wait(self) -> dict[str, Any]:
-        await self.done.wait()
-        if self.message is None:
-            raise _Dropped
-        return self.message
-
-
-_Outgoing = tuple[str, _Reply | None]
-
-
-class _Connection:
-    """One live WebSocket: its writer queue and the reply slots awaiting an answer."""
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection, client_id: str) -> None:
-        self.ws = ws
-        self.client_id = client_id
-        self._pending: deque[_Reply] = deque()
-        self._send, self._receive = trio.open_memory_channel[_Outgoing](OUTGOING_DEPTH)
-
-    async def request(self, message: Mapping[str, Any], intent: _Intent | None = None) -> _Reply:
-        """Queue a request frame; the returned slot receives the server's reply."""
-        reply = _Reply(intent)
-        await self.send(json.dumps(message, separators=(",", ":")), reply)
-        return reply
-
-    async def send(self, text: str, reply: _Reply | None = None) -> None:
-        try:
-            await self._send.send((text, reply))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _Dropped from None
-
-    def take_reply(self) -> _Reply | None:
-        return self._pending.popleft() if self._pending else None
-
-    async def write_loop(self) -> None:
-        async for text, reply in self._receive:
-            if reply is not None:
-                self._pending.append(reply)
-            try:
-                await self.ws.send_message(text)
-            except trio_websocket.ConnectionClosed:
-                return
-
-    def drop(self) -> None:
-        """Fail every request still queued or awaiting a reply; refuse new ones."""
-        self._send.close()
-        while True:
-            try:
-                _text, reply = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if reply is not None:
-                reply.resolve(None)
-        self._receive.close()
-        while self._pending:
-            self._pending.popleft().resolve(None)
 
 
 class GatewayClient:

@@ -7,9 +7,7 @@ keys an application names and the fields a subscribe message carries.
 from __future__ import annotations
 
 import json
-from collections.abc import (
-    Mapping,
-)
+from collections.abc import Mapping
 from typing import Any
 
 from ..protocol.codec import encode

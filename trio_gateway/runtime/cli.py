@@ -243,7 +243,7 @@ def _run_supervisor(config: Config, log_level: str, env: Mapping[str, str]) -> i
     try:
         status = trio.run(workers.supervise, config, log_level, env, _announce_addresses)
     except* workers.PortUnavailable as group:
-        reason = group.exceptions[0]
+        reason = first_leaf(group)
         _say(f"{PROG}: cannot listen on {_url_host(config.host)}:{config.port}: {reason}")
         status = EXIT_CANNOT_LISTEN
     except* KeyboardInterrupt:
