@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import trio
 
@@ -15,7 +16,7 @@ from .helpers import TIMEOUT
 
 def every_route() -> list[tuple[str, str, Policy]]:
     return [
-        (method, path.replace("{user_id}", "alice%20b"), route.policy)
+        (method, re.sub(r"\{\w+\}", "alice%20b", path), route.policy)
         for path, methods in ROUTES.items()
         for method, route in methods.items()
     ]
@@ -37,5 +38,4 @@ async def test_each_route_enforces_its_policy_before_its_handler(gateway: Gatewa
     assert {error for *_, error in refused} == {"Missing API key"}
     assert sorted((method, path, status) for method, path, status, _ in served) == [
         ("GET", "/api/health", 200),
-        ("GET", "/api/ws", 426),
     ]

@@ -4,7 +4,8 @@ A policy is what must hold before the handler runs, declared per route and appli
 `respond`, never inside a handler: `PUBLIC`, or `API_KEY` (the first `Authorization` header
 is `Bearer <key>`, 401 with `WWW-Authenticate` otherwise). A new kind of check (a metrics
 token, admin auth, a rate limit) is a new `Policy` value handled in `_enforce`; a new
-endpoint is one line here and one handler.
+endpoint is one line here and one handler. The WebSocket paths are configurable
+(`ws_paths`), so they are not in the table: a plain GET on one gets 426.
 
 A path is a literal or a template: a `{name}` segment matches one non-empty path segment,
 percent-decoded strictly (bad UTF-8 is a 404), and reaches the handler as
@@ -20,7 +21,6 @@ from urllib.parse import unquote
 import attrs
 
 from ..protocol.headers import bearer_token
-from ..protocol.routing import WS_PATH
 from ..session.auth import key_matches
 from .app import Handler, HttpApp, HttpError, Request
 from .health import health, websocket_without_upgrade
@@ -55,11 +55,12 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/api/remote-updates": {"POST": Route(post_remote_update, API_KEY)},
     "/api/session-deleted": {"POST": Route(post_session_deleted, API_KEY)},
     "/api/publish": {"POST": Route(post_publish, API_KEY)},
-    WS_PATH: {"GET": Route(websocket_without_upgrade, PUBLIC)},
     "/api/users/{user_id}/messages": {"POST": Route(post_user_message, API_KEY)},
     "/api/users/{user_id}/disconnect": {"POST": Route(post_user_disconnect, API_KEY)},
 }
 
+# Every WebSocket path (the `ws_paths` setting) answers a plain GET with 426.
+_WEBSOCKET = {"GET": Route(websocket_without_upgrade, PUBLIC)}
 _LITERAL = {path: methods for path, methods in ROUTES.items() if "{" not in path}
 _TEMPLATES = [(path.split("/"), methods) for path, methods in ROUTES.items() if "{" in path]
 
@@ -71,6 +72,8 @@ async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
         HttpError: 404, 405, the policy's refusal, or the handler's own error.
     """
     methods, params = _methods(request.path)
+    if methods is None and request.path in app.context.config.ws_paths:
+        methods = _WEBSOCKET
     if methods is None:
         raise HttpError(404, "Not found")
     method = request.method

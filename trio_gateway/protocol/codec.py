@@ -1,13 +1,13 @@
 """Text <-> typed messages. Owns the one private cattrs Converter; does no I/O.
 
-`decode` never raises on client input: anything malformed becomes an `Error` reply. `encode`
-produces compact JSON with `type` first, ASCII-escaped so that no string (lone surrogates
-included) can fail to encode as UTF-8 later in a writer task.
+`decode` never raises on client input: anything malformed becomes an `Error` reply (or, for
+a command frame, a `Command` carrying its problem). `encode` produces compact JSON with `type`
+first, ASCII-escaped so that no string (lone surrogates included) can fail to encode as UTF-8
+later in a writer task.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +16,9 @@ import cattrs
 from cattrs import transform_error
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from .commands import Command
+from .jsontext import ECHO_LIMIT as ECHO_LIMIT
+from .jsontext import dumps, loads
 from .messages import (
     CLIENT_MESSAGES,
     ClientMessage,
@@ -23,10 +26,6 @@ from .messages import (
     ServerMessage,
     Since,
 )
-
-# Client-chosen text echoed back in an error reply is cut to this many characters, so an
-# error about a 60 KiB type name does not cost 60 KiB per reply.
-ECHO_LIMIT = 100
 
 _converter = cattrs.Converter()
 
@@ -98,24 +97,12 @@ def _describe(exc: Exception) -> str:
     return f"{path} {detail}" if detail else first
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def loads(text: str | bytes) -> Any:
-    """Strict JSON: NaN and Infinity are rejected, absurd nesting is a ValueError.
-
-    Raises:
-        ValueError: `text` is not strict JSON.
-    """
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
 def decode(text: str) -> ClientMessage | Error:
-    """Parse one client text frame into a typed message, or the `Error` reply to send."""
+    """Parse one client text frame into a typed message, or the `Error` reply to send.
+
+    A frame without `type` but with `command` is a command call (seed 002): it decodes to a
+    `Command` even when malformed, since it is answered in the command error form.
+    """
     try:
         data: Any = loads(text)
     except ValueError:
@@ -123,6 +110,8 @@ def decode(text: str) -> ClientMessage | Error:
     if not isinstance(data, dict):
         return Error("Invalid message: expected a JSON object")
     tag = data.get("type")
+    if tag is None and "command" in data:
+        return Command.from_wire(data)
     if not isinstance(tag, str):
         return Error("Missing message type")
     cls = CLIENT_MESSAGES.get(tag)
@@ -138,7 +127,3 @@ def encode(message: ServerMessage) -> str:
     """Serialise a server message to the exact text sent on the wire."""
     return dumps({"type": message.TAG, **_converter.unstructure(message)})
 
-
-def dumps(data: object) -> str:
-    """Compact JSON, the form of every frame the server sends."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)

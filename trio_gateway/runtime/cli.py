@@ -36,7 +36,6 @@ from ..broker import BrokerUnavailable
 from ..common.groups import first_leaf
 from ..observability import jsonlog
 from ..observability.jsonlog import fields
-from ..protocol.routing import WS_PATH
 from . import workers
 from .config import REDACTED, Config, ConfigError, redact_url
 from .server import Gateway, read_public_key, serve
@@ -157,14 +156,14 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _announce_addresses(addresses: Sequence[tuple[str, int]]) -> None:
+def _announce_addresses(ws_path: str, addresses: Sequence[tuple[str, int]]) -> None:
     for host, port in addresses:
         base = f"{_url_host(host)}:{port}"
-        _say(f"{PROG} listening on ws://{base}{WS_PATH} (HTTP API http://{base}{HTTP_API_PATH})")
+        _say(f"{PROG} listening on ws://{base}{ws_path} (HTTP API http://{base}{HTTP_API_PATH})")
 
 
 def _announce(gateway: Gateway) -> None:
-    _announce_addresses(gateway.addresses)
+    _announce_addresses(gateway.config.ws_paths[0], gateway.addresses)
 
 
 async def run_daemon(
@@ -241,7 +240,13 @@ def run_worker(index: int) -> int:
 
 def _run_supervisor(config: Config, log_level: str, env: Mapping[str, str]) -> int:
     try:
-        status = trio.run(workers.supervise, config, log_level, env, _announce_addresses)
+        status = trio.run(
+            workers.supervise,
+            config,
+            log_level,
+            env,
+            partial(_announce_addresses, config.ws_paths[0]),
+        )
     except* workers.PortUnavailable as group:
         reason = first_leaf(group)
         _say(f"{PROG}: cannot listen on {_url_host(config.host)}:{config.port}: {reason}")
@@ -279,8 +284,9 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     if not config.api_keys:
         config = _with_generated_key(config)
     settings_logged = attrs.asdict(config, filter=lambda field, _: field.name != "api_keys")
-    if config.redis_url is not None:
-        settings_logged["redis_url"] = redact_url(config.redis_url)
+    for name in ("redis_url", "command_url", "connect_url"):
+        if (url := getattr(config, name)) is not None:
+            settings_logged[name] = redact_url(url)
     if config.jwt_secret is not None:
         settings_logged["jwt_secret"] = REDACTED
     log.info(

@@ -63,6 +63,37 @@ def _key_tuple(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(keys)
 
 
+HTTP_SCHEMES = ("http://", "https://")
+
+
+def _backend_url(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None and (not value.startswith(HTTP_SCHEMES) or len(value) <= 8):
+        # Only the scheme is shown: the rest of the URL may hold credentials.
+        scheme = value.partition("://")[0] if "://" in value else "(none)"
+        raise ConfigError(
+            f"{attribute.name}: must be an http:// or https:// URL, got scheme {scheme!r}"
+        )
+
+
+def _paths(
+    instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    if not value:
+        raise ConfigError(f"{attribute.name}: at least one path is required")
+    for path in value:
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or any(character.isspace() or character in "?#" for character in path)
+        ):
+            raise ConfigError(
+                f"{attribute.name}: each path must start with / and hold no spaces, ? or #, "
+                f"got {path!r}"
+            )
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     host: str = "127.0.0.1"
@@ -129,6 +160,22 @@ class Config:
     redis_prefix: str = attrs.field(default="trio-gateway:", validator=_prefix)
     # At startup, keep retrying an unreachable Redis (with backoff) instead of exiting.
     redis_wait: bool = False
+    # Paths WebSocket clients connect on (seeds use /api/ws, /ws and /ws/gateway).
+    ws_paths: tuple[str, ...] = attrs.field(
+        default=("/api/ws",), converter=_key_tuple, validator=_paths
+    )
+    # The backend that runs commands the gateway has no in-process handler for: each call is
+    # POSTed there as JSON; None: such commands are unknown.
+    command_url: str | None = attrs.field(default=None, validator=_backend_url)
+    # Seconds a command (in-process or at command_url) may take before it fails with timeout.
+    command_timeout: float = attrs.field(default=10.0, validator=_positive)
+    # Commands one connection may have running at once; more are refused with too_many.
+    max_inflight_commands: int = attrs.field(default=8, validator=_positive)
+    # The backend asked who a token belongs to when it is neither an API key nor a valid JWT
+    # (opaque session tokens); None: such tokens are refused.
+    connect_url: str | None = attrs.field(default=None, validator=_backend_url)
+    # Seconds the connect hook may take; beyond it the client is closed 1013 (try again).
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
     # Processes sharing the port (SO_REUSEPORT); more than 1 needs redis_url.
     workers: int = attrs.field(default=1, validator=_positive)
     # Set SO_REUSEPORT on the listening socket, so other processes may bind the same port.

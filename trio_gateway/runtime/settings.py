@@ -8,8 +8,9 @@ cli.py does that and turns `ConfigError` into exit status 2.
 Theory of operation
 -------------------
 Every setting has one name, used three ways: the `Config` field and TOML key (`max_body_size`),
-the flag (`--max-body-size`) and the variable (`TRIO_GATEWAY_MAX_BODY_SIZE`). `api_keys` is the
-one plural: `--api-key` repeats, the variable is comma-separated, TOML takes a list of strings.
+the flag (`--max-body-size`) and the variable (`TRIO_GATEWAY_MAX_BODY_SIZE`). The lists
+(`api_keys`, `allowed_origins`, `ws_paths`) have a singular flag that repeats (`--api-key`),
+a comma-separated variable, and a TOML list of strings.
 The TOML file holds the settings as top-level keys; anything else in it is an error.
 
 Each value is parsed and validated where it comes from, even one a higher-precedence source
@@ -254,6 +255,32 @@ SETTINGS: tuple[Setting, ...] = (
         _str_from_toml,
     ),
     _switch("redis_wait", "retry an unreachable Redis at startup instead of exiting"),
+    Setting(
+        "ws_paths",
+        "a path WebSocket clients connect on; repeat for several (default /api/ws)",
+        "PATH",
+        _keys_from_text,
+        _keys_from_toml,
+        _keys_from_flags,
+        flag="--ws-path",
+    ),
+    Setting(
+        "command_url",
+        "backend URL commands without an in-process handler are POSTed to",
+        "URL",
+        _str_from_text,
+        _str_from_toml,
+    ),
+    _seconds("command_timeout", "seconds a command may take before it fails with timeout"),
+    _integer("max_inflight_commands", "commands one connection may run at once"),
+    Setting(
+        "connect_url",
+        "backend URL asked who a token is when it is neither an API key nor a valid JWT",
+        "URL",
+        _str_from_text,
+        _str_from_toml,
+    ),
+    _seconds("connect_timeout", "seconds the connect hook may take before closing 1013"),
     _integer("workers", "processes sharing the port (SO_REUSEPORT); more than 1 needs Redis"),
     _switch("reuse_port", "set SO_REUSEPORT so other processes may bind the same port"),
     Setting(

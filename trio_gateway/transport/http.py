@@ -32,7 +32,7 @@ from ..api.routes import respond
 from ..observability.jsonlog import fields
 from ..protocol.codec import dumps
 from ..protocol.headers import header
-from ..protocol.routing import ECHO_PATH, WS_PATH
+from ..protocol.routing import ECHO_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
@@ -241,7 +241,7 @@ async def _upgrade(
     """Answer 101 and describe the handoff, or answer an error and return None."""
     path = urlsplit(head.target.decode("latin-1")).path
     echo = path == ECHO_PATH and app.context.config.enable_echo
-    if path != WS_PATH and not echo:
+    if path not in app.context.config.ws_paths and not echo:
         status, message = 404, "Not found"
     elif app.context.shutting_down.is_set():
         status, message = 503, "Server shutting down"
