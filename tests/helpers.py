@@ -23,6 +23,8 @@ from trio_gateway.client.http import http_request
 API_KEY = "test-key"
 # Seconds a real-socket test may take before it fails (each wraps its body in fail_after).
 TIMEOUT = 5
+#: The expiry frame, in the shapes of seeds 000-004 and of seed 002.
+SESSION_EXPIRED = {"type": "session.expired", "event": "sessionExpired", "payload": {}}
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):

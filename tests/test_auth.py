@@ -58,7 +58,7 @@ def test_api_keys_grant_everything() -> None:
 def test_a_valid_hs256_token_names_the_user_and_grants() -> None:
     token = hs256(sub_topics=["chat.**"], pub_topics=["chat.room.*"], nbf=NOW - 1, iat=NOW)
     assert HS.authenticate(token, NOW) == Identity(
-        "alice", NOW + 60, ("chat.**",), ("chat.room.*",)
+        "alice", NOW + 60, ("chat.**",), ("chat.room.*",), commands=()
     )
 
 
@@ -106,7 +106,7 @@ def test_audience_and_issuer_are_checked_when_configured() -> None:
 def test_exp_may_be_made_optional() -> None:
     lenient = Authenticator(api_keys=(), jwt_secret=SECRET, jwt_require_exp=False)
     token = jwt.encode({"sub": "bot"}, SECRET, algorithm="HS256")
-    assert lenient.authenticate(token, NOW) == Identity("bot", None, (), ())
+    assert lenient.authenticate(token, NOW) == Identity("bot", None, (), (), ())
 
 
 def test_rs256_with_a_public_key_and_no_key_confusion(rsa_key: rsa.RSAPrivateKey) -> None:

@@ -20,6 +20,7 @@ from trio_gateway import Config, Gateway, open_gateway, serve
 from .conftest import with_settings
 from .helpers import (
     API_KEY,
+    SESSION_EXPIRED,
     TIMEOUT,
     MemoryListener,
     closed_with,
@@ -178,7 +179,7 @@ async def test_session_expires_at_exp_with_4002(
     async with memory_client(listener, token=token(ttl=120)) as ws:
         await ready(ws)
         started = trio.current_time()
-        assert await receive_json(ws) == {"type": "session.expired"}
+        assert await receive_json(ws) == SESSION_EXPIRED
         reason = await closed_with(ws)
         assert (reason.code, reason.reason) == (4002, "Session expired")
         assert trio.current_time() - started == pytest.approx(120, abs=1)
@@ -198,7 +199,7 @@ async def test_refresh_extends_and_another_user_is_refused(
         await trio.sleep(100)
         refreshed = await request(ws, type="refresh", token=token(ttl=300))
         assert refreshed["type"] == "refreshed"
-        assert await receive_json(ws) == {"type": "session.expired"}
+        assert await receive_json(ws) == SESSION_EXPIRED
         # Refreshed at t=100 for 300 s more: the old 120 s expiry is gone.
         assert trio.current_time() - started == pytest.approx(400, abs=1)
 
@@ -287,7 +288,7 @@ async def test_user_messages_and_disconnects_reach_every_instance(
 
             assert (await post(b.port, "/api/users/bob/disconnect", {}))[0] == 202
             for client in (on_a, on_b):
-                assert await receive_json(client.ws) == {"type": "session.expired"}
+                assert await receive_json(client.ws) == SESSION_EXPIRED
                 assert (await closed_with(client.ws)).code == 4002
             await b.broadcaster.send_to_user("carol", "still here")
             assert (await receive_json(other.ws))["data"] == "still here"

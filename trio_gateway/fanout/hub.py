@@ -15,6 +15,7 @@ the others nothing. `ClosedResourceError` means its connection is already going 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -50,6 +51,12 @@ class Client:
     flush_before_close: bool = False
     # The connection reads inside this scope; a close request cancels it.
     reader_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    # Where work of this connection runs beside its reader (command calls): cancelled with
+    # the reader. None before the session starts and once it ends.
+    tasks: trio.Nursery | None = None
+    # Per-connection state that features keep for as long as the connection lives (the
+    # commands' Caller.state).
+    state: dict[str, Any] = attrs.field(factory=dict)
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""

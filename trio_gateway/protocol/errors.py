@@ -21,6 +21,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008  # keepalive pong overdue
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # the connect hook could not answer; retry with backoff
     UNAUTHORIZED = 4001
     SESSION_EXPIRED = 4002
     SLOW_CONSUMER = 4008
@@ -38,6 +39,9 @@ SESSION_EXPIRED = CloseReason(CloseCode.SESSION_EXPIRED, "Session expired")
 SLOW_CONSUMER = CloseReason(CloseCode.SLOW_CONSUMER, "Slow consumer")
 PONG_TIMEOUT = CloseReason(CloseCode.POLICY_VIOLATION, "Pong timeout")
 INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
+TRY_AGAIN_LATER = CloseReason(CloseCode.TRY_AGAIN_LATER, "Try again later")
+# A connection bound to a session (connect hook `subscriptions`) when that session is deleted.
+SESSION_DELETED = CloseReason(CloseCode.NORMAL, "Session deleted")
 
 
 # The reasons of the closes wsproto decides: fixed texts, because the description wsproto gives

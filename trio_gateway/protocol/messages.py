@@ -148,6 +148,11 @@ class Ready(ServerMessage):
     # A JWT's user, and when its session ends (Unix seconds); absent for API keys.
     user_id: str | None = None
     expires_at: float | None = None
+    # From the connect hook: the backend's session, what it says about the user, and the
+    # keys it subscribed the connection to.
+    session_id: str | None = None
+    info: dict[str, Any] | None = None
+    subscriptions: list[str] | None = None
 
 
 @attrs.frozen
@@ -167,7 +172,12 @@ class Published(ServerMessage):
 
 @attrs.frozen
 class SessionExpired(ServerMessage):
+    """The end of a session (then close 4002), in both shapes: `type` for seeds 000-004's
+    clients, `event`/`payload` for seed 002's."""
+
     TAG: ClassVar[str] = "session.expired"
+    event: str = "sessionExpired"
+    payload: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -18,8 +18,10 @@ WS_PATH = "/api/ws"
 ECHO_PATH = "/api/echo"
 SESSION_PREFIX = "session:"
 WORKSPACE_PREFIX = "workspace:"
-# Internal key of a user's connections (per-user delivery); clients cannot subscribe to it.
+# Internal keys of a user's connections (per-user delivery) and of a backend session's
+# (connect hook); clients cannot subscribe to them.
 USER_PREFIX = "user:"
+LOGIN_PREFIX = "login:"
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
 
 
@@ -82,6 +84,19 @@ def unsubscription_key(message: Unsubscribe) -> str | None:
     return _requested_key(message)
 
 
+def key_problem(key: object) -> str | None:
+    """Why `key` is not a subscription key as acked on the wire ("all", "workspace:<id>",
+    "session:<id>", a topic or pattern), or None if it is one."""
+    if not isinstance(key, str) or not encodable(key):
+        return "a subscription key must be valid Unicode text"
+    if key == ALL:
+        return None
+    for prefix in (WORKSPACE_PREFIX, SESSION_PREFIX):
+        if key.startswith(prefix):
+            return None if len(key) > len(prefix) else f"{prefix} needs an id"
+    return pattern_problem(key)
+
+
 def is_pattern_key(key: str) -> bool:
     """Whether a subscription key is a wildcard topic. Workspace, session and user keys are
     literal whatever their ids hold: a topic never contains ':', and "workspace:a.*" names
@@ -100,6 +115,12 @@ def encodable(text: str) -> bool:
 
 def user_key(user_id: str) -> str:
     return USER_PREFIX + user_id
+
+
+def login_key(session_id: str) -> str:
+    """The key every connection of one backend session (the connect hook's session_id)
+    hears, for ending that session."""
+    return LOGIN_PREFIX + session_id
 
 
 def route_keys(workspace_id: str | None, session_id: str | None) -> tuple[str, ...]:

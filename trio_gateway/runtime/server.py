@@ -10,6 +10,10 @@ Task tree (every task started with `nursery.start`, so "started" is observable):
     └── connection nursery
         ├── run_listeners accept loop(s) -> handle_stream in the connection nursery
         └── handle_stream one per accepted stream (HTTP, or one WebSocket client)
+                          a client's command calls run in its own nursery (Client.tasks)
+
+The backend client (backend/http.py: the command proxy and the connect hook) lives as long
+as `serve` and is closed after every task has ended.
 
 Graceful shutdown (`Gateway.shutdown()`, also what SIGTERM does), in hypercorn's order:
 stop accepting; refuse new publications and let the publisher hand what is queued to the
@@ -33,9 +37,15 @@ import trio
 
 from .._version import __version__
 from ..api.app import HttpApp
+from ..backend.commands import command_proxy
+from ..backend.connect import ConnectHook
+from ..backend.http import Backend
 from ..broker import Broker, BrokerUnavailable
 from ..broker.memory import MemoryBroker
 from ..broker.redis import RedisBroker
+from ..commands.registry import Commands
+from ..commands.runner import CommandRunner
+from ..commands.runner import install as install_commands
 from ..fanout.broadcaster import Batch, Broadcaster, run_publisher
 from ..fanout.flusher import Flusher
 from ..fanout.hub import Hub
@@ -71,6 +81,9 @@ class Gateway:
     handlers: Registry
     #: Connect / disconnect hooks of every client (session/lifecycle.py).
     lifecycle: Lifecycle
+    #: The commands clients may call, answered in-process (commands/registry.py); those
+    #: without a handler go to `command_url` when it is set.
+    commands: Commands
     _stop: trio.Event = attrs.field(factory=trio.Event, alias="_stop")
 
     @property
@@ -134,6 +147,13 @@ async def serve(
     hub = Hub(flusher, on_first=broker.want, on_last=broker.unwant)
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
     broadcaster = Broadcaster(publish_send, broker)
+    backend = Backend(f"trio-gateway/{__version__}")
+    commands = _commands(config, backend)
+    handlers = core_handlers()
+    runner = CommandRunner(
+        commands, timeout=config.command_timeout, max_inflight=config.max_inflight_commands
+    )
+    install_commands(handlers, runner)
     context = GatewayContext(
         config=config,
         hub=hub,
@@ -141,7 +161,12 @@ async def serve(
         broker=broker,
         auth=authenticator,
         broadcaster=broadcaster,
-        handlers=core_handlers(),
+        handlers=handlers,
+        connect_hook=(
+            ConnectHook(backend, config.connect_url, config.connect_timeout)
+            if config.connect_url is not None
+            else None
+        ),
     )
     gateway = Gateway(
         config,
@@ -152,19 +177,24 @@ async def serve(
         _addresses(listeners),
         context.handlers,
         context.lifecycle,
+        commands,
     )
     app = HttpApp(context, broadcaster, __version__, instance, started_at=trio.current_time())
 
     failure: BrokerUnavailable | None = None
-    async with trio.open_nursery() as supervisor:
-        await supervisor.start(flusher.run)
-        try:
-            await supervisor.start(broker.run, hub.deliver)
-        except BrokerUnavailable as exc:
-            failure = exc
-        else:
-            await _supervise(gateway, app, listeners, publish_receive, supervisor, task_status)
-        supervisor.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as supervisor:
+            await supervisor.start(flusher.run)
+            try:
+                await supervisor.start(broker.run, hub.deliver)
+            except BrokerUnavailable as exc:
+                failure = exc
+            else:
+                await _supervise(gateway, app, listeners, publish_receive, supervisor, task_status)
+            supervisor.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
+            await backend.aclose()
     if failure is not None:
         for listener in listeners:
             await listener.aclose()
@@ -211,6 +241,13 @@ def load_authenticator(config: Config) -> Authenticator:
         jwt_issuer=config.jwt_issuer,
         jwt_require_exp=not config.jwt_optional_exp,
     )
+
+
+def _commands(config: Config, backend: Backend) -> Commands:
+    commands = Commands()
+    if config.command_url is not None:
+        commands.set_fallback(command_proxy(backend, config.command_url, config.command_timeout))
+    return commands
 
 
 def _broker(config: Config, instance: str) -> Broker:

@@ -5,7 +5,10 @@ permission rules. Must not do I/O: the key file is read by the caller, and the c
 argument, so every rule is testable without sockets or sleeping.
 
 API keys grant everything. A JWT names a user (`sub`) and, optionally, the topics it may
-subscribe to (`sub_topics`) and publish on (`pub_topics`), as topic patterns. The accepted
+subscribe to (`sub_topics`) and publish on (`pub_topics`), as topic patterns, and the
+commands it may call (`commands`: a list of names, or `*`); what a JWT does not grant it may
+not do. A token that is neither is a `Pending` credential when the connect hook is
+configured: the backend decides (backend/connect.py builds that identity). The accepted
 algorithms are fixed by configuration, never read from the token: HS256 with a shared secret,
 or RS256/ES256 with a public key. So `alg: none` and the HS/RS key-confusion attack (an HS256
 token signed with the public key as its secret) are refused.
@@ -54,6 +57,15 @@ class Identity:
     #: Patterns the client may subscribe to / publish on; None means anything (API keys).
     sub_topics: tuple[str, ...] | None = None
     pub_topics: tuple[str, ...] | None = None
+    #: Commands the client may call ("*": any); None means any (API keys).
+    commands: tuple[str, ...] | None = None
+    #: The backend's session this connection belongs to (connect hook); None otherwise.
+    session_id: str | None = None
+    #: What the backend says about the user (connect hook), sent in `ready`; None otherwise.
+    info: Any = None
+    #: Subscription keys the backend bound the connection to (connect hook), held before
+    #: `ready`.
+    subscriptions: tuple[str, ...] = ()
 
     @property
     def is_api_key(self) -> bool:
@@ -62,8 +74,16 @@ class Identity:
 
 API_KEY_IDENTITY = Identity(None)
 
-#: What an upgrade request's token proved: who, why not, or None when there was no token.
-Credential = Identity | AuthError | None
+@attrs.frozen
+class Pending:
+    """A token that is neither an API key nor a valid JWT, for the connect hook to judge."""
+
+    token: str
+
+
+#: What an upgrade request's token proved: who, why not, that the backend must say, or None
+#: when there was no token.
+Credential = Identity | AuthError | Pending | None
 
 
 def verifier_key(public_key_pem: bytes) -> tuple[Any, str]:
@@ -96,6 +116,16 @@ class Authenticator:
     @property
     def accepts_jwt(self) -> bool:
         return self.jwt_secret is not None or self.jwt_public_key is not None
+
+    def judge(self, token: str, now: float, *, hook: bool) -> Identity | AuthError | Pending:
+        """What `token` proves at `now`; with the connect hook configured (`hook`), a token
+        that proves nothing here is `Pending` rather than refused."""
+        try:
+            return self.authenticate(token, now)
+        except AuthError as exc:
+            if hook and encodable(token):
+                return Pending(token)
+            return exc
 
     def authenticate(self, token: str, now: float) -> Identity:
         """The identity `token` proves at Unix time `now`.
@@ -206,8 +236,25 @@ def _identity(claims: Mapping[str, Any], now: float) -> Identity:
     if issued_at is not None and issued_at > now + LEEWAY:
         raise AuthError("invalid token: issued in the future")
     return Identity(
-        subject, expires_at, _grants(claims, "sub_topics"), _grants(claims, "pub_topics")
+        subject,
+        expires_at,
+        _grants(claims, "sub_topics"),
+        _grants(claims, "pub_topics"),
+        command_grants(claims.get("commands", [])),
     )
+
+
+def command_grants(value: object) -> tuple[str, ...]:
+    """The commands a `commands` grant (a list of names, or "*") allows.
+
+    Raises:
+        AuthError: neither "*" nor a list of non-empty strings.
+    """
+    if value == "*":
+        return ("*",)
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise AuthError('invalid token: commands must be a list of command names or "*"')
+    return tuple(value)
 
 
 # --- where the token comes from --------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 Theory of operation
 -------------------
-`serve_websocket` gets the stream once transport/http.py has answered the upgrade. A bad
-token is closed 4001; otherwise a `Client` is registered (in the hub, then the lifecycle's
-connect hooks) and its session runs the reader and the writer (session/io.py); the reader
-hands every message to the registry (session/registry.py, handlers in session/handlers/).
+`serve_websocket` gets the stream once transport/http.py has answered the upgrade. A token
+only the backend can judge goes to the connect hook first (backend/connect.py; no usable
+answer closes 1013). A bad token is closed 4001; otherwise a `Client` is registered (in the
+hub with the subscriptions the backend bound it to, live before `ready`; then the
+lifecycle's connect hooks) and its session runs the reader and the writer (session/io.py);
+the reader hands every message to the registry (session/registry.py, handlers in
+session/handlers/), and work a message starts beside the reader (a command call) runs in
+the connection's `tasks` nursery, cancelled when reading stops.
 
 A close is requested through `Client.close(reason)` by anyone (hub: slow consumer,
 keepalive: stale, server: shutdown, reader/writer: the WebSocket is already closed). That
@@ -23,22 +27,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import trio
 
+from ..backend.connect import HookUnavailable
 from ..fanout.hub import Client
 from ..fanout.outbox import Outbox
 from ..observability.jsonlog import fields
 from ..protocol.codec import encode
-from ..protocol.errors import INTERNAL_ERROR, SESSION_EXPIRED, SHUTTING_DOWN, UNAUTHORIZED
+from ..protocol.errors import (
+    INTERNAL_ERROR,
+    SESSION_EXPIRED,
+    SHUTTING_DOWN,
+    TRY_AGAIN_LATER,
+    UNAUTHORIZED,
+    CloseReason,
+)
 from ..protocol.frames import text_frame
 from ..protocol.messages import Ready
 from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..transport.websocket import ConnectionClosed, WebSocket, linger_close
-from .auth import Credential, Identity
+from ..runtime.config import Config
+from .auth import AuthError, Credential, Identity, Pending
 from .context import GatewayContext
 from .expiry import set_expiry
 from .handlers.identify import identify_handshake
+from .handlers.subscribe import when_live
 from .io import read_loop, write_loop
 
 log = logging.getLogger("trio_gateway.connection")
@@ -55,14 +70,14 @@ async def _run_session(
         async with trio.open_nursery() as session_nursery:
             session_nursery.start_soon(write_loop, ws, client)
             with client.reader_scope:
-                if client.expiry is None:
-                    await read_loop(ws, client, context, echo)
-                else:
-                    with client.expiry:
-                        await read_loop(ws, client, context, echo)
-                    if client.expiry.cancelled_caught:
-                        client.send(SESSION_EXPIRED_FRAME)
-                        client.close(SESSION_EXPIRED, flush=True)
+                # The connection's own work beside the reader (command calls) ends with it.
+                async with trio.open_nursery() as tasks:
+                    client.tasks = tasks
+                    try:
+                        await _read(ws, client, context, echo)
+                    finally:
+                        client.tasks = None
+                        tasks.cancel_scope.cancel()
             # Reading stopped because a close was requested or the peer left: the writer gets
             # a bounded time to finish (a queue to drain for a graceful shutdown).
             grace = config.drain_timeout if client.flush_before_close else config.close_timeout
@@ -93,6 +108,17 @@ async def _run_session(
                 await ws.send_close(reason.code, reason.reason)
 
 
+async def _read(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
+    if client.expiry is None:
+        await read_loop(ws, client, context, echo)
+        return
+    with client.expiry:
+        await read_loop(ws, client, context, echo)
+    if client.expiry.cancelled_caught:
+        client.send(SESSION_EXPIRED_FRAME)
+        client.close(SESSION_EXPIRED, flush=True)
+
+
 async def serve_websocket(
     stream: trio.abc.Stream,
     credential: Credential,
@@ -100,14 +126,17 @@ async def serve_websocket(
     context: GatewayContext,
     *,
     echo: bool = False,
+    origin: str | None = None,
 ) -> None:
     """Run one WebSocket client on `stream`, after transport/http.py has answered 101.
 
     Args:
         stream: the connection, positioned after the upgrade request.
         credential: what the upgrade request's token proved: an identity, why it proved
-            nothing (closed 4001), or None when it carried no token (identify first).
+            nothing (closed 4001), a token for the connect hook, or None when it carried no
+            token (identify first).
         trailing: bytes already read after the request head (the first frames, if any).
+        origin: the upgrade request's Origin header, for the connect hook.
         echo: a diagnostics peer: every message it sends comes straight back through the
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
             the hub (so it never counts as a client or receives broadcasts).
@@ -127,15 +156,23 @@ async def serve_websocket(
                 credential = await identify_handshake(ws, context)
             except ConnectionClosed:
                 return
+        client_id = context.new_id()
+        if isinstance(credential, Pending):
+            try:
+                credential = await _ask_backend(context, credential, client_id, stream, origin)
+            except HookUnavailable:
+                await _refuse(ws, config, TRY_AGAIN_LATER)
+                return
         if not isinstance(credential, Identity):
             log.info(
                 "unauthorized websocket",
                 extra=fields(remote=_remote(stream), error=str(credential) if credential else None),
             )
-            with trio.move_on_after(config.close_timeout), contextlib.suppress(ConnectionClosed):
-                await ws.send_close(UNAUTHORIZED.code, UNAUTHORIZED.reason)
+            await _refuse(ws, config, UNAUTHORIZED)
             return
-        client = _register(context, credential, echo=echo)
+        client = _register(context, client_id, credential, echo=echo)
+        if credential.subscriptions and not echo:
+            await _bind(context, client)
         if context.shutting_down.is_set():
             client.close(SHUTTING_DOWN)
         await _run_session(ws, client, context, echo=echo)
@@ -157,11 +194,50 @@ async def serve_websocket(
         await linger_close(stream, config.close_timeout)
 
 
-def _register(context: GatewayContext, identity: Identity, *, echo: bool) -> Client:
+async def _refuse(ws: WebSocket, config: Config, reason: CloseReason) -> None:
+    with trio.move_on_after(config.close_timeout), contextlib.suppress(ConnectionClosed):
+        await ws.send_close(reason.code, reason.reason)
+
+
+async def _ask_backend(
+    context: GatewayContext,
+    pending: Pending,
+    client_id: str,
+    stream: trio.abc.Stream,
+    origin: str | None,
+) -> Identity | AuthError:
+    """The connect hook's verdict on `pending`'s token (each connection waits for its own).
+
+    Raises:
+        HookUnavailable: the backend gave no usable answer (close 1013).
+    """
+    hook = context.connect_hook
+    assert hook is not None, "Pending credentials exist only with a connect hook"
+    try:
+        return await hook.identify(pending.token, client_id, _remote(stream), origin, time.time())
+    except AuthError as exc:
+        return exc
+
+
+async def _bind(context: GatewayContext, client: Client) -> None:
+    """Wait until the keys the backend subscribed `client` to are live, so `ready` (written
+    once the session starts) is ahead of nothing they bring."""
+    async with trio.open_nursery() as nursery:
+        for key in client.subscriptions:
+            nursery.start_soon(when_live, context, key, _nothing)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _register(
+    context: GatewayContext, client_id: str, identity: Identity, *, echo: bool
+) -> Client:
     config = context.config
     now = trio.current_time()
     client = Client(
-        id=context.new_id(),
+        id=client_id,
         outbox=Outbox(config.queue_depth),
         connected_at=now,
         last_pong=now,
@@ -171,11 +247,21 @@ def _register(context: GatewayContext, identity: Identity, *, echo: bool) -> Cli
         client.expiry = trio.CancelScope()
         set_expiry(client, identity)
     if not echo:
+        # The backend's subscriptions are held whatever the grants say, up to the limit.
+        bound = list(identity.subscriptions[: config.max_subscriptions])
         ready = Ready(
-            client.id, round(config.ping_interval * 1000), identity.user_id, identity.expires_at
+            client.id,
+            round(config.ping_interval * 1000),
+            identity.user_id,
+            identity.expires_at,
+            identity.session_id,
+            identity.info,
+            bound or None,
         )
         client.send(text_frame(encode(ready)))
         context.hub.add(client)
+        for key in bound:
+            context.hub.subscribe(client, key)
     log.info(
         "client connected",
         extra=fields(client_id=client.id, user_id=identity.user_id, echo=echo),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 import trio
 
+from ..backend.connect import ConnectHook
 from ..broker import Broker
 from ..fanout.broadcaster import Broadcaster
 from ..fanout.hub import Hub
@@ -32,6 +33,8 @@ class GatewayContext:
     broadcaster: Broadcaster
     handlers: Registry
     lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
+    #: Asks the backend who an opaque token is (`connect_url`); None when not configured.
+    connect_hook: ConnectHook | None = None
     # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
     # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)

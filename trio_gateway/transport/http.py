@@ -179,6 +179,8 @@ class _Handoff:
     credential: Credential
     trailing: bytes
     echo: bool
+    #: The request's Origin header (browsers), for the connect hook.
+    origin: str | None
 
 
 async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
@@ -194,7 +196,12 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
         await serve_websocket(
-            stream, handoff.credential, handoff.trailing, app.context, echo=handoff.echo
+            stream,
+            handoff.credential,
+            handoff.trailing,
+            app.context,
+            echo=handoff.echo,
+            origin=handoff.origin,
         )
 
 
@@ -263,7 +270,10 @@ async def _upgrade(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _PeerGone from None
         trailing, _closed = conn.trailing_data
-        return _Handoff(credential, bytes(trailing), echo)
+        origin = header(head.headers, b"origin")
+        return _Handoff(
+            credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
+        )
     log.info("websocket upgrade refused", extra=fields(path=path, status=status))
     headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
     await _send_response(conn, stream, status, {"error": message}, headers, True)
@@ -280,10 +290,10 @@ def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
     if token is None:
         # The echo peer is a diagnostics tool: no identify handshake, a key is required.
         return AuthError("no credentials") if echo else None
-    try:
-        return app.context.auth.authenticate(token, time.time())
-    except AuthError as exc:
-        return REJECTED if config.reject_at_upgrade else exc
+    credential = app.context.auth.judge(token, time.time(), hook=config.connect_url is not None)
+    if isinstance(credential, AuthError) and config.reject_at_upgrade:
+        return REJECTED
+    return credential
 
 
 def _origin_allowed(config: Config, head: h11.Request) -> bool:

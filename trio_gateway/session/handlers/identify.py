@@ -26,8 +26,9 @@ from ..registry import Registry
 async def identify_handshake(ws: WebSocket, context: GatewayContext) -> Credential:
     """Send `hello` and wait for `identify`, up to `identify_timeout`.
 
-    Returns the identity, or an AuthError (bad token, timeout) for a 4001 close. Anything
-    else the client sends first gets an error reply and changes nothing.
+    Returns the identity, an AuthError (bad token, timeout) for a 4001 close, or a token for
+    the connect hook. Anything else the client sends first gets an error reply and changes
+    nothing.
 
     Raises:
         ConnectionClosed: the peer left meanwhile.
@@ -40,10 +41,8 @@ async def identify_handshake(ws: WebSocket, context: GatewayContext) -> Credenti
             frame = await ws.receive()
             message = decode(frame) if isinstance(frame, str) else None
             if isinstance(message, Identify):
-                try:
-                    return context.auth.authenticate(message.token, time.time())
-                except AuthError as exc:
-                    return exc
+                hook = config.connect_url is not None
+                return context.auth.judge(message.token, time.time(), hook=hook)
             await ws.send_frames(NOT_IDENTIFIED_FRAME)
     return AuthError("identify timed out")
 

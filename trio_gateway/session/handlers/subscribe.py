@@ -53,7 +53,7 @@ async def subscribe(client: Client, context: GatewayContext, message: Subscribe)
         # Acked from the broker's side the moment the key is live, ahead of any message it
         # brings (those reach the client straight through the hub).
         ack = text_frame(encode(Subscribed(key)))
-        await _when_live(context, key, lambda: client.send(ack))
+        await when_live(context, key, lambda: client.send(ack))
         return
     await _subscribe_with_position(client, context, key, message.since, recover=recover)
 
@@ -85,7 +85,7 @@ async def _subscribe_with_position(
     hub.begin_recovery(client, key)
     position: Position | None = None
     try:
-        await _when_live(context, key, lambda: None)
+        await when_live(context, key, lambda: None)
         position = await context.broker.fetch(key, since, state=key.startswith(SESSION_PREFIX))
     except BrokerUnavailable:
         pass
@@ -113,7 +113,7 @@ async def _subscribe_with_position(
     client.send(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
-async def _when_live(context: GatewayContext, key: str, on_live: Callable[[], object]) -> None:
+async def when_live(context: GatewayContext, key: str, on_live: Callable[[], object]) -> None:
     """Run `on_live` once `key` is live on this instance, or after `request_timeout`."""
     done = trio.Event()
 
