@@ -31,7 +31,7 @@ from .publish import (
     post_session_deleted,
     post_session_update,
 )
-from .users import post_user_disconnect, post_user_message
+from .users import post_session_expire, post_user_disconnect, post_user_message
 
 
 class Policy(enum.Enum):
@@ -57,6 +57,7 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/api/publish": {"POST": Route(post_publish, API_KEY)},
     "/api/users/{user_id}/messages": {"POST": Route(post_user_message, API_KEY)},
     "/api/users/{user_id}/disconnect": {"POST": Route(post_user_disconnect, API_KEY)},
+    "/api/sessions/{session_id}/expire": {"POST": Route(post_session_expire, API_KEY)},
 }
 
 # Every WebSocket path (the `ws_paths` setting) answers a plain GET with 426.

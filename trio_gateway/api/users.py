@@ -1,9 +1,14 @@
-"""Per-user endpoints, `/api/users/{user_id}/...`: a message to every connection of a user,
-and ending a user's sessions. The route table decodes `{user_id}` from the path."""
+"""Per-user and per-session endpoints: a message to every connection of a user, ending a
+user's sessions (`/api/users/{user_id}/...`), and ending one backend session
+(`/api/sessions/{session_id}/expire`). The route table decodes the ids from the path."""
 
 from __future__ import annotations
 
-from ..fanout.broadcaster import expiry_publication, user_message_publication
+from ..fanout.broadcaster import (
+    expiry_publication,
+    login_expiry_publication,
+    user_message_publication,
+)
 from .app import HttpApp, Request
 from .publish import publish, publish_one
 
@@ -17,4 +22,9 @@ async def post_user_message(app: HttpApp, request: Request) -> tuple[int, object
 
 async def post_user_disconnect(app: HttpApp, request: Request) -> tuple[int, object]:
     await publish(app, [expiry_publication(request.params["user_id"])])
+    return 202, {"accepted": 1}
+
+
+async def post_session_expire(app: HttpApp, request: Request) -> tuple[int, object]:
+    await publish(app, [login_expiry_publication(request.params["session_id"])])
     return 202, {"accepted": 1}

@@ -29,9 +29,16 @@ from ..protocol.messages import (
     TopicMessage,
     UserMessage,
 )
-from ..protocol.routing import encodable, event_problem, route_keys, session_key, user_key
+from ..protocol.routing import (
+    encodable,
+    event_problem,
+    login_key,
+    route_keys,
+    session_key,
+    user_key,
+)
 from ..protocol.topics import topic_problem
-from .publication import EXPIRE, Extra, Publication, Retain
+from .publication import EXPIRE, UNBIND, Extra, Publication, Retain
 
 log = logging.getLogger("trio_gateway.broadcaster")
 
@@ -131,13 +138,15 @@ def session_update_publication(
 
 
 def session_deleted_publication(session_id: str, workspace_id: str) -> Publication:
-    """A `session.deleted` message; it also clears the session's retained state."""
+    """A `session.deleted` message; it also clears the session's retained state and closes
+    the connections bound to the session by the connect hook."""
     _require_text("session_id", session_id)
     _require_text("workspace_id", workspace_id)
     return Publication(
         _encode(SessionDeleted(session_id)),
         route_keys(workspace_id, session_id),
         retain=Retain(session_key(session_id), None),
+        extra=Extra(control=UNBIND),
     )
 
 
@@ -192,6 +201,15 @@ def expiry_publication(user_id: str) -> Publication:
     """Ends every session of `user_id` (session.expired, then close 4002), on every instance."""
     _require_text("user_id", user_id)
     return Publication(_encode(SessionExpired()), (user_key(user_id),), extra=Extra(control=EXPIRE))
+
+
+def login_expiry_publication(session_id: str) -> Publication:
+    """Ends every connection of the backend session `session_id` (the connect hook's), as
+    `expiry_publication` does for a user."""
+    _require_text("session_id", session_id)
+    return Publication(
+        _encode(SessionExpired()), (login_key(session_id),), extra=Extra(control=EXPIRE)
+    )
 
 
 def remote_update_publication(
@@ -292,6 +310,11 @@ class Broadcaster:
     async def expire_sessions(self, user_id: str) -> None:
         """Close every connection of `user_id`, on every instance, with 4002."""
         await self.send(expiry_publication(user_id))
+
+    async def expire_session(self, session_id: str) -> None:
+        """Close every connection of the backend session `session_id` (the connect hook's
+        `session_id`), on every instance, with 4002."""
+        await self.send(login_expiry_publication(session_id))
 
     def send_nowait(self, *publications: Publication) -> None:
         """Queue publications as one batch (kept together, in order), fire-and-forget."""

@@ -20,14 +20,14 @@ from typing import Any
 import attrs
 import trio
 
-from ..protocol.errors import SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
+from ..protocol.errors import SESSION_DELETED, SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
 from ..protocol.replies import SESSION_EXPIRED_FRAME
-from ..protocol.routing import is_pattern_key, user_key
+from ..protocol.routing import is_pattern_key, personal_keys
 from ..protocol.topics import PatternIndex
 from ..session.auth import API_KEY_IDENTITY, Identity
 from .flusher import Flusher
 from .outbox import Outbox
-from .publication import EXPIRE, Delivery, Extra, OffsetFrame
+from .publication import EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
 
 
 @attrs.define(eq=False)
@@ -140,18 +140,19 @@ class Hub:
 
     def add(self, client: Client) -> None:
         self.clients[client.id] = client
-        if (user_id := client.identity.user_id) is not None:
-            # Every connection of a user hears what is sent to that user (send_to_user,
-            # expire_sessions) without holding it as a subscription of its own.
-            self._join(user_key(user_id), client)
+        # Every connection of a user (and of a backend session) hears what is sent to that
+        # user (send_to_user, expire_sessions) without holding it as a subscription.
+        for key in personal_keys(client.identity.user_id, client.identity.session_id):
+            self._join(key, client)
 
     def remove(self, client: Client) -> None:
         """Forget the client, every subscription it held and any recovery. Idempotent."""
         for key in [key for key, waiting in self._recovering.items() if client in waiting]:
             self._stop_recovery(client, key)
         self.unsubscribe_all(client)
-        if self.clients.pop(client.id, None) is not None and client.identity.user_id is not None:
-            self._leave(user_key(client.identity.user_id), client)
+        if self.clients.pop(client.id, None) is not None:
+            for key in personal_keys(client.identity.user_id, client.identity.session_id):
+                self._leave(key, client)
 
     def _wanted(self, key: str) -> bool:
         return key in self._index or key in self._recovering
@@ -256,6 +257,8 @@ class Hub:
                     delivered += 1
                     if staged:
                         dirty.append(client)
+            if extra is not None and extra.control == UNBIND:
+                _close_bound(recipients, keys)
         self.flusher.queued(len(dirty) - listed_before)
         return delivered
 
@@ -304,6 +307,14 @@ def _apply(extra: Extra, recipients: set[Client]) -> set[Client]:
             client.close(SESSION_EXPIRED, flush=True)
         return set()
     return left
+
+
+def _close_bound(recipients: Iterable[Client], keys: tuple[str, ...]) -> None:
+    """A session's deletion ends the connections the backend bound to that session, once
+    they have the message."""
+    for client in recipients:
+        if any(key in client.identity.subscriptions for key in keys):
+            client.close(SESSION_DELETED, flush=True)
 
 
 def _excluded(extra: Extra, client: Client) -> bool:

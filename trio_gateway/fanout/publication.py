@@ -20,13 +20,15 @@ from ..protocol.frames import text_frame
 class Extra:
     """The rare parts of a publication: who must not get it, and control actions."""
 
-    #: "expire": the recipients' sessions end (4002) instead of receiving a message.
+    #: "expire": the recipients' sessions end (4002) instead of receiving a message;
+    #: "unbind": recipients the backend bound to one of its keys close 1000 after it.
     control: str | None = None
     exclude_user: str | None = None
     exclude_client: str | None = None
 
 
 EXPIRE = "expire"
+UNBIND = "unbind"
 
 
 class Delivery(NamedTuple):

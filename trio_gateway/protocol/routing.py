@@ -22,6 +22,8 @@ WORKSPACE_PREFIX = "workspace:"
 # (connect hook); clients cannot subscribe to them.
 USER_PREFIX = "user:"
 LOGIN_PREFIX = "login:"
+
+
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
 
 
@@ -115,6 +117,17 @@ def encodable(text: str) -> bool:
 
 def user_key(user_id: str) -> str:
     return USER_PREFIX + user_id
+
+
+def personal_keys(user_id: str | None, session_id: str | None) -> tuple[str, ...]:
+    """The internal keys a connection hears without subscribing: its user's, and its
+    backend session's."""
+    keys = []
+    if user_id is not None:
+        keys.append(user_key(user_id))
+    if session_id is not None:
+        keys.append(login_key(session_id))
+    return tuple(keys)
 
 
 def login_key(session_id: str) -> str:
