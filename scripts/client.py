@@ -37,7 +37,7 @@ from trio_gateway.client import (
     websocket_url,
 )
 from trio_gateway.client.http import health, publish_events
-from trio_gateway.protocol.codec import loads
+from trio_gateway.protocol.jsontext import loads
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

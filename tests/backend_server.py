@@ -9,6 +9,7 @@ gateway cancelled a backend call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,7 +43,9 @@ class Backend:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def serve(self, *, task_status: trio.TaskStatus[Backend] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Backend] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
@@ -89,10 +92,8 @@ class Backend:
 
             async def watch() -> None:
                 # The client sends nothing more before our answer: EOF means it left.
-                try:
+                with contextlib.suppress(trio.BrokenResourceError):
                     await stream.receive_some()
-                except trio.BrokenResourceError:
-                    pass
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(answer)

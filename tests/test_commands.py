@@ -114,7 +114,8 @@ async def test_each_seed_command_round_trips_through_the_backend(
                 }
             # No id, no payload: the answer has no id, the backend gets a null payload.
             answer = await request(ws, command="getNamespaces")
-            assert answer["event"] == "namespacesLoaded" and "id" not in answer
+            assert answer["event"] == "namespacesLoaded"
+            assert "id" not in answer
     assert backend.requests[-1] == (
         "/commands",
         {
@@ -151,7 +152,9 @@ async def test_backend_failures_become_error_events_and_the_connection_stays_ope
             assert await request(ws, type="ping") == {"type": "pong"}
 
 
-async def test_an_unreachable_backend_answers_unavailable(nursery: trio.Nursery, config: Config) -> None:
+async def test_an_unreachable_backend_answers_unavailable(
+    nursery: trio.Nursery, config: Config
+) -> None:
     # A port nothing listens on: bound, then closed.
     sock = trio.socket.socket()
     await sock.bind(("127.0.0.1", 0))
@@ -360,7 +363,8 @@ async def test_handler_exceptions_never_reach_the_client_as_text(
                 **error_event("crash", "failed", "Command failed"),
                 "id": "c",
             }
-            assert "hunter2" not in crashed and "RuntimeError" not in crashed
+            assert "hunter2" not in crashed
+            assert "RuntimeError" not in crashed
             assert await request(ws, command="refuse") == error_event(
                 "refuse", "forbidden", "That row is locked"
             )
@@ -402,7 +406,9 @@ async def test_a_jwt_commands_claim_limits_what_its_user_may_call(
                 if name in allowed:
                     assert reply == {"event": "done", "payload": "alice"}
                 else:
-                    assert reply == error_event(name, "forbidden", f"Forbidden: may not call {name}")
+                    assert reply == error_event(
+                        name, "forbidden", f"Forbidden: may not call {name}"
+                    )
 
 
 async def test_a_command_frame_never_carries_a_type_and_a_typed_command_is_unknown(

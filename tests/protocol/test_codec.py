@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from trio_gateway.protocol.codec import ECHO_LIMIT, decode, dumps, encode
+from trio_gateway.protocol.codec import ECHO_LIMIT, decode, encode
+from trio_gateway.protocol.jsontext import dumps
 from trio_gateway.protocol.messages import (
     Error,
     EventMessage,

@@ -14,8 +14,8 @@ import h11
 import trio
 
 from ..fanout.broadcaster import Broadcaster
-from ..protocol.codec import loads
 from ..protocol.headers import header
+from ..protocol.jsontext import loads
 from ..session.context import GatewayContext
 
 

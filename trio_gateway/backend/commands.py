@@ -4,7 +4,8 @@ Owns the proxy's contract (docs/PROTOCOL.md, "Command proxy"): the request
 `{"command","payload","client_id","user_id","session_id","info"}`; a 2xx JSON
 `{"event","payload"}` is the answer; any other status answers the error event with the code
 its status means (`STATUS_CODES`, else `failed`) and the backend's `message` when its body
-has one. Must not: run the call's time limit or concurrency (commands/runner.py does).
+has one. Must not: run the call's time limit or concurrency (commands/runner.py does: its
+timeout cancels the request).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from ..commands.registry import Answer, Caller, CommandError, Fallback
 from ..observability.jsonlog import fields
-from ..protocol.commands import FAILED, FORBIDDEN, TIMEOUT, UNAVAILABLE, UNKNOWN_COMMAND
-from .http import Backend, BackendTimeout, BackendUnreachable
+from ..protocol.commands import FAILED, FORBIDDEN, UNAVAILABLE, UNKNOWN_COMMAND
+from .http import Backend, BackendUnreachable
 
 log = logging.getLogger("trio_gateway.command_proxy")
 
@@ -30,7 +31,7 @@ STATUS_CODES = {
 }
 
 
-def command_proxy(backend: Backend, url: str, timeout: float) -> Fallback:
+def command_proxy(backend: Backend, url: str) -> Fallback:
     """The fallback handler that asks the backend at `url`."""
 
     async def call(name: str, caller: Caller, payload: Any) -> Answer:
@@ -43,9 +44,7 @@ def command_proxy(backend: Backend, url: str, timeout: float) -> Fallback:
             "info": caller.info,
         }
         try:
-            answer = await backend.post(url, request, timeout)
-        except BackendTimeout:
-            raise CommandError(f"Command timed out after {timeout:g} s", TIMEOUT) from None
+            answer = await backend.post(url, request)
         except BackendUnreachable as exc:
             log.warning(
                 "command backend unreachable",

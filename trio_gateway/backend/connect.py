@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import trio
+
 from ..observability.jsonlog import fields
 from ..protocol.routing import encodable, key_problem
 from ..protocol.topics import pattern_problem
 from ..session.auth import AuthError, Identity, command_grants
-from .http import Backend, BackendTimeout, BackendUnreachable
+from .http import Backend, BackendUnreachable
 
 log = logging.getLogger("trio_gateway.connect_hook")
 
@@ -64,10 +66,14 @@ class ConnectHook:
             "remote_addr": remote_addr,
             "origin": origin,
         }
-        try:
-            answer = await self._backend.post(self._url, request, self._timeout)
-        except (BackendTimeout, BackendUnreachable) as exc:
-            raise self._unavailable(client_id, str(exc)) from None
+        answer = None
+        with trio.move_on_after(self._timeout):
+            try:
+                answer = await self._backend.post(self._url, request)
+            except BackendUnreachable as exc:
+                raise self._unavailable(client_id, str(exc)) from None
+        if answer is None:
+            raise self._unavailable(client_id, f"no answer within {self._timeout:g} s")
         if answer.status in REFUSALS:
             raise AuthError("refused by the connect hook")
         if not 200 <= answer.status < 300:

@@ -1,8 +1,8 @@
 """One pooled HTTP client for every call to the backend: JSON in, status and JSON out.
 
-Owns the httpx client (its connections are reused across calls and connections), the time
-limit of a call and the cap on an answer's size. Must not know what a call means: the
-command proxy and the connect hook interpret the status and body.
+Owns the httpx client (its connections are reused across calls and connections) and the
+cap on an answer's size; a call's time limit is its caller's cancel scope. Must not know
+what a call means: the command proxy and the connect hook interpret the status and body.
 
 httpx runs on Trio through its anyio/sniffio support; a call is cancelled like any Trio
 operation, so a client that disconnects cancels its backend requests.
@@ -14,7 +14,6 @@ from typing import Any
 
 import attrs
 import httpx
-import trio
 
 from ..protocol.jsontext import dumps, loads
 
@@ -28,10 +27,6 @@ _HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 class BackendUnreachable(Exception):
     """No answer: the connection failed or broke. The message is ours, never httpx's."""
-
-
-class BackendTimeout(Exception):
-    """No answer within the call's time limit."""
 
 
 @attrs.frozen
@@ -53,22 +48,19 @@ class Backend:
             headers={**_HEADERS, "user-agent": user_agent},
         )
 
-    async def post(self, url: str, body: object, timeout: float) -> Answer:
-        """POST `body` as JSON to `url` and read the answer, within `timeout` seconds.
+    async def post(self, url: str, body: object) -> Answer:
+        """POST `body` as JSON to `url` and read the whole answer.
 
         Raises:
-            BackendTimeout: no complete answer within `timeout`.
             BackendUnreachable: the connection failed or broke.
         """
         content = dumps(body).encode("ascii")
-        with trio.move_on_after(timeout):
-            try:
-                async with self._client.stream("POST", url, content=content) as response:
-                    data = await _read_capped(response)
-            except httpx.TransportError as exc:
-                raise BackendUnreachable(type(exc).__name__) from None
-            return Answer(response.status_code, _parse(data))
-        raise BackendTimeout(f"no answer within {timeout:g} s")
+        try:
+            async with self._client.stream("POST", url, content=content) as response:
+                data = await _read_capped(response)
+        except httpx.TransportError as exc:
+            raise BackendUnreachable(type(exc).__name__) from None
+        return Answer(response.status_code, _parse(data))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -126,4 +126,3 @@ def decode(text: str) -> ClientMessage | Error:
 def encode(message: ServerMessage) -> str:
     """Serialise a server message to the exact text sent on the wire."""
     return dumps({"type": message.TAG, **_converter.unstructure(message)})
-

@@ -246,7 +246,7 @@ def load_authenticator(config: Config) -> Authenticator:
 def _commands(config: Config, backend: Backend) -> Commands:
     commands = Commands()
     if config.command_url is not None:
-        commands.set_fallback(command_proxy(backend, config.command_url, config.command_timeout))
+        commands.set_fallback(command_proxy(backend, config.command_url))
     return commands
 
 

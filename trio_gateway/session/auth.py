@@ -74,6 +74,7 @@ class Identity:
 
 API_KEY_IDENTITY = Identity(None)
 
+
 @attrs.frozen
 class Pending:
     """A token that is neither an API key nor a valid JWT, for the connect hook to judge."""

@@ -47,8 +47,8 @@ from ..protocol.errors import (
 from ..protocol.frames import text_frame
 from ..protocol.messages import Ready
 from ..protocol.replies import SESSION_EXPIRED_FRAME
-from ..transport.websocket import ConnectionClosed, WebSocket, linger_close
 from ..runtime.config import Config
+from ..transport.websocket import ConnectionClosed, WebSocket, linger_close
 from .auth import AuthError, Credential, Identity, Pending
 from .context import GatewayContext
 from .expiry import set_expiry
@@ -231,9 +231,7 @@ def _nothing() -> None:
     pass
 
 
-def _register(
-    context: GatewayContext, client_id: str, identity: Identity, *, echo: bool
-) -> Client:
+def _register(context: GatewayContext, client_id: str, identity: Identity, *, echo: bool) -> Client:
     config = context.config
     now = trio.current_time()
     client = Client(

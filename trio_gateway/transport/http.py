@@ -30,8 +30,8 @@ import trio
 from ..api.app import HttpApp, HttpError, Request
 from ..api.routes import respond
 from ..observability.jsonlog import fields
-from ..protocol.codec import dumps
 from ..protocol.headers import header
+from ..protocol.jsontext import dumps
 from ..protocol.routing import ECHO_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
