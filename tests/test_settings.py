@@ -395,3 +395,23 @@ def test_enable_echo_rejects_non_booleans() -> None:
     assert error(toml='enable_echo = "yes"') == (
         "enable_echo: must be true or false, got 'yes' (from gw.toml)"
     )
+
+
+def test_ws_paths_and_backend_urls() -> None:
+    config = resolve(
+        {"ws_paths": ["/ws", "/ws/gateway"]},
+        {"TRIO_GATEWAY_COMMAND_URL": "https://backend.internal/commands"},
+        'connect_url = "http://127.0.0.1:9000/connect"\nws_paths = ["/api/ws"]',
+    ).config
+    assert config.ws_paths == ("/ws", "/ws/gateway")
+    assert config.command_url == "https://backend.internal/commands"
+    assert config.connect_url == "http://127.0.0.1:9000/connect"
+    for flags, problem in (
+        ({"ws_paths": ["ws"]}, "ws_paths: each path must start with /"),
+        ({"ws_paths": ["/a?b"]}, "ws_paths: each path must start with /"),
+        ({"command_url": "ftp://x/y"}, "command_url: must be an http:// or https:// URL"),
+        ({"connect_url": "redis://:secret@h"}, "connect_url: must be an http:// or https:// URL"),
+    ):
+        with pytest.raises(ConfigError, match=problem) as caught:
+            resolve(flags, {})
+        assert "secret" not in str(caught.value)
