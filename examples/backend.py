@@ -13,7 +13,9 @@ import trio_websocket
 
 from trio_gateway import Config, open_gateway
 
-SESSIONS = {"opaque-session-token": {"user_id": "alice", "commands": ["getTables"]}}
+SESSIONS: dict[str, dict[str, object]] = {
+    "opaque-session-token": {"user_id": "alice", "commands": ["getTables"]}
+}
 
 
 class Backend(BaseHTTPRequestHandler):
