@@ -121,3 +121,12 @@ async def _read_request(
             return head, body
         elif isinstance(event, h11.ConnectionClosed):
             return None, b""
+
+
+async def unused_port() -> int:
+    """A local port nothing listens on (bound, then closed): a backend that is down."""
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port

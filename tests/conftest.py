@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from trio_gateway import Config, Gateway, serve
 
@@ -24,6 +25,14 @@ async def gateway(nursery: trio.Nursery, config: Config) -> Gateway:
     """A gateway on a real socket (port 0); torn down by cancelling the test's nursery."""
     started: Gateway = await nursery.start(serve, config)
     return started
+
+
+@pytest.fixture
+def io_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps once every task has been idle for 20 ms of real time: loopback
+    I/O (to a real backend, a real socket) completes well within that, so only waits that
+    nothing will end are skipped."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
 
 
 def with_settings(config: Config, **changes: Any) -> Config:

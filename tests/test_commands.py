@@ -18,7 +18,7 @@ import trio.testing
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.commands import Caller, CommandError
 
-from .backend_server import Backend
+from .backend_server import Backend, unused_port
 from .conftest import with_settings
 from .helpers import TIMEOUT, ready, receive_json, request, send_json, tcp_client
 
@@ -155,11 +155,7 @@ async def test_backend_failures_become_error_events_and_the_connection_stays_ope
 async def test_an_unreachable_backend_answers_unavailable(
     nursery: trio.Nursery, config: Config
 ) -> None:
-    # A port nothing listens on: bound, then closed.
-    sock = trio.socket.socket()
-    await sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = await unused_port()
     settings = with_settings(config, command_url=f"http://127.0.0.1:{port}/commands")
     gateway: Gateway = await nursery.start(serve, settings)
     with trio.fail_after(TIMEOUT):
@@ -264,14 +260,6 @@ async def test_a_disconnect_cancels_the_backend_request(
         await backend.wait_for(lambda backend: bool(backend.cancelled))
     assert backend.cancelled == ["/commands"]
     assert proxied.client_count() == 0
-
-
-@pytest.fixture
-def io_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps once every task has been idle for 20 ms of real time: loopback
-    I/O to the real backend completes well within that, so only waits that nothing will end
-    (a held backend call) are skipped."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
 
 
 async def test_a_command_times_out_after_command_timeout_in_virtual_time(

@@ -17,7 +17,7 @@ from trio_gateway import Config, Gateway, open_gateway, serve
 from trio_gateway.client.http import http_request
 from trio_gateway.commands import Caller
 
-from .backend_server import Backend
+from .backend_server import Backend, unused_port
 from .conftest import with_settings
 from .helpers import (
     API_KEY,
@@ -88,14 +88,6 @@ async def gateway_with_hook(
 ) -> Gateway:
     gateway: Gateway = await nursery.start(serve, hooked(config, hook[0]))
     return gateway
-
-
-@pytest.fixture
-def io_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps once every task has been idle for 20 ms of real time, so
-    loopback I/O to the backend completes first and only waits nothing will end are
-    skipped."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
 
 
 async def test_an_accepted_token_makes_the_identity_and_its_subscriptions_are_live_at_ready(
@@ -172,10 +164,7 @@ async def test_a_backend_error_or_a_bad_answer_closes_1013(
 
 
 async def test_an_unreachable_backend_closes_1013(nursery: trio.Nursery, config: Config) -> None:
-    sock = trio.socket.socket()
-    await sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = await unused_port()
     settings = with_settings(config, connect_url=f"http://127.0.0.1:{port}/connect")
     gateway: Gateway = await nursery.start(serve, settings)
     with trio.fail_after(TIMEOUT):
