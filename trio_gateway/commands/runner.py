@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 The reader hands a call over and goes on reading at once: the call runs as a task in the
-connection's own nursery (`Client.tasks`), so a slow command never delays that connection's
-pings, pongs, acks or deliveries, and a disconnect cancels every call still running (their
-backend requests with them). At most `max_inflight` calls of one connection run at once;
+connection's session nursery (`Client.tasks`), so a slow command never delays that
+connection's pings, pongs, acks or deliveries; once the connection stops reading (the
+lifecycle's stop hook, `stop`), every call still running is cancelled (their backend
+requests with them). At most `max_inflight` calls of one connection run at once;
 one more is refused with `too_many`. Each call has `timeout` seconds.
 
 Every call gets exactly one answer: the handler's event, or the error event with a code
@@ -38,6 +39,7 @@ from ..protocol.commands import (
     may_call,
 )
 from ..session.context import GatewayContext
+from ..session.lifecycle import Lifecycle
 from ..session.registry import Registry
 from .registry import Caller, CommandError, CommandHandler, Commands
 
@@ -54,11 +56,16 @@ class CommandRunner:
         self.commands = commands
         self.timeout = timeout
         self.max_inflight = max_inflight
-        self._inflight: dict[Client, int] = {}
+        self._running: dict[Client, set[trio.CancelScope]] = {}
 
     def inflight(self, client: Client) -> int:
         """Calls of `client` running now."""
-        return self._inflight.get(client, 0)
+        return len(self._running.get(client, ()))
+
+    def stop(self, client: Client) -> None:
+        """Cancel every call of `client` still running (it has stopped reading)."""
+        for scope in self._running.get(client, ()):
+            scope.cancel()
 
     def handle(self, client: Client, context: GatewayContext, message: Command) -> None:
         """Start the call `message` asks for, or answer why not; never waits."""
@@ -77,20 +84,24 @@ class CommandRunner:
                 f"Too many commands in flight: at most {self.max_inflight} per connection",
             )
         elif client.tasks is not None:
-            self._inflight[client] = self.inflight(client) + 1
-            client.tasks.start_soon(self._run, client, handler, message)
+            scope = trio.CancelScope()
+            self._running.setdefault(client, set()).add(scope)
+            client.tasks.start_soon(self._run, client, handler, message, scope)
 
     def _refuse(self, client: Client, message: Command, code: str, text: str) -> None:
         client.send(error_answer_frame(message.name, text, code, message.id))
 
-    async def _run(self, client: Client, handler: CommandHandler, message: Command) -> None:
+    async def _run(
+        self, client: Client, handler: CommandHandler, message: Command, scope: trio.CancelScope
+    ) -> None:
         try:
-            frame = await self._answer(client, handler, message)
+            with scope:
+                client.send(await self._answer(client, handler, message))
         finally:
-            left = self._inflight.pop(client) - 1
-            if left:
-                self._inflight[client] = left
-        client.send(frame)
+            running = self._running[client]
+            running.discard(scope)
+            if not running:
+                del self._running[client]
 
     async def _answer(self, client: Client, handler: CommandHandler, message: Command) -> bytes:
         identity = client.identity
@@ -132,5 +143,6 @@ def _valid_code(code: object) -> bool:
     return isinstance(code, str) and 0 < len(code) <= MAX_CODE_LENGTH
 
 
-def install(registry: Registry, runner: CommandRunner) -> None:
+def install(registry: Registry, lifecycle: Lifecycle, runner: CommandRunner) -> None:
     registry.register(Command, runner.handle)
+    lifecycle.on_stop(runner.stop)

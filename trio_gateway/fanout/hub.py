@@ -51,8 +51,8 @@ class Client:
     flush_before_close: bool = False
     # The connection reads inside this scope; a close request cancels it.
     reader_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    # Where work of this connection runs beside its reader (command calls): cancelled with
-    # the reader. None before the session starts and once it ends.
+    # Where work of this connection runs beside its reader (command calls): the session's
+    # nursery while the reader runs, else None.
     tasks: trio.Nursery | None = None
     # Per-connection state that features keep for as long as the connection lives (the
     # commands' Caller.state).

@@ -10,7 +10,7 @@ Task tree (every task started with `nursery.start`, so "started" is observable):
     └── connection nursery
         ├── run_listeners accept loop(s) -> handle_stream in the connection nursery
         └── handle_stream one per accepted stream (HTTP, or one WebSocket client)
-                          a client's command calls run in its own nursery (Client.tasks)
+                          its command calls run beside its reader (Client.tasks)
 
 The backend client (backend/http.py: the command proxy and the connect hook) lives as long
 as `serve` and is closed after every task has ended.
@@ -153,7 +153,8 @@ async def serve(
     runner = CommandRunner(
         commands, timeout=config.command_timeout, max_inflight=config.max_inflight_commands
     )
-    install_commands(handlers, runner)
+    lifecycle = Lifecycle()
+    install_commands(handlers, lifecycle, runner)
     context = GatewayContext(
         config=config,
         hub=hub,
@@ -162,6 +163,7 @@ async def serve(
         auth=authenticator,
         broadcaster=broadcaster,
         handlers=handlers,
+        lifecycle=lifecycle,
         connect_hook=(
             ConnectHook(backend, config.connect_url, config.connect_timeout)
             if config.connect_url is not None

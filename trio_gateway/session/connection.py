@@ -9,7 +9,8 @@ hub with the subscriptions the backend bound it to, live before `ready`; then th
 lifecycle's connect hooks) and its session runs the reader and the writer (session/io.py);
 the reader hands every message to the registry (session/registry.py, handlers in
 session/handlers/), and work a message starts beside the reader (a command call) runs in
-the connection's `tasks` nursery, cancelled when reading stops.
+the session's nursery (`Client.tasks`); the lifecycle's `stopped` hooks end it once reading
+stops.
 
 A close is requested through `Client.close(reason)` by anyone (hub: slow consumer,
 keepalive: stale, server: shutdown, reader/writer: the WebSocket is already closed). That
@@ -69,15 +70,15 @@ async def _run_session(
             context.lifecycle.connected(client)
         async with trio.open_nursery() as session_nursery:
             session_nursery.start_soon(write_loop, ws, client)
-            with client.reader_scope:
-                # The connection's own work beside the reader (command calls) ends with it.
-                async with trio.open_nursery() as tasks:
-                    client.tasks = tasks
-                    try:
-                        await _read(ws, client, context, echo)
-                    finally:
-                        client.tasks = None
-                        tasks.cancel_scope.cancel()
+            client.tasks = session_nursery
+            try:
+                with client.reader_scope:
+                    await _read(ws, client, context, echo)
+            finally:
+                # Work started beside the reader (command calls) stops with it.
+                client.tasks = None
+                if not echo:
+                    context.lifecycle.stopped(client)
             # Reading stopped because a close was requested or the peer left: the writer gets
             # a bounded time to finish (a queue to drain for a graceful shutdown).
             grace = config.drain_timeout if client.flush_before_close else config.close_timeout
