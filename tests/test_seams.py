@@ -127,6 +127,14 @@ async def test_hooks_see_a_registered_client_and_one_that_is_gone(gateway: Gatew
     def connected(client: Client) -> None:
         events.append(("connect", client.id, None, client.id in gateway.hub.clients))
 
+    @gateway.lifecycle.on_stop
+    def stopped(client: Client) -> None:
+        # Reading has ended; the client is still in the hub and no longer takes new work.
+        assert client.tasks is None
+        assert client.close_reason is not None
+        code = client.close_reason.code
+        events.append(("stop", client.id, code, client.id in gateway.hub.clients))
+
     @gateway.lifecycle.on_disconnect
     def disconnected(client: Client) -> None:
         assert client.close_reason is not None
@@ -141,6 +149,7 @@ async def test_hooks_see_a_registered_client_and_one_that_is_gone(gateway: Gatew
         await gone.wait()
     assert events == [
         ("connect", client_id, None, True),
+        ("stop", client_id, 1000, True),
         ("disconnect", client_id, 1000, False),
     ]
     assert gateway.hub.subscription_count() == 0
