@@ -14,7 +14,7 @@ the others nothing. `ClosedResourceError` means its connection is already going 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -101,6 +101,10 @@ def _ignore(key: str) -> None:
     pass
 
 
+#: Told that a client joined (or left) the subscribers of a key: presence follows these.
+Watcher = Callable[[Client, str], None]
+
+
 class Hub:
     """Clients by id and an index from subscription key to subscribed clients.
 
@@ -134,6 +138,7 @@ class Hub:
         self._recovery_limit = recovery_limit
         self._on_first = on_first
         self._on_last = on_last
+        self._watchers: list[tuple[Watcher, Watcher]] = []
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -157,15 +162,33 @@ class Hub:
     def _wanted(self, key: str) -> bool:
         return key in self._index or key in self._recovering
 
+    def watch(self, on_subscribe: Watcher, on_unsubscribe: Watcher) -> None:
+        """Call `on_subscribe(client, key)` whenever a client becomes one of a key's
+        subscribers, and `on_unsubscribe` when it stops being one (unsubscribe, disconnect),
+        after the index has changed. Watchers must not block or raise."""
+        self._watchers.append((on_subscribe, on_unsubscribe))
+
+    def subscribers(self, key: str) -> Collection[Client]:
+        """The clients subscribed to `key` right now (not those still recovering it); the
+        caller must not change it."""
+        return self._index.get(key, ())
+
     def subscribe(self, client: Client, key: str) -> None:
         client.subscriptions.add(key)
-        self._join(key, client)
+        joined = self._join(key, client)
+        if joined and self._watchers:
+            for on_subscribe, _ in self._watchers:
+                on_subscribe(client, key)
 
     def unsubscribe(self, client: Client, key: str) -> None:
         client.subscriptions.discard(key)
-        self._leave(key, client)
+        left = self._leave(key, client)
+        if left and self._watchers:
+            for _, on_unsubscribe in self._watchers:
+                on_unsubscribe(client, key)
 
-    def _join(self, key: str, client: Client) -> None:
+    def _join(self, key: str, client: Client) -> bool:
+        """Index `client` under `key`; False if it already was."""
         members = self._index.get(key)
         if members is None:
             first = not self._wanted(key)
@@ -174,17 +197,23 @@ class Hub:
                 self._patterns.add(key)
             if first:
                 self._on_first(key)
+        elif client in members:
+            return False
         members.add(client)
+        return True
 
-    def _leave(self, key: str, client: Client) -> None:
+    def _leave(self, key: str, client: Client) -> bool:
+        """Drop `client` from `key`'s index; False if it was not there."""
         members = self._index.get(key)
-        if members is not None:
-            members.discard(client)
-            if not members:
-                del self._index[key]
-                self._patterns.discard(key)
-                if not self._wanted(key):
-                    self._on_last(key)
+        if members is None or client not in members:
+            return False
+        members.discard(client)
+        if not members:
+            del self._index[key]
+            self._patterns.discard(key)
+            if not self._wanted(key):
+                self._on_last(key)
+        return True
 
     def unsubscribe_all(self, client: Client) -> None:
         for key in list(client.subscriptions):

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from ..protocol.topics import pattern_problem
+
 
 class ConfigError(ValueError):
     """An invalid setting; the message names it (`port: must be between 0 and 65535`)."""
@@ -61,6 +63,15 @@ def _optional_text(
 
 def _key_tuple(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(keys)
+
+
+def _patterns(
+    instance: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    for pattern in value:
+        problem = pattern_problem(pattern) if isinstance(pattern, str) else "must be a string"
+        if problem is not None:
+            raise ConfigError(f"{attribute.name}: {problem}, got {pattern!r}")
 
 
 HTTP_SCHEMES = ("http://", "https://")
@@ -176,6 +187,19 @@ class Config:
     connect_url: str | None = attrs.field(default=None, validator=_backend_url)
     # Seconds the connect hook may take; beyond it the client is closed 1013 (try again).
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    # Topic patterns whose subscribers are tracked as present (presence.state / .diff);
+    # empty: presence is off.
+    presence_topics: tuple[str, ...] = attrs.field(
+        default=(), converter=_key_tuple, validator=_patterns
+    )
+    # Most seconds presence changes on a topic are gathered into one presence.diff.
+    presence_diff_interval: float = attrs.field(default=0.1, validator=_positive)
+    # Seconds a user's last connection on a topic may be gone before they leave (a reload).
+    presence_grace: float = attrs.field(default=5.0, validator=_positive)
+    # Seconds another instance's members outlive it once it stops renewing them (Redis).
+    presence_ttl: float = attrs.field(default=30.0, validator=_positive)
+    # Seconds a typing start lasts without being sent again; one broadcast per this.
+    typing_ttl: float = attrs.field(default=10.0, validator=_positive)
     # Processes sharing the port (SO_REUSEPORT); more than 1 needs redis_url.
     workers: int = attrs.field(default=1, validator=_positive)
     # Set SO_REUSEPORT on the listening socket, so other processes may bind the same port.

@@ -7,6 +7,7 @@ Task tree (every task started with `nursery.start`, so "started" is observable):
     ├── broker.run        memory: history expiry; Redis: subscriber connection -> hub.deliver
     ├── run_publisher     publish channel -> broker (offsets, history; memory: hub.deliver)
     ├── run_keepalive     ping / reap
+    ├── presence.run      presence writes, diffs, graces, typing lapses; the store's own work
     └── connection nursery
         ├── run_listeners accept loop(s) -> handle_stream in the connection nursery
         └── handle_stream one per accepted stream (HTTP, or one WebSocket client)
@@ -50,6 +51,9 @@ from ..fanout.broadcaster import Batch, Broadcaster, run_publisher
 from ..fanout.flusher import Flusher
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields, instance_field
+from ..presence.handlers import install as install_presence
+from ..presence.service import Presence
+from ..presence.store import MemoryStore, PresenceStore
 from ..protocol.errors import SHUTTING_DOWN
 from ..session.auth import Authenticator, KeyFileError, verifier_key
 from ..session.context import GatewayContext
@@ -155,6 +159,8 @@ async def serve(
     )
     lifecycle = Lifecycle()
     install_commands(handlers, lifecycle, runner)
+    presence = Presence(config, hub, _presence_store(config, broker))
+    install_presence(handlers, lifecycle, presence)
     context = GatewayContext(
         config=config,
         hub=hub,
@@ -169,6 +175,7 @@ async def serve(
             if config.connect_url is not None
             else None
         ),
+        presence=presence,
     )
     gateway = Gateway(
         config,
@@ -192,6 +199,7 @@ async def serve(
             except BrokerUnavailable as exc:
                 failure = exc
             else:
+                await supervisor.start(presence.run)
                 await _supervise(gateway, app, listeners, publish_receive, supervisor, task_status)
             supervisor.cancel_scope.cancel()
     finally:
@@ -250,6 +258,10 @@ def _commands(config: Config, backend: Backend) -> Commands:
     if config.command_url is not None:
         commands.set_fallback(command_proxy(backend, config.command_url))
     return commands
+
+
+def _presence_store(config: Config, broker: Broker) -> PresenceStore:
+    return MemoryStore(status_ttl=config.presence_ttl)
 
 
 def _broker(config: Config, instance: str) -> Broker:

@@ -9,8 +9,8 @@ Theory of operation
 -------------------
 Every setting has one name, used three ways: the `Config` field and TOML key (`max_body_size`),
 the flag (`--max-body-size`) and the variable (`TRIO_GATEWAY_MAX_BODY_SIZE`). The lists
-(`api_keys`, `allowed_origins`, `ws_paths`) have a singular flag that repeats (`--api-key`),
-a comma-separated variable, and a TOML list of strings.
+(`api_keys`, `allowed_origins`, `ws_paths`, `presence_topics`) have a singular flag that
+repeats (`--api-key`), a comma-separated variable, and a TOML list of strings.
 The TOML file holds the settings as top-level keys; anything else in it is an error.
 
 Each value is parsed and validated where it comes from, even one a higher-precedence source
@@ -281,6 +281,19 @@ SETTINGS: tuple[Setting, ...] = (
         _str_from_toml,
     ),
     _seconds("connect_timeout", "seconds the connect hook may take before closing 1013"),
+    Setting(
+        "presence_topics",
+        "a topic pattern whose subscribers are tracked as present; repeat for several",
+        "PATTERN",
+        _keys_from_text,
+        _keys_from_toml,
+        _keys_from_flags,
+        flag="--presence-topic",
+    ),
+    _seconds("presence_diff_interval", "most seconds presence changes are gathered per diff"),
+    _seconds("presence_grace", "seconds a user's last connection may be gone before a leave"),
+    _seconds("presence_ttl", "seconds a stopped instance's members outlive it (Redis)"),
+    _seconds("typing_ttl", "seconds a typing start lasts unless sent again"),
     _integer("workers", "processes sharing the port (SO_REUSEPORT); more than 1 needs Redis"),
     _switch("reuse_port", "set SO_REUSEPORT so other processes may bind the same port"),
     Setting(

@@ -1,11 +1,14 @@
 """What every connection of one gateway shares: built once by runtime/server.py.
 
 Owns the seams features plug into: `handlers` (client message type -> handler, with the
-middleware chain) and `lifecycle` (connect/disconnect hooks). Must not hold per-connection
+middleware chain) and `lifecycle` (connect/disconnect hooks), and the features' services the
+HTTP API reads (`presence`). Must not hold per-connection
 state; that is the `Client`'s.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -19,6 +22,9 @@ from ..runtime.ids import IdFactory
 from .auth import Authenticator
 from .lifecycle import Lifecycle
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from ..presence.service import Presence
 
 
 @attrs.define
@@ -35,6 +41,8 @@ class GatewayContext:
     lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     #: Asks the backend who an opaque token is (`connect_url`); None when not configured.
     connect_hook: ConnectHook | None = None
+    #: Presence and typing (presence/): the HTTP queries read it.
+    presence: Presence | None = None
     # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
     # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)

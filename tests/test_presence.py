@@ -1,0 +1,146 @@
+"""Presence under the autojump clock (memory broker): joins, leaves, graces, diffs, statuses,
+at exact virtual times, as clients read them on the wire."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import jwt
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from trio_gateway import Config
+
+from .conftest import with_settings
+from .helpers import MemoryListener, memory_client, ready, receive_json, send_json, serve_in_memory
+
+SECRET = "presence-test-secret-0123456789abcdef"
+TOPIC = "chat.room1"
+
+
+def token(sub: str, **claims: Any) -> str:
+    body = {"sub": sub, "exp": time.time() + 3600, "sub_topics": ["chat.**"], **claims}
+    return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+def presence_config(config: Config) -> Config:
+    # No keepalive pings in the way of what observers read.
+    return with_settings(
+        config, jwt_secret=SECRET, presence_topics=("chat.*",), ping_interval=3600
+    )
+
+
+def member(user_id: str, connections: int = 1, status: str = "online") -> dict[str, Any]:
+    return {"user_id": user_id, "status": status, "connections": connections, "info": {}}
+
+
+def diff(joins: Any = (), leaves: Any = (), updates: Any = ()) -> dict[str, Any]:
+    return {
+        "type": "presence.diff",
+        "topic": TOPIC,
+        "joins": list(joins),
+        "leaves": [{"user_id": user_id} for user_id in leaves],
+        "updates": list(updates),
+    }
+
+
+@asynccontextmanager
+async def present(
+    listener: MemoryListener, user: str, topic: str = TOPIC
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A connection of `user` subscribed to `topic`, its ack and presence.state read."""
+    async with memory_client(listener, token(user)) as ws:
+        await ready(ws)
+        await send_json(ws, {"type": "subscribe", "topic": topic})
+        assert (await receive_json(ws))["type"] == "subscribed"
+        state = await receive_json(ws)
+        assert state["type"] == "presence.state", state
+        yield ws
+
+
+async def test_subscriber_gets_state_with_itself_after_the_ack(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with memory_client(listener, token("alice")) as ws:
+        await ready(ws)
+        await send_json(ws, {"type": "subscribe", "topic": TOPIC})
+        assert await receive_json(ws) == {"type": "subscribed", "subscription": TOPIC}
+        t0 = trio.current_time()
+        assert await receive_json(ws) == {
+            "type": "presence.state",
+            "topic": TOPIC,
+            "members": [member("alice")],
+        }
+        assert trio.current_time() - t0 == pytest.approx(0.1)
+
+
+async def test_join_and_leave_after_grace_reach_observers(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer:
+        async with present(listener, "bob"):
+            assert await receive_json(observer) == diff(joins=[member("bob")])
+        t0 = trio.current_time()
+        assert await receive_json(observer) == diff(leaves=["bob"])
+        assert trio.current_time() - t0 == pytest.approx(5.1, abs=0.01)
+
+
+async def test_reload_within_grace_is_neither_leave_nor_join(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer:
+        async with present(listener, "bob"):
+            assert await receive_json(observer) == diff(joins=[member("bob")])
+        await trio.sleep(4)
+        async with present(listener, "bob"):
+            with trio.move_on_after(30) as waited:
+                await receive_json(observer)
+            assert waited.cancelled_caught
+
+
+async def test_tabs_count_as_connections_and_the_last_one_leaves(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer:
+        async with present(listener, "bob"):
+            assert await receive_json(observer) == diff(joins=[member("bob")])
+            async with present(listener, "bob"):
+                assert await receive_json(observer) == diff(updates=[member("bob", 2)])
+            assert await receive_json(observer) == diff(updates=[member("bob", 1)])
+        assert await receive_json(observer) == diff(leaves=["bob"])
+
+
+async def test_a_thousand_joins_are_a_handful_of_diffs(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer, trio.open_nursery() as crowd:
+        done = trio.Event()
+
+        async def join(user: str, task_status: trio.TaskStatus[None]) -> None:
+            async with memory_client(listener, token(user)) as ws:
+                await ready(ws)
+                await send_json(ws, {"type": "subscribe", "topic": TOPIC})
+                task_status.started()
+                await done.wait()
+
+        for n in range(1000):
+            await crowd.start(join, f"user{n:04}")
+        joined: set[str] = set()
+        frames = 0
+        while len(joined) < 1000:
+            frame = await receive_json(observer)
+            frames += 1
+            joined |= {entry["user_id"] for entry in frame["joins"]}
+        assert frames <= 5
+        done.set()
