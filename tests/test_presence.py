@@ -31,9 +31,7 @@ def token(sub: str, **claims: Any) -> str:
 @pytest.fixture
 def presence_config(config: Config) -> Config:
     # No keepalive pings in the way of what observers read.
-    return with_settings(
-        config, jwt_secret=SECRET, presence_topics=("chat.*",), ping_interval=3600
-    )
+    return with_settings(config, jwt_secret=SECRET, presence_topics=("chat.*",), ping_interval=3600)
 
 
 def member(user_id: str, connections: int = 1, status: str = "online") -> dict[str, Any]:

@@ -212,6 +212,8 @@ class RedisBroker:
         self._waiting: dict[str, list[Callable[[], None]]] = {}
         self._connected = False
         self._last_id: str | None = None
+        # Channels of other features on the subscriber connection (`listen`), by name.
+        self._raw: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
 
     @property
     def ok(self) -> bool:
@@ -342,6 +344,34 @@ class RedisBroker:
             self._publisher_broken.set()
             raise
         return retained.decode() if isinstance(retained, bytes) else None
+
+    def listen(
+        self, name: str, on_message: Callable[[bytes], None], on_connected: Callable[[], None]
+    ) -> None:
+        """Hand what arrives on channel `<prefix><name>` to `on_message`, and call
+        `on_connected` each time Redis confirms that channel on a (new) subscriber connection,
+        so a feature can re-read what it may have missed while cut off.
+
+        For another feature's own traffic (presence); call before `run`. `name` must hold a
+        ':' so that no subscription key's channel can be the same. Both callbacks run in the
+        subscriber task and must not block.
+        """
+        assert ":" in name
+        self._raw[channel(self._prefix, name)] = (on_message, on_connected)
+
+    async def run_script(self, script: str, args: Sequence[str | int]) -> Any:
+        """Run a Lua script on a publisher connection (for other features' data).
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable or failed.
+        """
+        publisher = self._usable_publisher()
+        try:
+            with _as_unavailable("Redis script failed"):
+                return await publisher.eval(script, args=list(args))
+        except BrokerUnavailable:
+            self._publisher_broken.set()
+            raise
 
     def _usable_publisher(self) -> coredis.Redis[bytes]:
         if self._publisher is None or not self._connected:
@@ -483,7 +513,7 @@ class RedisBroker:
         )
         markers, own_markers = self._marker_channels, self._marker_channel
         async with pubsub, trio.open_nursery() as nursery:
-            await pubsub.subscribe(own_markers)
+            await pubsub.subscribe(own_markers, *self._raw)
             await nursery.start(self._reconcile, pubsub)
             connected()
             while True:
@@ -498,7 +528,11 @@ class RedisBroker:
                     kind = message["type"]
                     if kind in ("message", "pmessage"):
                         name = _named(message["channel"])
-                        if not name.startswith(markers):
+                        if (raw := self._raw.get(name)) is not None:
+                            # A glob ("**") brings a second copy as a pmessage: skipped.
+                            if kind == "message":
+                                raw[0](message["data"])
+                        elif not name.startswith(markers):
                             self._receive(message["data"], round_)
                         elif name == own_markers:
                             # A fetch waits for this: what came before must reach the hub
@@ -517,6 +551,9 @@ class RedisBroker:
                             round_ = []
                         name = message["pattern"] if kind == "psubscribe" else message["channel"]
                         self._confirmed(_named(name))
+                        if kind == "subscribe" and (raw := self._raw.get(_named(name))):
+                            # From here on nothing on that channel is missed.
+                            raw[1]()
                 if round_:
                     await deliver(round_)
 

@@ -55,9 +55,7 @@ def install(registry: Registry, lifecycle: Lifecycle, presence: Presence) -> Non
 
     async def set_status(client: Client, context: GatewayContext, message: PresenceUpdate) -> None:
         if message.status not in STATUSES:
-            raise ProtocolError(
-                f"Invalid presence: status must be one of {', '.join(STATUSES)}"
-            )
+            raise ProtocolError(f"Invalid presence: status must be one of {', '.join(STATUSES)}")
         if not tracker.enabled:
             raise ProtocolError("Invalid presence: presence is not enabled on this gateway")
         try:

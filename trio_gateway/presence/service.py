@@ -29,8 +29,8 @@ class Presence:
     def changed(self, topic: str, users: Iterable[str]) -> None:
         self.tracker.changed(topic, users)
 
-    def resync(self) -> None:
-        self.tracker.resync()
+    def resync(self, settle: float) -> None:
+        self.tracker.resync(settle)
 
     def typed(self, topic: str, user_id: str, state: str) -> None:
         self.typists.typed(topic, user_id, state)

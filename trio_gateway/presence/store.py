@@ -30,9 +30,9 @@ class Listener(Protocol):
     def typed(self, topic: str, user_id: str, state: str) -> None:
         """A typing indicator started or stopped (deduplicated across instances)."""
 
-    def resync(self) -> None:
-        """The store may have lost or missed changes: write every share again, re-read every
-        observed topic."""
+    def resync(self, settle: float) -> None:
+        """The store may have lost or missed changes: write every share again now, re-read
+        every observed topic after `settle` seconds (when other instances have too)."""
 
 
 class PresenceStore(Protocol):
@@ -99,6 +99,9 @@ class PresenceStore(Protocol):
         self, listener: Listener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The store's background work (Redis: renewals, sweeps, notifications)."""
+
+    async def close(self) -> None:
+        """A graceful stop: this instance's shares are to go after the grace. Never raises."""
 
 
 class MemoryStore:
@@ -211,3 +214,6 @@ class MemoryStore:
             await trio.sleep_forever()
         finally:
             self._listener = None
+
+    async def close(self) -> None:
+        pass

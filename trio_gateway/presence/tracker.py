@@ -200,12 +200,14 @@ class Tracker:
         self._dirty[topic] = dirty
         self._diff_wanted.set()
 
-    def resync(self) -> None:
+    def resync(self, settle: float) -> None:
         for (topic, user_id), local in self._local.items():
-            self._writes.setdefault(
-                (topic, user_id), Share(max(1, len(local.clients)), local.info)
-            )
+            self._writes.setdefault((topic, user_id), Share(max(1, len(local.clients)), local.info))
         self._write_wanted.set()
+        self._start_soon(self._reread_later, settle)
+
+    async def _reread_later(self, settle: float) -> None:
+        await trio.sleep(settle)
         for topic in self._views:
             self._dirty[topic] = EVERYONE
         self._diff_wanted.set()

@@ -111,18 +111,26 @@ class Typists:
                     await self._lapse(topic, user_id, typist)
 
     async def _lapse(self, topic: str, user_id: str, typist: _Typist) -> None:
+        key = (topic, user_id)
         try:
             if typist.seen + self._ttl > typist.lapses:
                 # Sent again since it was written: extend it to a ttl after that.
                 left = typist.seen + self._ttl - trio.current_time()
                 await self._store.typing_start(topic, user_id, left)
-                typist.lapses = trio.current_time() + left
-                heapq.heappush(self._timers, (typist.lapses, topic, user_id))
-                return
-            del self._typists[(topic, user_id)]
-            # None: stopped, by this call or another instance's; else another instance
-            # extended it and its own timer will end it.
-            await self._store.typing_lapse(topic, user_id)
+            else:
+                # None: stopped, by this call or another instance's. Else it has time left
+                # (another instance extended it, or the store's clock is behind ours): look
+                # again then, so that some instance always ends it.
+                left = await self._store.typing_lapse(topic, user_id)
+                if left is None:
+                    if self._typists.get(key) is typist:
+                        del self._typists[key]
+                    return
         except BrokerUnavailable as exc:
-            self._typists.pop((topic, user_id), None)
+            if self._typists.get(key) is typist:
+                del self._typists[key]
             log.warning("typing lapse not written", extra=fields(error=str(exc)))
+            return
+        if self._typists.get(key) is typist:
+            typist.lapses = trio.current_time() + left
+            heapq.heappush(self._timers, (typist.lapses, topic, user_id))

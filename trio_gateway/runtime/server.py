@@ -20,8 +20,8 @@ Graceful shutdown (`Gateway.shutdown()`, also what SIGTERM does), in hypercorn's
 stop accepting; refuse new publications and let the publisher hand what is queued to the
 broker; ask every client to close with 1001 after flushing its queue; close idle HTTP
 keep-alive connections; give the connection nursery `drain_timeout` to finish, then cancel
-what is left. Cancelling `serve` from outside skips the draining but still sends every
-client 1001.
+what is left; with Redis, shorten this instance's presence lease to `presence_grace`.
+Cancelling `serve` from outside skips the draining but still sends every client 1001.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from ..fanout.flusher import Flusher
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields, instance_field
 from ..presence.handlers import install as install_presence
+from ..presence.redis_store import RedisStore
 from ..presence.service import Presence
 from ..presence.store import MemoryStore, PresenceStore
 from ..protocol.errors import SHUTTING_DOWN
@@ -159,7 +160,7 @@ async def serve(
     )
     lifecycle = Lifecycle()
     install_commands(handlers, lifecycle, runner)
-    presence = Presence(config, hub, _presence_store(config, broker))
+    presence = Presence(config, hub, _presence_store(config, broker, instance))
     install_presence(handlers, lifecycle, presence)
     context = GatewayContext(
         config=config,
@@ -201,6 +202,8 @@ async def serve(
             else:
                 await supervisor.start(presence.run)
                 await _supervise(gateway, app, listeners, publish_receive, supervisor, task_status)
+                with trio.move_on_after(config.close_timeout):
+                    await presence.store.close()
             supervisor.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
@@ -260,7 +263,9 @@ def _commands(config: Config, backend: Backend) -> Commands:
     return commands
 
 
-def _presence_store(config: Config, broker: Broker) -> PresenceStore:
+def _presence_store(config: Config, broker: Broker, instance: str) -> PresenceStore:
+    if isinstance(broker, RedisBroker):
+        return RedisStore(config, broker, instance)
     return MemoryStore(status_ttl=config.presence_ttl)
 
 
