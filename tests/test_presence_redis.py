@@ -5,6 +5,7 @@ the clock of leases and typing), with short TTLs; waits are for frames, bounded 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,11 +20,13 @@ import trio
 import trio_websocket
 
 from trio_gateway import Config, Gateway, open_gateway
+from trio_gateway.client.http import http_request
 
 from .conftest import with_settings
-from .helpers import ready, receive_json, send_json, tcp_client
+from .helpers import API_KEY, ready, receive_json, send_json, tcp_client
 from .redis_server import RedisServer
 from .test_presence import SECRET, TOPIC, diff, member, token
+from .test_redis_broker import eventually
 
 TIMEOUT = 15
 LISTENING = re.compile(r"^trio-gateway listening on ws://127\.0\.0\.1:(\d+)/api/ws ")
@@ -61,6 +64,22 @@ async def present(
         yield ws
 
 
+@asynccontextmanager
+async def two_gateways(config: Config) -> AsyncIterator[tuple[Gateway, Gateway]]:
+    with trio.fail_after(TIMEOUT):
+        async with open_gateway(config) as a, open_gateway(config) as b:
+            yield a, b
+
+
+async def get(gateway: Gateway, path: str) -> tuple[int, Any]:
+    status, _, body = await http_request(
+        "GET",
+        f"http://127.0.0.1:{gateway.port}{path}",
+        headers={"authorization": f"Bearer {API_KEY}"},
+    )
+    return status, json.loads(body)
+
+
 async def nothing_within(ws: trio_websocket.WebSocketConnection, seconds: float) -> None:
     with trio.move_on_after(seconds) as window:
         frame = await receive_json(ws)
@@ -71,30 +90,24 @@ async def nothing_within(ws: trio_websocket.WebSocketConnection, seconds: float)
 async def test_a_user_with_a_tab_on_each_instance_joins_once_and_leaves_once(
     redis_config: Config,
 ) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with open_gateway(redis_config) as a, open_gateway(redis_config) as b:
-            async with present(a, "carol") as observer:
-                async with present(a, "alice"):
-                    assert await receive_json(observer) == diff(joins=[member("alice")])
-                    async with present(b, "alice"):
-                        assert await receive_json(observer) == diff(
-                            updates=[member("alice", 2)]
-                        )
-                    assert await receive_json(observer) == diff(updates=[member("alice", 1)])
-                    await nothing_within(observer, 1)
-                start = trio.current_time()
-                assert await receive_json(observer) == diff(leaves=["alice"])
-                assert trio.current_time() - start >= 0.3
-                await nothing_within(observer, 1)
+    async with two_gateways(redis_config) as (a, b), present(a, "carol") as observer:
+        async with present(a, "alice"):
+            assert await receive_json(observer) == diff(joins=[member("alice")])
+            async with present(b, "alice"):
+                assert await receive_json(observer) == diff(updates=[member("alice", 2)])
+            assert await receive_json(observer) == diff(updates=[member("alice", 1)])
+            await nothing_within(observer, 1)
+        start = trio.current_time()
+        assert await receive_json(observer) == diff(leaves=["alice"])
+        assert trio.current_time() - start >= 0.3
+        await nothing_within(observer, 1)
 
 
 async def test_an_observer_on_another_instance_sees_the_same(redis_config: Config) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with open_gateway(redis_config) as a, open_gateway(redis_config) as b:
-            async with present(b, "carol") as observer:
-                async with present(a, "alice"):
-                    assert await receive_json(observer) == diff(joins=[member("alice")])
-                assert await receive_json(observer) == diff(leaves=["alice"])
+    async with two_gateways(redis_config) as (a, b), present(b, "carol") as observer:
+        async with present(a, "alice"):
+            assert await receive_json(observer) == diff(joins=[member("alice")])
+        assert await receive_json(observer) == diff(leaves=["alice"])
 
 
 async def frames_within(ws: trio_websocket.WebSocketConnection, seconds: float) -> list[Any]:
@@ -139,23 +152,27 @@ async def test_members_of_a_killed_instance_leave_within_the_ttl_once(
             while not (match := re.search(rb"listening on ws://127\.0\.0\.1:(\d+)/", seen)):
                 seen += await process.stderr.receive_some()
             port = int(match[1])
-            async with open_gateway(redis_config) as a, present(a, "carol") as observer:
-                async with present(port, "alice"), present(port, "bob"):
-                    joined: set[str] = set()
-                    while len(joined) < 2:
-                        frame = await receive_json(observer)
-                        joined |= {entry["user_id"] for entry in frame["joins"]}
-                    os.kill(process.pid, signal.SIGKILL)
-                    killed = trio.current_time()
-                    left: list[str] = []
-                    while len(left) < 2:
-                        frame = await receive_json(observer)
-                        assert not frame["joins"] and not frame["updates"], frame
-                        left += [entry["user_id"] for entry in frame["leaves"]]
-                    # Within the TTL and one sweep (half a TTL here), once each.
-                    assert trio.current_time() - killed <= 1.5 + 0.5 + 0.5
-                    assert sorted(left) == ["alice", "bob"]
-                    await nothing_within(observer, 1)
+            async with (
+                open_gateway(redis_config) as a,
+                present(a, "carol") as observer,
+                present(port, "alice"),
+                present(port, "bob"),
+            ):
+                joined: set[str] = set()
+                while len(joined) < 2:
+                    frame = await receive_json(observer)
+                    joined |= {entry["user_id"] for entry in frame["joins"]}
+                os.kill(process.pid, signal.SIGKILL)
+                killed = trio.current_time()
+                left: list[str] = []
+                while len(left) < 2:
+                    frame = await receive_json(observer)
+                    assert frame["joins"] == frame["updates"] == [], frame
+                    left += [entry["user_id"] for entry in frame["leaves"]]
+                # Within the TTL and one sweep (half a TTL here), once each.
+                assert trio.current_time() - killed <= 1.5 + 0.5 + 0.5
+                assert sorted(left) == ["alice", "bob"]
+                await nothing_within(observer, 1)
     finally:
         process.kill()
         with trio.CancelScope(shield=True):
@@ -165,26 +182,67 @@ async def test_members_of_a_killed_instance_leave_within_the_ttl_once(
 
 
 async def test_typing_is_announced_once_across_instances(redis_config: Config) -> None:
-    with trio.fail_after(TIMEOUT):
-        async with open_gateway(redis_config) as a, open_gateway(redis_config) as b:
-            async with present(a, "carol") as observer, present(a, "alice") as tab1:
-                assert (await receive_json(observer))["joins"]
-                async with present(b, "alice") as tab2:
-                    assert (await receive_json(observer))["updates"]
-                    typing = {"type": "typing", "topic": TOPIC}
-                    await send_json(tab1, typing)
-                    await send_json(tab2, typing)
-                    start = {**typing, "user_id": "alice", "state": "start"}
-                    assert await receive_json(observer) == start
-                    await send_json(tab2, {**typing, "state": "stop"})
-                    assert await receive_json(observer) == {**start, "state": "stop"}
-                    await nothing_within(observer, 0.3)
-                    # Started again and left to lapse: one stop, a typing_ttl later.
-                    await send_json(tab1, typing)
-                    assert await receive_json(observer) == start
-                    began = trio.current_time()
-                    assert await receive_json(observer) == {**start, "state": "stop"}
-                    assert 0.4 <= trio.current_time() - began <= 1.5
-                # Never back to the typing user's own connections.
-                frames = await frames_within(tab1, 0.2)
-                assert frames and all(frame["type"] == "presence.diff" for frame in frames)
+    async with (
+        two_gateways(redis_config) as (a, b),
+        present(a, "carol") as observer,
+        present(a, "alice") as tab1,
+    ):
+        assert (await receive_json(observer))["joins"]
+        async with present(b, "alice") as tab2:
+            assert (await receive_json(observer))["updates"]
+            typing = {"type": "typing", "topic": TOPIC}
+            await send_json(tab1, typing)
+            await send_json(tab2, typing)
+            start = {**typing, "user_id": "alice", "state": "start"}
+            assert await receive_json(observer) == start
+            await send_json(tab2, {**typing, "state": "stop"})
+            assert await receive_json(observer) == {**start, "state": "stop"}
+            await nothing_within(observer, 0.3)
+            # Started again and left to lapse: one stop, a typing_ttl later.
+            await send_json(tab1, typing)
+            assert await receive_json(observer) == start
+            began = trio.current_time()
+            assert await receive_json(observer) == {**start, "state": "stop"}
+            assert 0.4 <= trio.current_time() - began <= 1.5
+        # Never back to the typing user's own connections.
+        frames = await frames_within(tab1, 0.2)
+        assert frames
+        assert all(frame["type"] == "presence.diff" for frame in frames)
+
+
+async def test_a_redis_restart_makes_nobody_leave_and_presence_is_written_again(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    async with two_gateways(redis_config) as (a, b), present(b, "carol") as observer:
+        async with present(a, "alice"):
+            assert await receive_json(observer) == diff(joins=[member("alice")])
+            redis_server.kill()
+            redis_server.start()
+            # Empty after the restart: each instance writes its members again, and observers
+            # re-read only once every instance has had the time to.
+            async def written_again() -> bool:
+                status, alice = await get(b, "/api/users/alice/presence")
+                return status == 200 and alice["topics"] == [TOPIC]
+
+            await eventually(written_again)
+            await nothing_within(observer, 1)
+        assert await receive_json(observer) == diff(leaves=["alice"])
+
+
+async def test_http_queries_answer_for_every_instance(redis_config: Config) -> None:
+    async with two_gateways(redis_config) as (a, b), present(a, "alice") as tab:
+        await send_json(tab, {"type": "presence", "status": "dnd"})
+        assert await receive_json(tab) == {"type": "presence.set", "status": "dnd"}
+        async with present(b, "carol"):
+            assert await get(b, f"/api/presence/{TOPIC}") == (
+                200,
+                {"topic": TOPIC, "members": [member("alice", status="dnd"), member("carol")]},
+            )
+            assert await get(b, "/api/users/alice/presence") == (
+                200,
+                {"user_id": "alice", "status": "dnd", "topics": [TOPIC]},
+            )
+        assert await get(a, "/api/users/nobody/presence") == (
+            200,
+            {"user_id": "nobody", "status": "offline", "topics": []},
+        )

@@ -24,6 +24,7 @@ from ..protocol.headers import bearer_token
 from ..session.auth import key_matches
 from .app import Handler, HttpApp, HttpError, Request
 from .health import health, websocket_without_upgrade
+from .presence import get_topic_presence, get_user_presence
 from .publish import (
     post_events,
     post_publish,
@@ -58,6 +59,8 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/api/users/{user_id}/messages": {"POST": Route(post_user_message, API_KEY)},
     "/api/users/{user_id}/disconnect": {"POST": Route(post_user_disconnect, API_KEY)},
     "/api/sessions/{session_id}/expire": {"POST": Route(post_session_expire, API_KEY)},
+    "/api/presence/{topic}": {"GET": Route(get_topic_presence, API_KEY)},
+    "/api/users/{user_id}/presence": {"GET": Route(get_user_presence, API_KEY)},
 }
 
 # Every WebSocket path (the `ws_paths` setting) answers a plain GET with 426.

@@ -11,8 +11,9 @@ Faults: while Redis is away the calls raise BrokerUnavailable (the tracker retri
 keeps what its observers were told, so an outage makes nobody leave). Once the subscriber is
 back, or a renewal finds the lease gone (Redis lost its data, or this instance was cut off
 longer than the TTL and swept), the listener resyncs: it writes every share again at once and
-re-reads what it observes after `presence_ttl / 3`, by when every live instance has renewed
-and written its own shares again.
+re-reads what it observes once every live instance has reconnected and renewed (and so
+written its own shares again): the longer of `presence_ttl / 3` and the reconnect backoff's
+cap.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import trio
 
 from ..broker import BrokerUnavailable
-from ..broker.redis import RedisBroker
+from ..broker.redis import BACKOFF_CAP, RedisBroker
 from ..observability.jsonlog import fields
 from ..protocol.jsontext import dumps
 from ..protocol.presence import Member, Share, member
@@ -72,6 +73,9 @@ class RedisStore:
         self._lease_ms = round(config.presence_ttl * 1000)
         self._grace_ms = round(config.presence_grace * 1000)
         self._period = config.presence_ttl / 3
+        # How long after coming back before observers re-read: every live instance has
+        # reconnected (its backoff is at most BACKOFF_CAP) and renewed by then.
+        self._settle = max(self._period, BACKOFF_CAP)
         self._listener: Listener | None = None
         broker.listen(BUS, self._heard, self._reconnected)
 
@@ -145,7 +149,7 @@ class RedisStore:
 
     def _reconnected(self) -> None:
         if self._listener is not None:
-            self._listener.resync(self._period)
+            self._listener.resync(self._settle)
 
     async def run(
         self, listener: Listener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -156,7 +160,7 @@ class RedisStore:
             while True:
                 try:
                     if not await self._run(scripts.RENEW, self._instance, self._lease_ms):
-                        listener.resync(self._period)
+                        listener.resync(self._settle)
                     swept = await self._run(scripts.SWEEP)
                     if swept:
                         log.info("swept stopped instances' presence", extra=fields(swept=swept))

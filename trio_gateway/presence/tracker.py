@@ -182,12 +182,21 @@ class Tracker:
         view = self._views.get(topic)
         if view is not None and view.members is not None:
             return view.state_frame(topic)
-        members = await self.store.members(topic)
-        return text_frame(state_text(topic, members.values()))
+        return text_frame(state_text(topic, await self.members(topic)))
 
-    def local_users(self, user_id: str) -> list[str]:
-        """The topics `user_id` has connections on here (in grace or not)."""
-        return sorted(topic for topic, user in self._local if user == user_id)
+    async def members(self, topic: str) -> list[Member]:
+        """Who is on `topic`, by user id, as this instance's observers were told if it has
+        any, else from the store.
+
+        Raises:
+            BrokerUnavailable: the store cannot answer now.
+        """
+        view = self._views.get(topic)
+        if view is not None and view.members is not None:
+            present = view.members
+        else:
+            present = await self.store.members(topic)
+        return [present[user_id] for user_id in sorted(present)]
 
     # --- what the store reports (Listener) --------------------------------------------------
 

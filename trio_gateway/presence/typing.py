@@ -121,11 +121,12 @@ class Typists:
                 # None: stopped, by this call or another instance's. Else it has time left
                 # (another instance extended it, or the store's clock is behind ours): look
                 # again then, so that some instance always ends it.
-                left = await self._store.typing_lapse(topic, user_id)
-                if left is None:
+                remaining = await self._store.typing_lapse(topic, user_id)
+                if remaining is None:
                     if self._typists.get(key) is typist:
                         del self._typists[key]
                     return
+                left = remaining
         except BrokerUnavailable as exc:
             if self._typists.get(key) is typist:
                 del self._typists[key]
