@@ -142,3 +142,124 @@ async def test_a_thousand_joins_are_a_handful_of_diffs(
             joined |= {entry["user_id"] for entry in frame["joins"]}
         assert frames <= 5
         done.set()
+
+
+async def test_status_changes_are_updates_and_invisible_is_a_leave(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer, present(listener, "bob") as bob:
+        assert await receive_json(observer) == diff(joins=[member("bob")])
+        # Bob's other tab, on another presence topic, gets the same status.
+        async with present(listener, "bob", "chat.room2") as other:
+            await send_json(bob, {"type": "presence", "status": "dnd"})
+            assert await receive_json(bob) == {"type": "presence.set", "status": "dnd"}
+            dnd = diff(updates=[member("bob", status="dnd")])
+            assert await receive_json(observer) == dnd
+            # Bob's own connections see the change like everyone else.
+            assert await receive_json(bob) == dnd
+            second = await receive_json(other)
+            assert second["updates"] == [member("bob", status="dnd")]
+        await send_json(bob, {"type": "presence", "status": "invisible"})
+        assert await receive_json(bob) == {"type": "presence.set", "status": "invisible"}
+        assert await receive_json(observer) == diff(leaves=["bob"])
+        assert await receive_json(bob) == diff(leaves=["bob"])
+        await send_json(bob, {"type": "presence", "status": "idle"})
+        assert await receive_json(bob) == {"type": "presence.set", "status": "idle"}
+        idle = diff(joins=[member("bob", status="idle")])
+        assert await receive_json(observer) == idle
+        assert await receive_json(bob) == idle
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({"type": "presence", "status": "away"}, "Invalid presence: status must be one of"),
+        ({"type": "presence", "status": 3}, "Invalid presence: status must be a string"),
+        ({"type": "presence"}, "Invalid presence: status is required"),
+        ({"type": "presence.get", "topic": "chat.*"}, "Invalid presence.get: wildcard"),
+        ({"type": "presence.get", "topic": "news.today"}, "Forbidden: may not subscribe"),
+        ({"type": "presence.get", "topic": "chat.a.b"}, "Invalid presence.get: presence is not"),
+        ({"type": "presence.get", "topic": "chat..x"}, "Invalid presence.get: "),
+        ({"type": "presence.get", "topic": "\ud800"}, "Invalid presence.get: topic must be"),
+        ({"type": "presence.get"}, "Invalid presence.get: topic is required"),
+        ({"type": "typing", "topic": TOPIC, "state": "paused"}, "Invalid typing: state must be"),
+        ({"type": "typing", "topic": "news.today"}, "Forbidden: may not subscribe"),
+        ({"type": "typing", "topic": "chat.**"}, "Invalid typing: wildcard"),
+        ({"type": "typing", "topic": ["chat"]}, "Invalid typing: topic must be a string"),
+    ],
+)
+async def test_bad_presence_and_typing_messages_get_an_error_and_the_connection_stays(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    presence_config: Config,
+    message: dict[str, Any],
+    error: str,
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with memory_client(listener, token("alice")) as ws:
+        await ready(ws)
+        await send_json(ws, message)
+        reply = await receive_json(ws)
+        assert reply["type"] == "error"
+        assert reply["message"].startswith(error), reply
+        await send_json(ws, {"type": "ping"})
+        assert await receive_json(ws) == {"type": "pong"}
+
+
+async def test_presence_get_answers_with_the_state_many_times_over(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "bob"), memory_client(listener, token("alice")) as ws:
+        await ready(ws)
+        state = {"type": "presence.state", "topic": TOPIC, "members": [member("bob")]}
+        for _ in range(10_000):
+            await send_json(ws, {"type": "presence.get", "topic": TOPIC})
+        for _ in range(10_000):
+            assert await receive_json(ws) == state
+
+
+async def test_api_key_clients_are_present_as_their_client_id(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer, memory_client(listener) as ws:
+        client_id = await ready(ws)
+        await send_json(ws, {"type": "subscribe", "topic": TOPIC})
+        assert (await receive_json(ws))["type"] == "subscribed"
+        state = await receive_json(ws)
+        # Members come ordered by user id; ULIDs sort before lowercase names.
+        assert state["members"] == [member(client_id), member("alice")]
+        assert await receive_json(observer) == diff(joins=[member(client_id)])
+
+
+async def test_unsubscribing_leaves_after_the_grace_and_patterns_are_not_members(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "alice") as observer, present(listener, "bob") as bob:
+        assert await receive_json(observer) == diff(joins=[member("bob")])
+        await send_json(bob, {"type": "subscribe", "topic": "chat.*"})
+        assert await receive_json(bob) == {"type": "subscribed", "subscription": "chat.*"}
+        await send_json(bob, {"type": "unsubscribe", "topic": TOPIC})
+        assert await receive_json(bob) == {"type": "unsubscribed", "subscription": TOPIC}
+        t0 = trio.current_time()
+        assert await receive_json(observer) == diff(leaves=["bob"])
+        assert trio.current_time() - t0 == pytest.approx(5.1, abs=0.01)
+
+
+async def test_presence_messages_are_refused_when_presence_is_off(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, with_settings(presence_config, presence_topics=()))
+    async with memory_client(listener, token("alice")) as ws:
+        await ready(ws)
+        await send_json(ws, {"type": "subscribe", "topic": TOPIC})
+        assert (await receive_json(ws))["type"] == "subscribed"
+        await send_json(ws, {"type": "presence", "status": "idle"})
+        reply = await receive_json(ws)
+        assert reply["message"] == "Invalid presence: presence is not enabled on this gateway"
+        await send_json(ws, {"type": "presence.get", "topic": TOPIC})
+        reply = await receive_json(ws)
+        assert reply["message"].startswith("Invalid presence.get: presence is not tracked")

@@ -264,7 +264,8 @@ def _commands(config: Config, backend: Backend) -> Commands:
 
 
 def _presence_store(config: Config, broker: Broker, instance: str) -> PresenceStore:
-    if isinstance(broker, RedisBroker):
+    # Without presence topics nothing is ever shared, so Redis is spared the presence channel.
+    if isinstance(broker, RedisBroker) and config.presence_topics:
         return RedisStore(config, broker, instance)
     return MemoryStore(status_ttl=config.presence_ttl)
 
