@@ -263,3 +263,103 @@ async def test_presence_messages_are_refused_when_presence_is_off(
         await send_json(ws, {"type": "presence.get", "topic": TOPIC})
         reply = await receive_json(ws)
         assert reply["message"].startswith("Invalid presence.get: presence is not tracked")
+
+
+def typing(user_id: str, state: str = "start") -> dict[str, Any]:
+    return {"type": "typing", "topic": TOPIC, "user_id": user_id, "state": state}
+
+
+async def quiet(ws: trio_websocket.WebSocketConnection) -> None:
+    """Nothing is waiting on `ws`: the answer to a query is the next frame it reads."""
+    await send_json(ws, {"type": "presence.get", "topic": TOPIC})
+    assert (await receive_json(ws))["type"] == "presence.state"
+
+
+async def test_a_thousand_starts_are_one_broadcast_that_lapses_a_ttl_after_the_last(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
+        assert await receive_json(bob) == diff(joins=[member("alice")])
+        async with present(listener, "alice") as tab:
+            assert await receive_json(bob) == diff(updates=[member("alice", 2)])
+            assert await receive_json(alice) == diff(updates=[member("alice", 2)])
+            for _ in range(1000):
+                await send_json(alice, {"type": "typing", "topic": TOPIC})
+                await trio.sleep(0.001)
+            last = trio.current_time()
+            assert await receive_json(bob) == typing("alice")
+            assert await receive_json(bob) == typing("alice", "stop")
+            assert trio.current_time() - last == pytest.approx(10, abs=0.01)
+            # Neither of the typist's own connections heard it, nor got an error back.
+            await quiet(alice)
+            await quiet(tab)
+            await quiet(bob)
+
+
+async def test_starting_again_keeps_the_indicator_alive(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
+        assert await receive_json(bob) == diff(joins=[member("alice")])
+        t0 = trio.current_time()
+        for _ in range(4):
+            await send_json(alice, {"type": "typing", "topic": TOPIC})
+            await trio.sleep(8)
+        assert await receive_json(bob) == typing("alice")
+        assert await receive_json(bob) == typing("alice", "stop")
+        assert trio.current_time() - t0 == pytest.approx(3 * 8 + 10, abs=0.01)
+        await quiet(bob)
+
+
+async def test_an_explicit_stop_ends_it_at_once_and_a_new_start_is_announced(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
+        assert await receive_json(bob) == diff(joins=[member("alice")])
+        await send_json(alice, {"type": "typing", "topic": TOPIC})
+        assert await receive_json(bob) == typing("alice")
+        await trio.sleep(3)
+        t0 = trio.current_time()
+        await send_json(alice, {"type": "typing", "topic": TOPIC, "state": "stop"})
+        assert await receive_json(bob) == typing("alice", "stop")
+        assert trio.current_time() == pytest.approx(t0, abs=0.01)
+        # A second stop has nothing left to end.
+        await send_json(alice, {"type": "typing", "topic": TOPIC, "state": "stop"})
+        await send_json(alice, {"type": "typing", "topic": TOPIC})
+        assert await receive_json(bob) == typing("alice")
+        await quiet(alice)
+
+
+async def test_the_typing_connection_going_stops_it_without_waiting(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, presence_config)
+    async with present(listener, "bob") as bob:
+        async with present(listener, "alice") as alice:
+            assert await receive_json(bob) == diff(joins=[member("alice")])
+            await send_json(alice, {"type": "typing", "topic": TOPIC})
+            assert await receive_json(bob) == typing("alice")
+        t0 = trio.current_time()
+        assert await receive_json(bob) == typing("alice", "stop")
+        assert trio.current_time() == pytest.approx(t0, abs=0.01)
+        # Presence keeps its grace; typing does not.
+        assert await receive_json(bob) == diff(leaves=["alice"])
+
+
+async def test_typing_needs_no_subscription_or_presence_topic(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
+) -> None:
+    _, listener = await serve_in_memory(nursery, with_settings(presence_config, presence_topics=()))
+    async with (
+        memory_client(listener, token("bob")) as bob,
+        memory_client(listener, token("alice")) as alice,
+    ):
+        await ready(bob)
+        await ready(alice)
+        await send_json(bob, {"type": "subscribe", "topic": TOPIC})
+        assert (await receive_json(bob))["type"] == "subscribed"
+        await send_json(alice, {"type": "typing", "topic": TOPIC})
+        assert await receive_json(bob) == typing("alice")

@@ -218,6 +218,7 @@ async def test_a_redis_restart_makes_nobody_leave_and_presence_is_written_again(
             assert await receive_json(observer) == diff(joins=[member("alice")])
             redis_server.kill()
             redis_server.start()
+
             # Empty after the restart: each instance writes its members again, and observers
             # re-read only once every instance has had the time to.
             async def written_again() -> bool:
