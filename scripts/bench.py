@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X]
         [--targets gateway,naive_trio,aiohttp,write_floor] [--json bench-results.json]
-        [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps] [--x-rate 200]
+        [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps] [--x-rate 200] [--members 5000]
     make bench BENCH_ARGS=--quick
 
 Owns the orchestration and the report. For every scenario and every target (the gateway as
@@ -49,6 +49,13 @@ Scenarios (defaults; --quick scales them down):
      each run on an ephemeral port, without persistence) is pinned to core 0, so the three
      share one core's budget and the table shows what crossing instances costs on it; their
      CPU is summed into the server CPU (and shown per process).
+  P  presence (the gateway only, --presence-topic bench.presence): an observer subscribes
+     to the topic, then 5,000 clients (--members, API keys: each its own user) join it
+     through the usual set-up (256 connecting at once). Reported: when the observer has
+     seen the last join (from the first connect, and after the last subscribe ack), the
+     diffs it received, presence.state/presence.diff frames and bytes every client received
+     (each member gets the state once and every diff after it), and then the round trip of
+     --gets presence.get calls, one at a time, with every member there.
 
 write_floor (scripts/bench_peers/write_floor.py) is a reference, not a baseline: a bare
 selector loop whose fan-out is one send() of a prebuilt frame per subscriber. It runs L only;
@@ -95,6 +102,10 @@ SHORT = {"parent": "parent", "naive_trio": "naive", "aiohttp": "aiohttp", "write
 # The scenarios the write floor takes part in (it has no keepalive and no limits).
 FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
+# Scenario P's presence topic (the load generator's too).
+PRESENCE_TOPIC = "bench.presence"
+# The scenarios only the gateway runs (the peers have no such feature).
+GATEWAY_ONLY = ("X", "P")
 # Seconds between keepalive pings in scenario C (gateway and aiohttp).
 IDLE_PING_INTERVAL = 5
 LISTENING = re.compile(
@@ -128,6 +139,8 @@ def server_command(
             command += ["--queue-depth", str(args.events + 1000)]
         if scenario == "C":
             command += ["--ping-interval", str(IDLE_PING_INTERVAL)]
+        if scenario == "P":
+            command += ["--presence-topic", PRESENCE_TOPIC]
         return command
     if target == "naive_trio":
         return [PYTHON, str(PEERS / "naive_trio.py"), "--api-key", TOKEN]
@@ -157,6 +170,9 @@ def loadgen_arguments(scenario: str, args: argparse.Namespace) -> tuple[list[str
     if scenario == "C":
         flags = ["--clients", args.idle, "--seconds", args.hold]
         return [str(f) for f in flags], args.hold + 400
+    if scenario == "P":
+        flags = ["--clients", args.members, "--gets", args.gets, "--timeout", 180]
+        return [str(f) for f in flags], 400
     return [str(f) for f in ["--clients", args.connects, "--timeout", 120]], 300
 
 
@@ -413,6 +429,15 @@ ROWS = [
     ("D", "SYNs dropped (accept queue full)", "listen_drops", None),
     ("D", "server CPU %", "server_cpu_pct", None),
     ("D", "loadgen busy %", "loadgen_busy_pct", None),
+    ("P", "last join seen s (from first connect)", "last_join_seen_s", False),
+    ("P", "last join seen after last ack ms", "after_last_ack_ms", False),
+    ("P", "diffs the first observer received", "observer_diffs", False),
+    ("P", "presence frames per member", "frames_per_member", False),
+    ("P", "presence MiB sent in all", "presence_mib", None),
+    ("P", "presence.get p50 ms", "get_p50_ms", False),
+    ("P", "presence.get p99 ms", "get_p99_ms", False),
+    ("P", "server CPU %", "server_cpu_pct", None),
+    ("P", "loadgen busy %", "loadgen_busy_pct", None),
 ]
 CHECKS = [
     ("completed in time", "complete"),
@@ -574,7 +599,9 @@ def gateway_revision(source: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="A,L,C,D,X", help="comma-separated, from A,L,C,D,X")
+    parser.add_argument(
+        "--scenarios", default="A,L,C,D,X,P", help="comma-separated, from A,L,C,D,X,P"
+    )
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument(
         "--quick", action="store_true", help="200 clients, 2,000 events, short runs"
@@ -588,6 +615,8 @@ def main() -> None:
     parser.add_argument("--idle", type=int, help="(C) idle connections [5000]")
     parser.add_argument("--hold", type=float, help="(C) seconds the idle connections are held [20]")
     parser.add_argument("--connects", type=int, help="(D) connections in the storm [5000]")
+    parser.add_argument("--members", type=int, help="(P) users joining the topic [5000]")
+    parser.add_argument("--gets", type=int, default=100, help="(P) presence.get round trips")
     parser.add_argument(
         "--a-budget",
         type=float,
@@ -629,6 +658,7 @@ def main() -> None:
         "idle": 500,
         "hold": 5.0,
         "connects": 500,
+        "members": 500,
         "a_budget": 30.0,
     }
     full = {
@@ -638,17 +668,18 @@ def main() -> None:
         "idle": 5000,
         "hold": 20.0,
         "connects": 5000,
+        "members": 5000,
         "a_budget": 120.0,
     }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    scenarios = [s for s in "ALCDX" if s in args.scenarios.upper().split(",")]
+    scenarios = [s for s in "ALCDXP" if s in args.scenarios.upper().split(",")]
     targets = [t for t in TARGETS if t in args.targets.split(",")]
     if args.parent_src is not None and "gateway" in targets:
         targets.insert(1, "parent")
-    if "gateway" not in targets and "X" in scenarios:
-        scenarios.remove("X")
+    if "gateway" not in targets:
+        scenarios = [s for s in scenarios if s not in GATEWAY_ONLY]
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
 
@@ -663,6 +694,8 @@ def main() -> None:
             continue
         for target in targets:
             if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
+                continue
+            if scenario in GATEWAY_ONLY and target != "gateway":
                 continue
             print(
                 f"[{time.strftime('%H:%M:%S')}] {scenario} {target} ...",
@@ -707,7 +740,7 @@ def main() -> None:
     print("\n".join(notes))
     for target in targets:
         for scenario in scenarios:
-            if scenario == "X" and target != "gateway":
+            if scenario in GATEWAY_ONLY and target != "gateway":
                 continue
             if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
                 continue

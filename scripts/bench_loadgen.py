@@ -64,6 +64,9 @@ EVENT_TEMPLATE = (
 )
 SEQ_DIGITS = 8
 TS_DIGITS = 19
+# Scenario P: the presence topic every client joins (the gateway runs with it as its
+# `--presence-topic`).
+PRESENCE_TOPIC = "bench.presence"
 TILDES = b"~" * RECV_BUFFER.nbytes
 
 # Seconds without any delivery or response before a phase gives up (reported as lost).
@@ -165,6 +168,9 @@ class Loop:
         self.lost_on_close = 0
         self.close_codes: Counter[int] = Counter()
         self.error_frames = 0
+        # presence.state / presence.diff frames every client received, and their bytes.
+        self.presence_frames = 0
+        self.presence_bytes = 0
         self.last_progress = time.monotonic()
         # Publish -> receive latencies in ns, only while the latency phase records them.
         self.latencies: array.array[int] | None = None
@@ -515,6 +521,9 @@ class WsClient(Endpoint):
         if text.startswith(b'{"type":"ping"'):
             self.pings += 1
             self.write(PONG_FRAME)
+        elif text.startswith(b'{"type":"presence.'):
+            self.loop.presence_frames += 1
+            self.loop.presence_bytes += len(text)
         elif b'"ready"' in text and self.t_ready == 0:
             self.t_ready = now
             self.loop.last_progress = time.monotonic()
@@ -556,6 +565,42 @@ class WsClient(Endpoint):
             self.write(CLOSE_FRAME)
             self.state = CLOSED
             self.detach()
+
+
+class Observer(WsClient):
+    """Scenario P's observer: follows the membership of the presence topic from its frames
+    (the only client whose frames are decoded), and times presence.get answers."""
+
+    __slots__ = ("all_seen", "answers", "asked", "diffs", "members", "want")
+
+    def __init__(self, loop: Loop, port: int, token: str, subscribe: bytes, want: int) -> None:
+        super().__init__(loop, port, token, subscribe, 1)
+        self.members: set[str] | None = None
+        # Members to wait for, and when (ns) that many were first there.
+        self.want = want
+        self.all_seen = 0
+        self.diffs = 0
+        # When the presence.get in flight was sent (ns), and each answer's round trip (ms).
+        self.asked = 0
+        self.answers: list[float] = []
+
+    def control(self, text: bytes, now: int) -> None:
+        super().control(text, now)
+        if not text.startswith(b'{"type":"presence.'):
+            return
+        message = json.loads(text)
+        if message["type"] == "presence.state":
+            if self.asked:
+                self.answers.append((now - self.asked) / 1e6)
+                self.asked = 0
+                return
+            self.members = {entry["user_id"] for entry in message["members"]}
+        elif message["type"] == "presence.diff" and self.members is not None:
+            self.diffs += 1
+            self.members.update(entry["user_id"] for entry in message["joins"])
+            self.members.difference_update(entry["user_id"] for entry in message["leaves"])
+        if self.members is not None and len(self.members) >= self.want and not self.all_seen:
+            self.all_seen = now
 
 
 class Publisher(Endpoint):
@@ -627,7 +672,7 @@ class Publisher(Endpoint):
 
 
 class Scenario:
-    """State and helpers shared by the four scenarios."""
+    """State and helpers shared by the scenarios."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -935,7 +980,62 @@ def storm(s: Scenario) -> dict[str, object]:
     return result
 
 
-SCENARIOS = {"A": throughput, "L": latency, "C": idle, "D": storm}
+def presence(s: Scenario) -> dict[str, object]:
+    """(P) every client joins one presence topic, an observer first; what the joins cost
+    everyone in frames, how long until the observer has seen the last one, and the
+    round trip of presence.get with every member there."""
+    args = s.args
+    loop = s.loop
+    s.max_events = 1
+    s.subscribe = mask_frame(1, json.dumps({"type": "subscribe", "topic": PRESENCE_TOPIC}).encode())
+    observer = Observer(loop, args.ws_port, args.token, s.subscribe, args.clients + 1)
+    s.clients.append(observer)
+    loop.run(lambda: observer.members is not None, time.monotonic() + 30)
+    frames_before, bytes_before = loop.presence_frames, loop.presence_bytes
+    start = s.measure()
+    t0 = time.monotonic_ns()
+    ok, setup = s.connect(
+        args.clients,
+        subscribe=True,
+        concurrency=SETUP_CONCURRENCY,
+        per_turn=64,
+        timeout=args.timeout,
+    )
+    acked = time.monotonic_ns()
+    ok = loop.run(lambda: observer.all_seen > 0, time.monotonic() + args.timeout) and ok
+    result = s.shares(start)
+    # Diffs still on their way (a member's own state, the last flush) are counted too.
+    loop.sleep(2.0)
+    frames = loop.presence_frames - frames_before
+    sent = loop.presence_bytes - bytes_before
+    get = mask_frame(1, json.dumps({"type": "presence.get", "topic": PRESENCE_TOPIC}).encode())
+    for _ in range(args.gets):
+        observer.asked = time.monotonic_ns()
+        observer.write(get)
+        if not loop.run(lambda: observer.asked == 0, time.monotonic() + 30):
+            break
+    answers = sorted(observer.answers)
+    members = len(observer.members or ())
+    result.update(
+        complete=ok and len(answers) == args.gets,
+        clients=args.clients,
+        members_seen=members,
+        setup_s=round(setup, 3),
+        last_join_seen_s=round((observer.all_seen - t0) / 1e9, 3) if observer.all_seen else None,
+        after_last_ack_ms=(
+            round((observer.all_seen - acked) / 1e6, 1) if observer.all_seen else None
+        ),
+        observer_diffs=observer.diffs,
+        presence_frames=frames,
+        frames_per_member=round(frames / max(args.clients, 1), 1),
+        presence_mib=round(sent / 2**20, 1),
+        get_p50_ms=round(percentile(answers, 50), 3) if answers else None,
+        get_p99_ms=round(percentile(answers, 99), 3) if answers else None,
+    )
+    return result
+
+
+SCENARIOS = {"A": throughput, "L": latency, "C": idle, "D": storm, "P": presence}
 
 
 def main() -> None:
@@ -960,6 +1060,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="(L) events per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="(L) publishing / (C) hold")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on the phase")
+    parser.add_argument("--gets", type=int, default=100, help="(P) presence.get round trips")
     parser.add_argument(
         "--sleep",
         action="store_true",
