@@ -275,12 +275,21 @@ async def quiet(ws: trio_websocket.WebSocketConnection) -> None:
     assert (await receive_json(ws))["type"] == "presence.state"
 
 
+@asynccontextmanager
+async def watched(
+    listener: MemoryListener,
+) -> AsyncIterator[tuple[trio_websocket.WebSocketConnection, trio_websocket.WebSocketConnection]]:
+    """Bob, then Alice, present on TOPIC, with Alice's join read on Bob's side."""
+    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
+        assert await receive_json(bob) == diff(joins=[member("alice")])
+        yield bob, alice
+
+
 async def test_a_thousand_starts_are_one_broadcast_that_lapses_a_ttl_after_the_last(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
 ) -> None:
     _, listener = await serve_in_memory(nursery, presence_config)
-    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
-        assert await receive_json(bob) == diff(joins=[member("alice")])
+    async with watched(listener) as (bob, alice):
         async with present(listener, "alice") as tab:
             assert await receive_json(bob) == diff(updates=[member("alice", 2)])
             assert await receive_json(alice) == diff(updates=[member("alice", 2)])
@@ -301,8 +310,7 @@ async def test_starting_again_keeps_the_indicator_alive(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
 ) -> None:
     _, listener = await serve_in_memory(nursery, presence_config)
-    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
-        assert await receive_json(bob) == diff(joins=[member("alice")])
+    async with watched(listener) as (bob, alice):
         t0 = trio.current_time()
         for _ in range(4):
             await send_json(alice, {"type": "typing", "topic": TOPIC})
@@ -317,8 +325,7 @@ async def test_an_explicit_stop_ends_it_at_once_and_a_new_start_is_announced(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
 ) -> None:
     _, listener = await serve_in_memory(nursery, presence_config)
-    async with present(listener, "bob") as bob, present(listener, "alice") as alice:
-        assert await receive_json(bob) == diff(joins=[member("alice")])
+    async with watched(listener) as (bob, alice):
         await send_json(alice, {"type": "typing", "topic": TOPIC})
         assert await receive_json(bob) == typing("alice")
         await trio.sleep(3)
