@@ -289,21 +289,20 @@ async def test_a_thousand_starts_are_one_broadcast_that_lapses_a_ttl_after_the_l
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
 ) -> None:
     _, listener = await serve_in_memory(nursery, presence_config)
-    async with watched(listener) as (bob, alice):
-        async with present(listener, "alice") as tab:
-            assert await receive_json(bob) == diff(updates=[member("alice", 2)])
-            assert await receive_json(alice) == diff(updates=[member("alice", 2)])
-            for _ in range(1000):
-                await send_json(alice, {"type": "typing", "topic": TOPIC})
-                await trio.sleep(0.001)
-            last = trio.current_time()
-            assert await receive_json(bob) == typing("alice")
-            assert await receive_json(bob) == typing("alice", "stop")
-            assert trio.current_time() - last == pytest.approx(10, abs=0.01)
-            # Neither of the typist's own connections heard it, nor got an error back.
-            await quiet(alice)
-            await quiet(tab)
-            await quiet(bob)
+    async with watched(listener) as (bob, alice), present(listener, "alice") as tab:
+        assert await receive_json(bob) == diff(updates=[member("alice", 2)])
+        assert await receive_json(alice) == diff(updates=[member("alice", 2)])
+        for _ in range(1000):
+            await send_json(alice, {"type": "typing", "topic": TOPIC})
+            await trio.sleep(0.001)
+        last = trio.current_time()
+        assert await receive_json(bob) == typing("alice")
+        assert await receive_json(bob) == typing("alice", "stop")
+        assert trio.current_time() - last == pytest.approx(10, abs=0.01)
+        # Neither of the typist's own connections heard it, nor got an error back.
+        await quiet(alice)
+        await quiet(tab)
+        await quiet(bob)
 
 
 async def test_starting_again_keeps_the_indicator_alive(
