@@ -415,3 +415,37 @@ def test_ws_paths_and_backend_urls() -> None:
         with pytest.raises(ConfigError, match=problem) as caught:
             resolve(flags, {})
         assert "secret" not in str(caught.value)
+
+
+def test_presence_settings_from_each_source() -> None:
+    assert load().config.presence_topics == ()
+    config = load(
+        {"presence_topics": ["chat.*", "doc.**"], "typing_ttl": "4"},
+        {"TRIO_GATEWAY_PRESENCE_GRACE": "2.5"},
+        "presence_ttl = 60\npresence_diff_interval = 0.25",
+    ).config
+    assert config.presence_topics == ("chat.*", "doc.**")
+    assert (config.presence_grace, config.presence_ttl) == (2.5, 60.0)
+    assert (config.presence_diff_interval, config.typing_ttl) == (0.25, 4.0)
+    env = {"TRIO_GATEWAY_PRESENCE_TOPICS": "rooms.*,lobby"}
+    assert load(env=env).config.presence_topics == ("rooms.*", "lobby")
+    assert load(toml='presence_topics = ["a.b"]').config.presence_topics == ("a.b",)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "problem"),
+    [
+        ({"presence_topics": ["chat..x"]}, {}, None, "presence_topics: "),
+        ({"presence_topics": ["chat.**.x"]}, {}, None, "presence_topics: "),
+        ({}, {}, 'presence_topics = "chat.*"', "presence_topics: must be a list of strings"),
+        ({}, {}, "presence_topics = [1]", "presence_topics: "),
+        ({"presence_ttl": "0"}, {}, None, "presence_ttl: must be greater than 0"),
+        ({}, {"TRIO_GATEWAY_PRESENCE_GRACE": "-1"}, None, "presence_grace: must be greater"),
+        ({"presence_diff_interval": "inf"}, {}, None, "presence_diff_interval: must be a finite"),
+        ({}, {}, 'typing_ttl = "soon"', "typing_ttl: "),
+    ],
+)
+def test_malformed_presence_settings_are_refused(
+    flags: dict[str, str | list[str]], env: dict[str, str], toml: str | None, problem: str
+) -> None:
+    assert error(flags, env, toml).startswith(problem)
