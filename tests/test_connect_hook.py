@@ -48,6 +48,10 @@ SESSIONS: dict[str, tuple[int, Any]] = {
         },
     ),
     "tok-bob": (200, {"user_id": "bob"}),
+    "tok-carol": (
+        200,
+        {"user_id": "carol", "info": {"name": "Carol"}, "subscriptions": ["chat.lobby"]},
+    ),
     "tok-revoked": (401, {"error": "session revoked"}),
     "tok-banned": (403, {}),
     "tok-broken": (500, b"oops"),
@@ -304,3 +308,25 @@ async def test_several_websocket_paths(nursery: trio.Nursery, config: Config) ->
         for path, status in (("/ws", 426), ("/api/ws", 404)):
             answer, _, _ = await http_request("GET", f"http://127.0.0.1:{gateway.port}{path}")
             assert answer == status
+
+
+async def test_a_backend_session_is_present_as_its_user_with_its_info(
+    nursery: trio.Nursery, config: Config, hook: tuple[Backend, SessionBackend]
+) -> None:
+    settings = hooked(config, hook[0], presence_topics=("chat.*",))
+    gateway: Gateway = await nursery.start(serve, settings)
+    carol = {"user_id": "carol", "status": "online", "connections": 1, "info": {"name": "Carol"}}
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as observer:
+            await ready(observer)
+            assert (await request(observer, type="subscribe", topic="chat.lobby"))["type"] == (
+                "subscribed"
+            )
+            assert (await receive_json(observer))["members"][0]["status"] == "online"
+            async with tcp_client(gateway.port, "tok-carol") as ws:
+                assert (await receive_json(ws))["subscriptions"] == ["chat.lobby"]
+                # The hook subscribed it before ready; its state follows ready.
+                state = await receive_json(ws)
+                assert state["type"] == "presence.state"
+                assert carol in state["members"]
+                assert (await receive_json(observer))["joins"] == [carol]
