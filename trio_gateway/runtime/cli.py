@@ -287,8 +287,9 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     for name in ("redis_url", "command_url", "connect_url"):
         if (url := getattr(config, name)) is not None:
             settings_logged[name] = redact_url(url)
-    if config.jwt_secret is not None:
-        settings_logged["jwt_secret"] = REDACTED
+    for name in ("jwt_secret", "metrics_token"):
+        if getattr(config, name) is not None:
+            settings_logged[name] = REDACTED
     log.info(
         "configuration loaded",
         extra=fields(

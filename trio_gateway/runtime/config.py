@@ -200,6 +200,10 @@ class Config:
     presence_ttl: float = attrs.field(default=30.0, validator=_positive)
     # Seconds a typing start lasts without being sent again; one broadcast per this.
     typing_ttl: float = attrs.field(default=10.0, validator=_positive)
+    # A bearer token that may read /metrics besides the API keys (a scraper's); never logged.
+    metrics_token: str | None = attrs.field(default=None, validator=_optional_text)
+    # Serve /metrics without credentials (a scrape network the operator trusts).
+    metrics_public: bool = False
     # Processes sharing the port (SO_REUSEPORT); more than 1 needs redis_url.
     workers: int = attrs.field(default=1, validator=_positive)
     # Set SO_REUSEPORT on the listening socket, so other processes may bind the same port.

@@ -294,6 +294,14 @@ SETTINGS: tuple[Setting, ...] = (
     _seconds("presence_grace", "seconds a user's last connection may be gone before a leave"),
     _seconds("presence_ttl", "seconds a stopped instance's members outlive it (Redis)"),
     _seconds("typing_ttl", "seconds a typing start lasts unless sent again"),
+    Setting(
+        "metrics_token",
+        "a bearer token that may read /metrics besides the API keys (never logged)",
+        "TOKEN",
+        _str_from_text,
+        _str_from_toml,
+    ),
+    _switch("metrics_public", "serve /metrics without credentials"),
     _integer("workers", "processes sharing the port (SO_REUSEPORT); more than 1 needs Redis"),
     _switch("reuse_port", "set SO_REUSEPORT so other processes may bind the same port"),
     Setting(
