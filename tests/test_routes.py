@@ -8,7 +8,7 @@ import re
 import trio
 
 from trio_gateway import Gateway
-from trio_gateway.api.routes import API_KEY, ROUTES, Policy
+from trio_gateway.api.routes import PUBLIC, ROUTES, Policy
 from trio_gateway.client.http import http_request
 
 from .helpers import TIMEOUT
@@ -31,8 +31,8 @@ async def test_each_route_enforces_its_policy_before_its_handler(gateway: Gatewa
                 method, f"http://127.0.0.1:{gateway.port}{path}", body=b"{}"
             )
             answer = (method, path, status, json.loads(body).get("error"))
-            (refused if policy is API_KEY else served).append(answer)
-            if policy is API_KEY:
+            (served if policy is PUBLIC else refused).append(answer)
+            if policy is not PUBLIC:
                 assert dict(headers)["www-authenticate"] == 'Bearer realm="trio-gateway"'
     assert {status for *_, status, _ in refused} == {401}
     assert {error for *_, error in refused} == {"Missing API key"}

@@ -39,6 +39,14 @@ class HttpError(Exception):
 
 
 @attrs.frozen
+class RawBody:
+    """A response body that is not JSON (the metrics exposition): its bytes and type."""
+
+    data: bytes
+    content_type: str
+
+
+@attrs.frozen
 class Request:
     method: str
     path: str
@@ -69,7 +77,8 @@ class HttpApp:
             scope.cancel()
 
 
-#: A handler answers one request with (status, JSON-able body), or raises HttpError.
+#: A handler answers one request with (status, JSON-able body or `RawBody`), or raises
+#: HttpError.
 Handler = Callable[[HttpApp, Request], Awaitable[tuple[int, object]]]
 
 

@@ -1,9 +1,10 @@
 """The route table: every endpoint on one line, with its methods, handler and policy.
 
 A policy is what must hold before the handler runs, declared per route and applied once by
-`respond`, never inside a handler: `PUBLIC`, or `API_KEY` (the first `Authorization` header
-is `Bearer <key>`, 401 with `WWW-Authenticate` otherwise). A new kind of check (a metrics
-token, admin auth, a rate limit) is a new `Policy` value handled in `_enforce`; a new
+`respond`, never inside a handler: `PUBLIC`; `API_KEY` (the first `Authorization` header
+is `Bearer <key>`, 401 with `WWW-Authenticate` otherwise); `METRICS` (an API key or the
+`metrics_token`, or nothing at all with `metrics_public`). A new kind of check (admin auth,
+a rate limit) is a new `Policy` value handled in `_enforce`; a new
 endpoint is one line here and one handler. The WebSocket paths are configurable
 (`ws_paths`), so they are not in the table: a plain GET on one gets 426.
 
@@ -24,6 +25,7 @@ from ..protocol.headers import bearer_token
 from ..session.auth import key_matches
 from .app import Handler, HttpApp, HttpError, Request
 from .health import health, websocket_without_upgrade
+from .metrics import get_metrics
 from .presence import get_topic_presence, get_user_presence
 from .publish import (
     post_events,
@@ -38,9 +40,10 @@ from .users import post_session_expire, post_user_disconnect, post_user_message
 class Policy(enum.Enum):
     PUBLIC = "public"
     API_KEY = "api_key"
+    METRICS = "metrics"
 
 
-PUBLIC, API_KEY = Policy.PUBLIC, Policy.API_KEY
+PUBLIC, API_KEY, METRICS = Policy.PUBLIC, Policy.API_KEY, Policy.METRICS
 
 
 @attrs.frozen
@@ -51,6 +54,7 @@ class Route:
 
 ROUTES: dict[str, dict[str, Route]] = {
     "/api/health": {"GET": Route(health, PUBLIC)},
+    "/metrics": {"GET": Route(get_metrics, METRICS)},
     "/api/events": {"POST": Route(post_events, API_KEY)},
     "/api/session-updates": {"POST": Route(post_session_update, API_KEY)},
     "/api/remote-updates": {"POST": Route(post_remote_update, API_KEY)},
@@ -124,11 +128,18 @@ def _match(template: list[str], segments: list[str]) -> dict[str, str] | None:
 
 
 def _enforce(app: HttpApp, request: Request, policy: Policy) -> None:
-    if policy is API_KEY:
-        token = bearer_token(request.header(b"authorization"))
-        if not key_matches(token, app.context.config.api_keys):
-            raise HttpError(
-                401,
-                "Missing or invalid API key" if token else "Missing API key",
-                headers=[(b"www-authenticate", b'Bearer realm="trio-gateway"')],
-            )
+    if policy is PUBLIC:
+        return
+    config = app.context.config
+    if policy is METRICS and config.metrics_public:
+        return
+    token = bearer_token(request.header(b"authorization"))
+    accepted = config.api_keys
+    if policy is METRICS and config.metrics_token is not None:
+        accepted = (*accepted, config.metrics_token)
+    if not key_matches(token, accepted):
+        raise HttpError(
+            401,
+            "Missing or invalid API key" if token else "Missing API key",
+            headers=[(b"www-authenticate", b'Bearer realm="trio-gateway"')],
+        )

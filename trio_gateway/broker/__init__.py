@@ -30,6 +30,8 @@ class BrokerUnavailable(Exception):
 class Broker(Protocol):
     #: "memory" or "redis", as /api/health reports it.
     kind: str
+    #: Times the connection to the broker came back after being lost (the metrics).
+    reconnects: int
 
     @property
     def ok(self) -> bool:

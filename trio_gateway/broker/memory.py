@@ -45,6 +45,7 @@ class _Log:
 class MemoryBroker:
     kind = "memory"
     ok = True
+    reconnects = 0
 
     def __init__(self, config: Config, round_size: int) -> None:
         self._round_size = round_size

@@ -211,6 +211,7 @@ class RedisBroker:
         # Callbacks waiting for their key to go live (`when_live`).
         self._waiting: dict[str, list[Callable[[], None]]] = {}
         self._connected = False
+        self.reconnects = 0
         self._last_id: str | None = None
         # Channels of other features on the subscriber connection (`listen`), by name.
         self._raw: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
@@ -481,6 +482,8 @@ class RedisBroker:
 
         def connected() -> None:
             nonlocal delays, started
+            if started:
+                self.reconnects += 1
             self._set_connected(True)
             delays = _backoff()
             log.info("Redis subscriber connected", extra=fields(redis=where))

@@ -20,6 +20,7 @@ socket other than through `client.send`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -47,15 +48,33 @@ log = logging.getLogger("trio_gateway.commands")
 
 # Longest error code a `CommandError` may carry; a longer one is answered `failed`.
 MAX_CODE_LENGTH = 64
+#: Outcomes besides the protocol's error codes: answered, answered with the handler's own
+#: error code (any `CommandError`: the label set stays bounded), cancelled (caller gone).
+OK, REJECTED, CANCELLED = "ok", "error", "cancelled"
+
+#: Told of every call once: its outcome, and its seconds when it ran (None when refused).
+CallObserver = Callable[[str, "float | None"], None]
+
+
+def _ignore(outcome: str, seconds: float | None) -> None:
+    pass
 
 
 class CommandRunner:
     """Runs the calls of every connection of one gateway."""
 
-    def __init__(self, commands: Commands, *, timeout: float, max_inflight: int) -> None:
+    def __init__(
+        self,
+        commands: Commands,
+        *,
+        timeout: float,
+        max_inflight: int,
+        on_call: CallObserver = _ignore,
+    ) -> None:
         self.commands = commands
         self.timeout = timeout
         self.max_inflight = max_inflight
+        self._on_call = on_call
         self._running: dict[Client, set[trio.CancelScope]] = {}
 
     def inflight(self, client: Client) -> int:
@@ -89,21 +108,29 @@ class CommandRunner:
             client.tasks.start_soon(self._run, client, handler, message, scope)
 
     def _refuse(self, client: Client, message: Command, code: str, text: str) -> None:
+        self._on_call(code, None)
         client.send(error_answer_frame(message.name, text, code, message.id))
 
     async def _run(
         self, client: Client, handler: CommandHandler, message: Command, scope: trio.CancelScope
     ) -> None:
+        started = trio.current_time()
+        outcome = CANCELLED
         try:
             with scope:
-                client.send(await self._answer(client, handler, message))
+                outcome, frame = await self._answer(client, handler, message)
+                client.send(frame)
         finally:
+            self._on_call(outcome, trio.current_time() - started)
             running = self._running[client]
             running.discard(scope)
             if not running:
                 del self._running[client]
 
-    async def _answer(self, client: Client, handler: CommandHandler, message: Command) -> bytes:
+    async def _answer(
+        self, client: Client, handler: CommandHandler, message: Command
+    ) -> tuple[str, bytes]:
+        """The call's outcome and its answer frame."""
         identity = client.identity
         caller = Caller(
             client.id, identity.user_id, identity.session_id, identity.info, client.state
@@ -112,15 +139,15 @@ class CommandRunner:
         try:
             with trio.move_on_after(self.timeout):
                 answer = await handler(caller, message.payload)
-                return _answer_frame(answer, call_id)
+                return OK, _answer_frame(answer, call_id)
             text = f"Command timed out after {self.timeout:g} s"
-            return error_answer_frame(name, text, TIMEOUT, call_id)
+            return TIMEOUT, error_answer_frame(name, text, TIMEOUT, call_id)
         except CommandError as exc:
             code = exc.code if _valid_code(exc.code) else FAILED
-            return error_answer_frame(name, str(exc.message), code, call_id)
+            return REJECTED, error_answer_frame(name, str(exc.message), code, call_id)
         except Exception:
             log.exception("command failed", extra=fields(client_id=client.id, command=name))
-            return error_answer_frame(name, "Command failed", FAILED, call_id)
+            return FAILED, error_answer_frame(name, "Command failed", FAILED, call_id)
 
 
 class BadAnswer(Exception):

@@ -9,6 +9,7 @@ instance is what keeps a publisher's publications in the order they were made.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,8 @@ class Batch:
 
     publications: tuple[Publication, ...]
     done: trio.Event | None = None
+    #: Who published it, for the metrics: "inprocess", "http" or "client".
+    source: str = "inprocess"
     error: Exception | None = None
     #: Each publication's offsets (aligned with its keys), once published.
     offsets: list[tuple[int, ...]] = attrs.field(factory=list)
@@ -238,9 +241,17 @@ class Broadcaster:
     `BrokerUnavailable` if the broker did not take them.
     """
 
-    def __init__(self, channel: trio.MemorySendChannel[Batch], broker: Broker) -> None:
+    def __init__(
+        self, channel: trio.MemorySendChannel[Batch], broker: Broker, source: str = "inprocess"
+    ) -> None:
         self._channel = channel
         self._broker = broker
+        self._source = source
+
+    def tagged(self, source: str) -> Broadcaster:
+        """This broadcaster for another kind of publisher: the same queue, with what it
+        publishes counted under `source` (the HTTP API, clients)."""
+        return Broadcaster(self._channel, self._broker, source)
 
     def broadcast_event(self, event: Mapping[str, Any]) -> None:
         self.send_nowait(event_publication(event))
@@ -320,7 +331,7 @@ class Broadcaster:
         """Queue publications as one batch (kept together, in order), fire-and-forget."""
         self._check_broker()
         try:
-            self._channel.send_nowait(Batch(publications))
+            self._channel.send_nowait(Batch(publications, source=self._source))
         except trio.WouldBlock:
             raise PublishQueueFull("publish queue is full") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -336,7 +347,7 @@ class Broadcaster:
             GatewayClosed: shutdown began before the batch went out.
         """
         self._check_broker()
-        batch = Batch(publications, trio.Event())
+        batch = Batch(publications, trio.Event(), source=self._source)
         try:
             await self._channel.send(batch)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -361,6 +372,7 @@ async def run_publisher(
     broker: Broker,
     round_size: int,
     *,
+    published: Counter[str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Hand publications to the broker in arrival order until the publish channel is closed.
@@ -369,9 +381,11 @@ async def run_publisher(
     when one batch is larger: a batch is never split), so a burst of small publishes costs
     one broker call. A round the broker refuses fails every awaited batch in it with
     `BrokerUnavailable`; fire-and-forget ones in it are dropped and logged. Batches still
-    queued when this task ends fail with `GatewayClosed`.
+    queued when this task ends fail with `GatewayClosed`. `published` counts what the broker
+    took, by each batch's source.
     """
     pending: list[Batch] = []
+    counts: Counter[str] = Counter() if published is None else published
     try:
         task_status.started()
         async for first in channel:
@@ -384,7 +398,7 @@ async def run_publisher(
                     break
                 pending.append(batch)
                 count += len(batch.publications)
-            await _publish_round(broker, pending)
+            await _publish_round(broker, pending, counts)
             pending = []
             # Writers and readers run between rounds.
             await trio.lowlevel.checkpoint()
@@ -395,7 +409,7 @@ async def run_publisher(
             _finish(batch, GatewayClosed("gateway is shutting down"))
 
 
-async def _publish_round(broker: Broker, batches: list[Batch]) -> None:
+async def _publish_round(broker: Broker, batches: list[Batch], published: Counter[str]) -> None:
     publications = [publication for batch in batches for publication in batch.publications]
     try:
         offsets = await broker.publish(publications)
@@ -413,6 +427,7 @@ async def _publish_round(broker: Broker, batches: list[Batch]) -> None:
         for batch in batches:
             batch.offsets = offsets[start : start + len(batch.publications)]
             start += len(batch.publications)
+            published[batch.source] += len(batch.publications)
             _finish(batch, None)
 
 

@@ -25,6 +25,7 @@ as many messages as rounds, far fewer than arrive during it under load.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import trio
@@ -45,18 +46,32 @@ class _Round(NamedTuple):
     #: The running total of listed clients at the round's end: written once `taken` reaches it.
     end: int
     publications: int
+    #: When the round was queued (trio's clock).
+    queued_at: float
+
+
+def _ignore(seconds: float) -> None:
+    pass
 
 
 class Flusher:
     """The dirty queue, the task writing it out, and the bound on what is queued ahead."""
 
-    def __init__(self, slice_size: int = FLUSH_SLICE, max_ahead: int = 128) -> None:
+    def __init__(
+        self,
+        slice_size: int = FLUSH_SLICE,
+        max_ahead: int = 128,
+        on_written: Callable[[float], None] = _ignore,
+    ) -> None:
         #: Clients with frames queued by a fan-out, in the order they got them; a client is
         #: listed once however many frames wait (`Outbox.stage` says when it was empty). The
         #: hub appends to it directly: it is the fan-out's per-recipient hot path.
         self.dirty: deque[Client] = deque()
         self._slice_size = slice_size
         self._max_ahead = max_ahead
+        # Told, once per broker round, how long the round waited until every client it gave
+        # frames to was handed them (the publish-to-write latency metric).
+        self._on_written = on_written
         self._idle = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
         # Running totals of clients listed in, and taken off, `dirty`.
@@ -77,17 +92,25 @@ class Flusher:
     async def admit(self, publications: int) -> None:
         """A broker's round of `publications` was just queued: wait while more than
         `max_ahead` publications are queued and not yet written."""
-        self._rounds.append(_Round(self._listed, publications))
+        self._rounds.append(_Round(self._listed, publications, trio.current_time()))
         self._ahead += publications
-        # A round that gave nobody new work may be written already (or be empty).
-        self._forget_written()
+        # A round that gave nobody new work may be written already (or be empty); it waited
+        # for nothing here, so it is not observed.
+        rounds = self._rounds
+        while rounds and rounds[0].end <= self._taken:
+            self._ahead -= rounds.popleft().publications
         while self._ahead > self._max_ahead:
             await self._progress.park()
 
     def _forget_written(self) -> None:
         rounds = self._rounds
+        if not rounds or rounds[0].end > self._taken:
+            return
+        now = trio.current_time()
         while rounds and rounds[0].end <= self._taken:
-            self._ahead -= rounds.popleft().publications
+            written = rounds.popleft()
+            self._ahead -= written.publications
+            self._on_written(now - written.queued_at)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write what fan-outs queued, until cancelled.

@@ -139,6 +139,13 @@ class Hub:
         self._on_first = on_first
         self._on_last = on_last
         self._watchers: list[tuple[Watcher, Watcher]] = []
+        #: Frames queued by `publish_many` so far, and the recipients it tried (the
+        #: difference: frames not queued for a client closing or too slow). Counted per
+        #: publication, for the metrics.
+        self.deliveries = 0
+        self.recipients = 0
+        #: Publications brought by the broker (`deliver`), every instance's.
+        self.brought = 0
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -266,6 +273,7 @@ class Hub:
         dirty = self.flusher.dirty
         listed_before = len(dirty)
         delivered = 0
+        recipients_tried = 0
         for plain, complete, keys, offsets, topic, extra in items:
             groups = [members for key in keys if (members := self._index.get(key))]
             if topic is not None and self._patterns:
@@ -278,6 +286,7 @@ class Hub:
             recipients = groups[0] if len(groups) == 1 else set().union(*groups)
             if extra is not None:
                 recipients = _apply(extra, recipients)
+            recipients_tried += len(recipients)
             # Iterate a snapshot: a failed send may close a client, which must not resize the
             # set under our feet even though removal happens later in its connection task.
             for client in tuple(recipients):
@@ -289,6 +298,8 @@ class Hub:
             if extra is not None and extra.control == UNBIND:
                 _close_bound(recipients, keys)
         self.flusher.queued(len(dirty) - listed_before)
+        self.deliveries += delivered
+        self.recipients += recipients_tried
         return delivered
 
     async def deliver(self, items: Sequence[Delivery]) -> None:
@@ -300,6 +311,7 @@ class Hub:
         quarter of it, so a burst cannot make a client that reads at full speed look slow.
         """
         self.publish_many(items)
+        self.brought += len(items)
         await self.flusher.admit(len(items))
 
     def _keep_aside(

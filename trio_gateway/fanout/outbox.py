@@ -49,7 +49,7 @@ class DirectWriter(Protocol):
 class Outbox:
     """Up to `limit` frames waiting for one writer task."""
 
-    __slots__ = ("_closed", "_frames", "_limit", "_waiter", "direct")
+    __slots__ = ("_closed", "_frames", "_limit", "_waiter", "direct", "written")
 
     def __init__(self, limit: int) -> None:
         self._frames: list[bytes] = []
@@ -58,6 +58,8 @@ class Outbox:
         self._waiter: trio.lowlevel.Task | None = None
         #: Set by the connection while its session runs; None: always through the writer.
         self.direct: DirectWriter | None = None
+        #: Bytes written from this outbox, directly here or by its writer (the metrics).
+        self.written = 0
 
     def stage(self, frame: bytes) -> bool:
         """Queue `frame` without handing it on yet; `flush` must follow. Never blocks.
@@ -147,6 +149,7 @@ def flush_each(outboxes: Iterable[Outbox]) -> None:
             # Full (BlockingIOError) or broken: the writer waits, or meets the error and
             # reports it.
             written = 0
+        outbox.written += written
         if written != len(data):
             if written:
                 direct.wrote_partly()

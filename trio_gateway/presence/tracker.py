@@ -113,6 +113,11 @@ class Tracker:
     def enabled(self) -> bool:
         return bool(self._patterns)
 
+    @property
+    def local_members(self) -> int:
+        """(topic, user) pairs present through this instance's connections (the metrics)."""
+        return len(self._local)
+
     def tracks(self, key: str) -> bool:
         """Whether `key` is a topic (not a pattern) whose subscribers are present on it."""
         return (

@@ -51,6 +51,7 @@ from ..fanout.broadcaster import Batch, Broadcaster, run_publisher
 from ..fanout.flusher import Flusher
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields, instance_field
+from ..observability.metrics import CLIENT, HTTP, Metrics
 from ..presence.handlers import install as install_presence
 from ..presence.redis_store import RedisStore
 from ..presence.service import Presence
@@ -89,6 +90,8 @@ class Gateway:
     #: The commands clients may call, answered in-process (commands/registry.py); those
     #: without a handler go to `command_url` when it is set.
     commands: Commands
+    #: The counters and their Prometheus registry (`metrics.registry`), as /metrics shows.
+    metrics: Metrics
     _stop: trio.Event = attrs.field(factory=trio.Event, alias="_stop")
 
     @property
@@ -148,28 +151,40 @@ async def serve(
     if listeners is None:
         listeners = await open_listeners(config.host, config.port, reuse_port=config.reuse_port)
     broker = _broker(config, instance)
-    flusher = Flusher(max_ahead=max(1, config.queue_depth // 2))
+    metrics = Metrics(instance, __version__)
+    flusher = Flusher(
+        max_ahead=max(1, config.queue_depth // 2), on_written=metrics.publish_latency.observe
+    )
     hub = Hub(flusher, on_first=broker.want, on_last=broker.unwant)
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
     broadcaster = Broadcaster(publish_send, broker)
     backend = Backend(f"trio-gateway/{__version__}")
     commands = _commands(config, backend)
     handlers = core_handlers()
+    # Outermost, so every message is counted, whatever a later middleware decides.
+    handlers.use(metrics.count_message)
     runner = CommandRunner(
-        commands, timeout=config.command_timeout, max_inflight=config.max_inflight_commands
+        commands,
+        timeout=config.command_timeout,
+        max_inflight=config.max_inflight_commands,
+        on_call=metrics.command_called,
     )
     lifecycle = Lifecycle()
+    lifecycle.on_connect(metrics.connected)
+    lifecycle.on_disconnect(metrics.disconnected)
     install_commands(handlers, lifecycle, runner)
     presence = Presence(config, hub, _presence_store(config, broker, instance))
     install_presence(handlers, lifecycle, presence)
+    metrics.bind(hub, broker, presence)
     context = GatewayContext(
         config=config,
         hub=hub,
         new_id=new_id,
         broker=broker,
         auth=authenticator,
-        broadcaster=broadcaster,
+        broadcaster=broadcaster.tagged(CLIENT),
         handlers=handlers,
+        metrics=metrics,
         lifecycle=lifecycle,
         connect_hook=(
             ConnectHook(backend, config.connect_url, config.connect_timeout)
@@ -188,8 +203,11 @@ async def serve(
         context.handlers,
         context.lifecycle,
         commands,
+        metrics,
     )
-    app = HttpApp(context, broadcaster, __version__, instance, started_at=trio.current_time())
+    app = HttpApp(
+        context, broadcaster.tagged(HTTP), __version__, instance, started_at=trio.current_time()
+    )
 
     failure: BrokerUnavailable | None = None
     try:
@@ -292,7 +310,11 @@ async def _supervise(
         try:
             with publisher_scope:
                 await run_publisher(
-                    publish_receive, gateway.broker, _round_size(config), task_status=task_status
+                    publish_receive,
+                    gateway.broker,
+                    _round_size(config),
+                    published=gateway.metrics.published,
+                    task_status=task_status,
                 )
         finally:
             publisher_done.set()

@@ -162,6 +162,7 @@ async def serve_websocket(
             try:
                 credential = await _ask_backend(context, credential, client_id, stream, origin)
             except HookUnavailable:
+                context.metrics.refused["backend_unavailable"] += 1
                 await _refuse(ws, config, TRY_AGAIN_LATER)
                 return
         if not isinstance(credential, Identity):
@@ -169,6 +170,7 @@ async def serve_websocket(
                 "unauthorized websocket",
                 extra=fields(remote=_remote(stream), error=str(credential) if credential else None),
             )
+            context.metrics.refused["unauthorized"] += 1
             await _refuse(ws, config, UNAUTHORIZED)
             return
         client = _register(context, client_id, credential, echo=echo)

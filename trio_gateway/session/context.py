@@ -2,7 +2,7 @@
 
 Owns the seams features plug into: `handlers` (client message type -> handler, with the
 middleware chain) and `lifecycle` (connect/disconnect hooks), and the features' services the
-HTTP API reads (`presence`). Must not hold per-connection
+HTTP API reads (`presence`, `metrics`). Must not hold per-connection
 state; that is the `Client`'s.
 """
 
@@ -24,6 +24,7 @@ from .lifecycle import Lifecycle
 from .registry import Registry
 
 if TYPE_CHECKING:
+    from ..observability.metrics import Metrics
     from ..presence.service import Presence
 
 
@@ -38,6 +39,8 @@ class GatewayContext:
     auth: Authenticator
     broadcaster: Broadcaster
     handlers: Registry
+    #: The counters (observability/metrics.py) that handlers bump.
+    metrics: Metrics
     lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
     #: Asks the backend who an opaque token is (`connect_url`); None when not configured.
     connect_hook: ConnectHook | None = None

@@ -63,6 +63,7 @@ async def write_loop(ws: WebSocket, client: Client) -> None:
                 ):
                     return
                 await ws.send_frames(chunk)
+                client.outbox.written += len(chunk)
     except ConnectionClosed as exc:
         client.close(exc.closed)
 

@@ -27,7 +27,7 @@ import attrs
 import h11
 import trio
 
-from ..api.app import HttpApp, HttpError, Request
+from ..api.app import HttpApp, HttpError, RawBody, Request
 from ..api.routes import respond
 from ..observability.jsonlog import fields
 from ..protocol.headers import header
@@ -99,9 +99,12 @@ async def _send_response(
     *,
     head_only: bool = False,
 ) -> None:
-    payload = dumps(body).encode()
+    if isinstance(body, RawBody):
+        payload, content_type = body.data, body.content_type.encode()
+    else:
+        payload, content_type = dumps(body).encode(), b"application/json"
     all_headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type),
         (b"content-length", str(len(payload)).encode()),
         (b"server", SERVER_HEADER),
         *headers,
@@ -249,17 +252,17 @@ async def _upgrade(
     path = urlsplit(head.target.decode("latin-1")).path
     echo = path == ECHO_PATH and app.context.config.enable_echo
     if path not in app.context.config.ws_paths and not echo:
-        status, message = 404, "Not found"
+        status, message, reason = 404, "Not found", "not_found"
     elif app.context.shutting_down.is_set():
-        status, message = 503, "Server shutting down"
+        status, message, reason = 503, "Server shutting down", "shutting_down"
     elif (problem := handshake_problem(head)) is not None:
-        status, message = 400, problem
+        status, message, reason = 400, problem, "bad_handshake"
     elif not _origin_allowed(app.context.config, head):
         # A browser page from another site (cross-site WebSocket hijacking would ride on the
         # user's cookie); clients without an Origin header are not browsers and pass.
-        status, message = 403, "Origin not allowed"
+        status, message, reason = 403, "Origin not allowed", "origin"
     elif (credential := _credential(app, head, echo)) is REJECTED:
-        status, message = 401, "Invalid credentials"
+        status, message, reason = 401, "Invalid credentials", "unauthorized"
     else:
         # h11 lets the protocol switch only once the (empty) request body is consumed.
         while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
@@ -274,6 +277,7 @@ async def _upgrade(
         return _Handoff(
             credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
         )
+    app.context.metrics.refused[reason] += 1
     log.info("websocket upgrade refused", extra=fields(path=path, status=status))
     headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
     await _send_response(conn, stream, status, {"error": message}, headers, True)

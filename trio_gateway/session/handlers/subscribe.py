@@ -93,6 +93,7 @@ async def _subscribe_with_position(
     # and as one queue entry, so a replay of up to history_size messages is not mistaken for
     # a slow consumer (the outbox limit counts entries).
     kept = hub.end_recovery(client, key)
+    context.metrics.fetched(None if since is None else position is not None and position.recovered)
     if position is None:
         # The broker is down: live from now on, and a resume cannot be vouched for.
         ack = Subscribed(key, recovered=False if since is not None else None)
