@@ -11,7 +11,9 @@ one more is refused with `too_many`. Each call has `timeout` seconds.
 
 Every call gets exactly one answer: the handler's event, or the error event with a code
 (docs/PROTOCOL.md). A handler's exception never reaches the client as text: `CommandError`
-is sent as its author wrote it, anything else is logged and answered `failed`.
+is sent as its author wrote it, anything else is logged and answered `failed`. At debug
+level every call, refused ones included, is logged once with its outcome (`ok` or the error
+code; `cancelled` when the connection went away first) and duration.
 
 Must not: know where a command is answered (registry.py resolves that) or write to the
 socket other than through `client.send`.
@@ -47,6 +49,10 @@ log = logging.getLogger("trio_gateway.commands")
 
 # Longest error code a `CommandError` may carry; a longer one is answered `failed`.
 MAX_CODE_LENGTH = 64
+#: The outcome logged for a call answered with the handler's event.
+OK = "ok"
+#: The outcome logged for a call cancelled before it was answered (the client went away).
+CANCELLED = "cancelled"
 
 
 class CommandRunner:
@@ -89,21 +95,29 @@ class CommandRunner:
             client.tasks.start_soon(self._run, client, handler, message, scope)
 
     def _refuse(self, client: Client, message: Command, code: str, text: str) -> None:
+        _log_call(client, message, code, trio.current_time())
         client.send(error_answer_frame(message.name, text, code, message.id))
 
     async def _run(
         self, client: Client, handler: CommandHandler, message: Command, scope: trio.CancelScope
     ) -> None:
+        started = trio.current_time()
+        outcome = CANCELLED
         try:
             with scope:
-                client.send(await self._answer(client, handler, message))
+                frame, outcome = await self._answer(client, handler, message)
+                client.send(frame)
         finally:
+            _log_call(client, message, outcome, started)
             running = self._running[client]
             running.discard(scope)
             if not running:
                 del self._running[client]
 
-    async def _answer(self, client: Client, handler: CommandHandler, message: Command) -> bytes:
+    async def _answer(
+        self, client: Client, handler: CommandHandler, message: Command
+    ) -> tuple[bytes, str]:
+        """The answer frame of one call, and its outcome for the log (`ok` or the code)."""
         identity = client.identity
         caller = Caller(
             client.id, identity.user_id, identity.session_id, identity.info, client.state
@@ -112,15 +126,29 @@ class CommandRunner:
         try:
             with trio.move_on_after(self.timeout):
                 answer = await handler(caller, message.payload)
-                return _answer_frame(answer, call_id)
+                return _answer_frame(answer, call_id), OK
             text = f"Command timed out after {self.timeout:g} s"
-            return error_answer_frame(name, text, TIMEOUT, call_id)
+            return error_answer_frame(name, text, TIMEOUT, call_id), TIMEOUT
         except CommandError as exc:
             code = exc.code if _valid_code(exc.code) else FAILED
-            return error_answer_frame(name, str(exc.message), code, call_id)
+            return error_answer_frame(name, str(exc.message), code, call_id), code
         except Exception:
             log.exception("command failed", extra=fields(client_id=client.id, command=name))
-            return error_answer_frame(name, "Command failed", FAILED, call_id)
+            return error_answer_frame(name, "Command failed", FAILED, call_id), FAILED
+
+
+def _log_call(client: Client, message: Command, outcome: str, started: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "command",
+            extra=fields(
+                client_id=client.id,
+                command=message.name,
+                id=message.id,
+                outcome=outcome,
+                duration_ms=round((trio.current_time() - started) * 1000, 3),
+            ),
+        )
 
 
 class BadAnswer(Exception):
