@@ -23,8 +23,10 @@ from trio_gateway import Config, Gateway, open_gateway, serve
 from trio_gateway.commands import Caller, CommandError
 from trio_gateway.observability.jsonlog import JsonFormatter
 
+from .backend_server import Backend
 from .conftest import with_settings
 from .helpers import (
+    API_KEY,
     TIMEOUT,
     memory_client,
     raw_client,
@@ -442,3 +444,39 @@ async def test_a_cancelled_command_is_logged_cancelled(
         await wait_until(lambda: bool(debug_lines.events("command")))
     (line,) = debug_lines.events("command")
     assert (line["command"], line["id"], line["outcome"]) == ("forever", "x", "cancelled")
+
+
+async def test_identify_lines_name_the_kind_of_credential_at_the_upgrade(
+    nursery: trio.Nursery, config: Config, debug_lines: Lines
+) -> None:
+    async def connect(path: str, body: Any) -> tuple[int, Any]:
+        return (200, {"user_id": "bob"}) if body["token"] == "opaque-session" else (401, {})
+
+    backend: Backend = await nursery.start(Backend(connect).serve)
+    settings = with_settings(config, jwt_secret=SECRET, connect_url=backend.url("/connect"))
+    gateway: Gateway = await nursery.start(serve, settings)
+    # kind -> (credential, the user it proves)
+    credentials = {
+        "api_key": (API_KEY, None),
+        "jwt": (token("alice"), "alice"),
+        "connect_hook": ("opaque-session", "bob"),
+    }
+    clients = {}
+    with trio.fail_after(TIMEOUT):
+        for kind, (credential, _) in credentials.items():
+            async with tcp_client(gateway.port, credential) as ws:
+                clients[await ready(ws)] = kind
+    identified = {
+        line["client_id"]: (line["via"], line["outcome"], line["kind"], line["user_id"])
+        for line in debug_lines.events("identify")
+    }
+    assert identified == {
+        client_id: (
+            "upgrade",
+            "identified",
+            kind,
+            {"api_key": None, "jwt": "alice"}.get(kind, "bob"),
+        )
+        for client_id, kind in clients.items()
+    }
+    assert "opaque-session" not in debug_lines.text()
