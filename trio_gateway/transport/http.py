@@ -11,7 +11,8 @@ answer is written back as one JSON response.
 Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
 keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
 the connection is closed (the unread rest cannot be skipped safely). Once shutdown begins,
-responses carry `Connection: close` and idle connections are closed at once.
+responses carry `Connection: close` and idle connections are closed at once. Every answer,
+these included, is one info log line, with the path but never the query string.
 
 Must not: parse HTTP by hand, know any endpoint (api/ does), or block a publisher on a client.
 """
@@ -225,7 +226,7 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
         Never raises except `Cancelled`; malformed HTTP gets 400/431, failures are logged.
     """
     # Read once, now: once the peer has gone the socket no longer knows who it was.
-    remote = peer_address(stream)
+    remote = _peer_address(stream)
     handoff = await _serve_http(app, stream, remote)
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
@@ -240,7 +241,7 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
         )
 
 
-def peer_address(stream: trio.abc.Stream) -> str | None:
+def _peer_address(stream: trio.abc.Stream) -> str | None:
     """The peer's "ip:port", or None when `stream` is not a connected socket."""
     socket = getattr(stream, "socket", None)
     if socket is None:
@@ -269,6 +270,7 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None)
                 )
                 break
             except HttpError as exc:
+                # A head that did not arrive in time (408).
                 _log_request("http request", None, None, exc.status, None, remote)
                 await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
                 break
