@@ -304,6 +304,41 @@ async def test_sigterm_drains_every_worker_and_exits_0(
     assert "Traceback" not in "\n".join(gateway.lines)
 
 
+async def test_every_line_of_the_supervisor_and_its_workers_names_an_instance(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with supervisor(nursery, redis_server, "--port", "0") as gateway:
+            port = await gateway.port()
+            await instances_serving(port, lambda seen: len(seen) == 2)
+            async with raw_client(port, KEY) as client:
+                await ready(client.ws)
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.finish() == 0
+    # Logged before any gateway or supervisor exists, so by no instance.
+    records = [r for r in gateway.records() if r["event"] != "configuration loaded"]
+    (supervisor_line,) = [r for r in records if r["event"] == "workers started"]
+    worker_instance = {
+        r["worker"]: r["instance"] for r in records if r["event"] == "gateway started"
+    }
+    assert len({supervisor_line["instance"], *worker_instance.values()}) == 3
+    for record in records:
+        # The supervisor's own lines (some about a worker) come from its module; every other
+        # line comes from a worker process, tagged with its index.
+        if record["logger"] == "trio_gateway.workers":
+            assert record["instance"] == supervisor_line["instance"], record
+        else:
+            assert record["instance"] == worker_instance[record["worker"]], record
+    events = {(r.get("worker"), r["event"]) for r in records}
+    # Lines from each kind of task: the supervisor's, each worker's signal watcher, HTTP
+    # requests, connections, the broker.
+    assert {(None, "workers started"), (None, "shutdown requested, stopping workers")} <= events
+    for worker in (0, 1):
+        assert {(worker, "shutdown requested, draining"), (worker, "http request")} <= events
+        assert (worker, "Redis subscriber connected") in events
+    assert {event for _, event in events} >= {"client connected", "client disconnected"}
+
+
 async def test_second_signal_stops_workers_without_draining(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:

@@ -11,7 +11,9 @@ one more is refused with `too_many`. Each call has `timeout` seconds.
 
 Every call gets exactly one answer: the handler's event, or the error event with a code
 (docs/PROTOCOL.md). A handler's exception never reaches the client as text: `CommandError`
-is sent as its author wrote it, anything else is logged and answered `failed`.
+is sent as its author wrote it, anything else is logged and answered `failed`. At debug
+level every call, refused ones included, is logged once with its outcome (`ok` or the error
+code; `cancelled` when the connection went away first) and duration.
 
 Must not: know where a command is answered (registry.py resolves that) or write to the
 socket other than through `client.send`.
@@ -48,9 +50,16 @@ log = logging.getLogger("trio_gateway.commands")
 
 # Longest error code a `CommandError` may carry; a longer one is answered `failed`.
 MAX_CODE_LENGTH = 64
-#: Outcomes besides the protocol's error codes: answered, answered with the handler's own
-#: error code (any `CommandError`: the label set stays bounded), cancelled (caller gone).
-OK, REJECTED, CANCELLED = "ok", "error", "cancelled"
+#: The outcome logged for a call answered with the handler's event.
+OK = "ok"
+#: The outcome logged for a call cancelled before it was answered (the client went away).
+CANCELLED = "cancelled"
+#: The outcome counted for a call answered with a handler's own error code: the codes a
+#: `CommandError` may carry are unbounded, the metrics' labels must not be.
+REJECTED = "error"
+_COUNTED = frozenset(
+    {OK, CANCELLED, FAILED, FORBIDDEN, INVALID, TIMEOUT, TOO_MANY, UNKNOWN_COMMAND}
+)
 
 #: Told of every call once: its outcome, and its seconds when it ran (None when refused).
 CallObserver = Callable[[str, "float | None"], None]
@@ -108,6 +117,7 @@ class CommandRunner:
             client.tasks.start_soon(self._run, client, handler, message, scope)
 
     def _refuse(self, client: Client, message: Command, code: str, text: str) -> None:
+        _log_call(client, message, code, trio.current_time())
         self._on_call(code, None)
         client.send(error_answer_frame(message.name, text, code, message.id))
 
@@ -118,10 +128,13 @@ class CommandRunner:
         outcome = CANCELLED
         try:
             with scope:
-                outcome, frame = await self._answer(client, handler, message)
+                frame, outcome = await self._answer(client, handler, message)
                 client.send(frame)
         finally:
-            self._on_call(outcome, trio.current_time() - started)
+            _log_call(client, message, outcome, started)
+            self._on_call(
+                outcome if outcome in _COUNTED else REJECTED, trio.current_time() - started
+            )
             running = self._running[client]
             running.discard(scope)
             if not running:
@@ -129,8 +142,8 @@ class CommandRunner:
 
     async def _answer(
         self, client: Client, handler: CommandHandler, message: Command
-    ) -> tuple[str, bytes]:
-        """The call's outcome and its answer frame."""
+    ) -> tuple[bytes, str]:
+        """The answer frame of one call, and its outcome for the log (`ok` or the code)."""
         identity = client.identity
         caller = Caller(
             client.id, identity.user_id, identity.session_id, identity.info, client.state
@@ -139,15 +152,29 @@ class CommandRunner:
         try:
             with trio.move_on_after(self.timeout):
                 answer = await handler(caller, message.payload)
-                return OK, _answer_frame(answer, call_id)
+                return _answer_frame(answer, call_id), OK
             text = f"Command timed out after {self.timeout:g} s"
-            return TIMEOUT, error_answer_frame(name, text, TIMEOUT, call_id)
+            return error_answer_frame(name, text, TIMEOUT, call_id), TIMEOUT
         except CommandError as exc:
             code = exc.code if _valid_code(exc.code) else FAILED
-            return REJECTED, error_answer_frame(name, str(exc.message), code, call_id)
+            return error_answer_frame(name, str(exc.message), code, call_id), code
         except Exception:
             log.exception("command failed", extra=fields(client_id=client.id, command=name))
-            return FAILED, error_answer_frame(name, "Command failed", FAILED, call_id)
+            return error_answer_frame(name, "Command failed", FAILED, call_id), FAILED
+
+
+def _log_call(client: Client, message: Command, outcome: str, started: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "command",
+            extra=fields(
+                client_id=client.id,
+                command=message.name,
+                id=message.id,
+                outcome=outcome,
+                duration_ms=round((trio.current_time() - started) * 1000, 3),
+            ),
+        )
 
 
 class BadAnswer(Exception):

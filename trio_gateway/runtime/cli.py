@@ -35,7 +35,7 @@ from .._version import __version__
 from ..broker import BrokerUnavailable
 from ..common.groups import first_leaf
 from ..observability import jsonlog
-from ..observability.jsonlog import fields
+from ..observability.jsonlog import fields, instance_field
 from . import workers
 from .config import REDACTED, Config, ConfigError, redact_url
 from .server import Gateway, read_public_key, serve
@@ -203,6 +203,8 @@ async def run_daemon(
                 # The message names the (redacted) URL: "cannot reach Redis at ...: reason".
                 _say(f"{PROG}: {exc}")
                 return EXIT_CANNOT_LISTEN
+            # The tasks started from here on log as this gateway too (signals, the lifeline).
+            instance_field.set(gateway.instance)
             on_started(gateway)
             if watch is not None:
                 daemon_nursery.start_soon(watch, gateway)

@@ -66,9 +66,10 @@ import trio
 
 from ..common.backoff import backoff_delays
 from ..common.groups import first_leaf
-from ..observability.jsonlog import fields
+from ..observability.jsonlog import fields, instance_field
 from ..transport.sockets import reuse_port_socket
 from .config import Config
+from .ids import new_client_id
 from .server import Gateway
 from .settings import ENV_PREFIX
 from .signals import SHUTDOWN_SIGNALS
@@ -417,6 +418,8 @@ async def supervise(
     Raises:
         PortUnavailable: the port could not be bound.
     """
+    # The supervisor's own lines carry an instance id of their own, as each worker's do.
+    instance_field.set(new_client_id())
     # Opened first, so that a signal during start-up waits for the watcher.
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         reserved, port = await reserve_port(config.host, config.port)

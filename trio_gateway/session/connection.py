@@ -128,6 +128,7 @@ async def serve_websocket(
     *,
     echo: bool = False,
     origin: str | None = None,
+    remote: str | None = None,
 ) -> None:
     """Run one WebSocket client on `stream`, after transport/http.py has answered 101.
 
@@ -137,7 +138,8 @@ async def serve_websocket(
             nothing (closed 4001), a token for the connect hook, or None when it carried no
             token (identify first).
         trailing: bytes already read after the request head (the first frames, if any).
-        origin: the upgrade request's Origin header, for the connect hook.
+        origin: the upgrade request's Origin header, for the connect hook and the logs.
+        remote: the peer's "ip:port" (None when the stream is not a socket), likewise.
         echo: a diagnostics peer: every message it sends comes straight back through the
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
             the hub (so it never counts as a client or receives broadcasts).
@@ -151,29 +153,35 @@ async def serve_websocket(
     config = context.config
     ws = WebSocket(stream, trailing, config.max_message_size)
     client: Client | None = None
+    peer = _peer_fields(remote, origin)
     try:
+        via = "upgrade"
         if credential is None and not echo:
+            via = "identify"
             try:
                 credential = await identify_handshake(ws, context)
             except ConnectionClosed:
                 return
         client_id = context.new_id()
+        kind = "connect_hook" if isinstance(credential, Pending) else None
         if isinstance(credential, Pending):
             try:
-                credential = await _ask_backend(context, credential, client_id, stream, origin)
+                credential = await _ask_backend(context, credential, client_id, remote, origin)
             except HookUnavailable:
                 context.metrics.refused["backend_unavailable"] += 1
                 await _refuse(ws, config, TRY_AGAIN_LATER)
                 return
+        if log.isEnabledFor(logging.DEBUG):
+            _log_identify(client_id, via, kind, credential)
         if not isinstance(credential, Identity):
             log.info(
                 "unauthorized websocket",
-                extra=fields(remote=_remote(stream), error=str(credential) if credential else None),
+                extra=fields(error=str(credential) if credential else None, **peer),
             )
             context.metrics.refused["unauthorized"] += 1
             await _refuse(ws, config, UNAUTHORIZED)
             return
-        client = _register(context, client_id, credential, echo=echo)
+        client = _register(context, client_id, credential, echo=echo, peer=peer)
         if credential.subscriptions and not echo:
             await _bind(context, client)
         if context.shutting_down.is_set():
@@ -192,6 +200,7 @@ async def serve_websocket(
                     connected_for=round(trio.current_time() - client.connected_at, 3),
                     code=client.close_reason.code if client.close_reason else None,
                     reason=client.close_reason.reason if client.close_reason else None,
+                    **peer,
                 ),
             )
         await linger_close(stream, config.close_timeout)
@@ -206,7 +215,7 @@ async def _ask_backend(
     context: GatewayContext,
     pending: Pending,
     client_id: str,
-    stream: trio.abc.Stream,
+    remote: str | None,
     origin: str | None,
 ) -> Identity | AuthError:
     """The connect hook's verdict on `pending`'s token (each connection waits for its own).
@@ -217,7 +226,7 @@ async def _ask_backend(
     hook = context.connect_hook
     assert hook is not None, "Pending credentials exist only with a connect hook"
     try:
-        return await hook.identify(pending.token, client_id, _remote(stream), origin, time.time())
+        return await hook.identify(pending.token, client_id, remote, origin, time.time())
     except AuthError as exc:
         return exc
 
@@ -234,7 +243,41 @@ def _nothing() -> None:
     pass
 
 
-def _register(context: GatewayContext, client_id: str, identity: Identity, *, echo: bool) -> Client:
+def _peer_fields(remote: str | None, origin: str | None) -> dict[str, str | None]:
+    # Every line about a connection says where it came from; most clients send no Origin.
+    return {"remote": remote} if origin is None else {"remote": remote, "origin": origin}
+
+
+def _log_identify(client_id: str, via: str, kind: str | None, credential: Credential) -> None:
+    # What the credential proved, never the token: a log line is not a place for secrets.
+    if isinstance(credential, Identity):
+        kind = kind or ("api_key" if credential.is_api_key else "jwt")
+        log.debug(
+            "identify",
+            extra=fields(
+                client_id=client_id,
+                via=via,
+                outcome="identified",
+                kind=kind,
+                user_id=credential.user_id,
+            ),
+        )
+    else:
+        error = str(credential) if credential else None
+        log.debug(
+            "identify",
+            extra=fields(client_id=client_id, via=via, outcome="refused", error=error),
+        )
+
+
+def _register(
+    context: GatewayContext,
+    client_id: str,
+    identity: Identity,
+    *,
+    echo: bool,
+    peer: dict[str, str | None],
+) -> Client:
     config = context.config
     now = trio.current_time()
     client = Client(
@@ -265,21 +308,10 @@ def _register(context: GatewayContext, client_id: str, identity: Identity, *, ec
             context.hub.subscribe(client, key)
     log.info(
         "client connected",
-        extra=fields(client_id=client.id, user_id=identity.user_id, echo=echo),
+        extra=fields(client_id=client.id, user_id=identity.user_id, echo=echo, **peer),
     )
     return client
 
 
 def _id(client: Client | None) -> str | None:
     return client.id if client is not None else None
-
-
-def _remote(stream: trio.abc.Stream) -> str | None:
-    socket = getattr(stream, "socket", None)
-    if socket is None:
-        return None
-    try:
-        host, port, *_ = socket.getpeername()
-    except (OSError, ValueError):
-        return None
-    return f"{host}:{port}"

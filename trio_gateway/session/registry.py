@@ -14,7 +14,8 @@ registers its message classes (session/handlers/). Middleware wraps every handle
 the order it was added, outermost first: that is where a check that applies to every message
 goes (a rate limit, a metrics counter, a permission check). A middleware may stop a message
 by not calling `call_next`, or by raising `ProtocolError`, which becomes the error reply; the
-connection stays open either way.
+connection stays open either way. That makes `dispatch` the one place every error reply to a
+client message passes, so it is where refusals are logged (at debug level).
 
 Must not: touch the socket or know any particular message; decoding is codec.py's.
 """
@@ -22,9 +23,11 @@ Must not: touch the socket or know any particular message; decoding is codec.py'
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..observability.jsonlog import fields
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import ClientMessage, Error
 from ..protocol.replies import error_frame
@@ -41,6 +44,8 @@ Handler = Callable[["Client", "GatewayContext", M], Awaitable[None] | None]
 Next = Callable[["Client", "GatewayContext", Message], Awaitable[None]]
 #: A middleware: sees every message once, and calls `call_next` to let it through.
 Middleware = Callable[["Client", "GatewayContext", Message, Next], Awaitable[None]]
+
+log = logging.getLogger("trio_gateway.session")
 
 
 class Registry:
@@ -78,6 +83,17 @@ class Registry:
         try:
             await chain(client, context, message)
         except ProtocolError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "error reply",
+                    extra=fields(
+                        client_id=client.id,
+                        # A message that could not be decoded has no type to name.
+                        type=None if isinstance(message, Error) else message.TAG,
+                        code=exc.code,
+                        error=exc.message,
+                    ),
+                )
             client.send(error_frame(exc.message, exc.code))
 
     def _build(self) -> Next:

@@ -11,7 +11,8 @@ answer is written back as one JSON response.
 Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
 keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
 the connection is closed (the unread rest cannot be skipped safely). Once shutdown begins,
-responses carry `Connection: close` and idle connections are closed at once.
+responses carry `Connection: close` and idle connections are closed at once. Every answer,
+these included, is one info log line, with the path but never the query string.
 
 Must not: parse HTTP by hand, know any endpoint (api/ does), or block a publisher on a client.
 """
@@ -124,12 +125,16 @@ async def _send_response(
 
 
 async def _answer(
-    app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream, head: h11.Request
+    app: HttpApp,
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    head: h11.Request,
+    remote: str | None,
 ) -> bool:
     """Read the body, run the handler and respond. Returns False when the connection must end."""
     config = app.context.config
-    method = head.method.decode("ascii", "replace")
-    path = urlsplit(head.target.decode("latin-1")).path
+    started = trio.current_time()
+    method, path = _method(head), _path(head)
     try:
         declared = _declared_length(head)
         if declared is not None and declared > config.max_body_size:
@@ -145,9 +150,37 @@ async def _answer(
     except HttpError as exc:
         status, payload, headers, close = exc.status, exc.body, exc.headers, exc.close
     close = close or app.context.shutting_down.is_set() or conn.their_state is not h11.DONE
-    log.info("http request", extra=fields(method=method, path=path, status=status))
-    await _send_response(conn, stream, status, payload, headers, close, head_only=method == "HEAD")
+    try:
+        await _send_response(
+            conn, stream, status, payload, headers, close, head_only=method == "HEAD"
+        )
+    finally:
+        _log_request("http request", method, path, status, started, remote)
     return not close and conn.our_state is h11.DONE
+
+
+def _method(head: h11.Request) -> str:
+    return head.method.decode("ascii", "replace")
+
+
+def _path(head: h11.Request) -> str:
+    # Never the query string: it may hold a token (`?token=` at the upgrade, for one).
+    return urlsplit(head.target.decode("latin-1")).path
+
+
+def _log_request(
+    event: str,
+    method: str | None,
+    path: str | None,
+    status: int,
+    started: float | None,
+    remote: str | None,
+) -> None:
+    duration = None if started is None else round((trio.current_time() - started) * 1000, 3)
+    log.info(
+        event,
+        extra=fields(method=method, path=path, status=status, duration_ms=duration, remote=remote),
+    )
 
 
 async def _next_request(
@@ -195,7 +228,9 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     Error handling:
         Never raises except `Cancelled`; malformed HTTP gets 400/431, failures are logged.
     """
-    handoff = await _serve_http(app, stream)
+    # Read once, now: once the peer has gone the socket no longer knows who it was.
+    remote = _peer_address(stream)
+    handoff = await _serve_http(app, stream, remote)
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
         await serve_websocket(
@@ -205,10 +240,23 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
             app.context,
             echo=handoff.echo,
             origin=handoff.origin,
+            remote=remote,
         )
 
 
-async def _serve_http(app: HttpApp, stream: trio.abc.Stream) -> _Handoff | None:
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The peer's "ip:port", or None when `stream` is not a connected socket."""
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return None
+    try:
+        host, port, *_ = socket.getpeername()
+    except (OSError, ValueError):
+        return None
+    return f"{host}:{port}"
+
+
+async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None) -> _Handoff | None:
     """Answer HTTP requests until the connection ends; a `_Handoff` once an upgrade is
     accepted (then the stream is the WebSocket side's to close)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
@@ -217,22 +265,26 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream) -> _Handoff | None:
             try:
                 head = await _next_request(app, conn, stream)
             except h11.RemoteProtocolError as exc:
+                # No head to name (400, 431): the line has the status and the peer only.
                 status = exc.error_status_hint
+                _log_request("http request", None, None, status, None, remote)
                 await _send_response(
                     conn, stream, status, {"error": f"Bad request: {exc}"}, [], True
                 )
                 break
             except HttpError as exc:
+                # A head that did not arrive in time (408).
+                _log_request("http request", None, None, exc.status, None, remote)
                 await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
                 break
             if head is None:
                 break
             if is_upgrade(head):
-                handoff = await _upgrade(app, conn, stream, head)
+                handoff = await _upgrade(app, conn, stream, head, remote)
                 if handoff is not None:
                     return handoff
                 break
-            if not await _answer(app, conn, stream, head):
+            if not await _answer(app, conn, stream, head, remote):
                 break
             conn.start_next_cycle()
     except _PeerGone:
@@ -246,10 +298,15 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream) -> _Handoff | None:
 
 
 async def _upgrade(
-    app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream, head: h11.Request
+    app: HttpApp,
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    head: h11.Request,
+    remote: str | None,
 ) -> _Handoff | None:
     """Answer 101 and describe the handoff, or answer an error and return None."""
-    path = urlsplit(head.target.decode("latin-1")).path
+    started = trio.current_time()
+    path = _path(head)
     echo = path == ECHO_PATH and app.context.config.enable_echo
     if path not in app.context.config.ws_paths and not echo:
         status, message, reason = 404, "Not found", "not_found"
@@ -278,9 +335,11 @@ async def _upgrade(
             credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
         )
     app.context.metrics.refused[reason] += 1
-    log.info("websocket upgrade refused", extra=fields(path=path, status=status))
     headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
-    await _send_response(conn, stream, status, {"error": message}, headers, True)
+    try:
+        await _send_response(conn, stream, status, {"error": message}, headers, True)
+    finally:
+        _log_request("websocket upgrade refused", _method(head), path, status, started, remote)
     return None
 
 

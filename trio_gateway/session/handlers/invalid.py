@@ -1,17 +1,18 @@
-"""Messages that cannot be acted on: the codec's error replies go back as they are."""
+"""Messages that cannot be acted on: the codec's error reply goes back as any refusal does."""
 
 from __future__ import annotations
 
 from ...fanout.hub import Client
-from ...protocol.codec import encode
-from ...protocol.frames import text_frame
+from ...protocol.errors import ProtocolError
 from ...protocol.messages import Error
 from ..context import GatewayContext
 from ..registry import Registry
 
 
 def invalid(client: Client, context: GatewayContext, message: Error) -> None:
-    client.send(text_frame(encode(message)))
+    # Through the registry's error path, so a malformed message is answered and logged the
+    # same way as a refused one.
+    raise ProtocolError(message.message, message.code)
 
 
 def install(registry: Registry) -> None:

@@ -9,6 +9,7 @@ Must not: write to the socket other than through `client.send`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import trio
@@ -16,6 +17,7 @@ import trio
 from ...broker import BrokerUnavailable
 from ...fanout.hub import Client
 from ...fanout.publication import Position
+from ...observability.jsonlog import fields
 from ...protocol.codec import ECHO_LIMIT, encode
 from ...protocol.errors import FORBIDDEN, ProtocolError
 from ...protocol.frames import text_frame
@@ -30,6 +32,8 @@ from ...protocol.routing import (
 from ..auth import may_subscribe
 from ..context import GatewayContext
 from ..registry import Registry
+
+log = logging.getLogger("trio_gateway.session")
 
 
 async def subscribe(client: Client, context: GatewayContext, message: Subscribe) -> None:
@@ -46,6 +50,9 @@ async def subscribe(client: Client, context: GatewayContext, message: Subscribe)
         raise ProtocolError(
             "Invalid subscribe: wildcard topics are live only (no since or recover)"
         )
+    # Subscribing is a benchmark hot path: with debug off, the guard is all it costs.
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("subscribe", extra=fields(client_id=client.id, key=key, recover=recover))
     if recover:
         client.offsets = True
     elif is_pattern_key(key) or not key.startswith(SESSION_PREFIX):
@@ -60,6 +67,9 @@ async def subscribe(client: Client, context: GatewayContext, message: Subscribe)
 
 def unsubscribe(client: Client, context: GatewayContext, message: Unsubscribe) -> None:
     maybe_key = unsubscription_key(message)
+    if log.isEnabledFor(logging.DEBUG):
+        # key None: every subscription of the client.
+        log.debug("unsubscribe", extra=fields(client_id=client.id, key=maybe_key))
     if maybe_key is None:
         context.hub.unsubscribe_all(client)
         client.send(text_frame(encode(Unsubscribed(ALL))))
