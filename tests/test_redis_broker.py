@@ -183,10 +183,18 @@ async def test_delivery_resumes_after_redis_restarts_with_clients_still_connecte
             assert (await next_event(ws))["n"] == 1
 
             redis_server.kill()
-            await eventually(lambda: _status_is(b, 503))
+            await eventually(lambda: _ready_is(b, 503))
+            # Liveness stays: the process runs, and restarting it would not bring Redis back.
             status, health = await get_health(b)
+            assert status == 200
             assert health["broker"] == {"kind": "redis", "ok": False}
             assert health["status"] == "degraded"
+            _, _, body = await http_request("GET", base(b) + "/api/ready")
+            assert json.loads(body) == {
+                "ready": False,
+                "reasons": ["broker_unavailable"],
+                "instance": b.instance,
+            }
             status, headers, body = await http_request(
                 "POST",
                 base(b) + "/api/events",
@@ -201,16 +209,16 @@ async def test_delivery_resumes_after_redis_restarts_with_clients_still_connecte
 
             redis_server.start()
             with trio.fail_after(5):
-                await eventually(lambda: _status_is(a, 200))
-                await eventually(lambda: _status_is(b, 200))
+                await eventually(lambda: _ready_is(a, 200))
+                await eventually(lambda: _ready_is(b, 200))
             await post_event(b, workspace_id="W", n=3)
             # The client never left, and the instance subscribed its channel again.
             assert (await next_event(ws))["n"] == 3
             assert a.client_count() == 1
 
 
-async def _status_is(gateway: Gateway, expected: int) -> bool:
-    status, _ = await get_health(gateway)
+async def _ready_is(gateway: Gateway, expected: int) -> bool:
+    status, _, _ = await http_request("GET", base(gateway) + "/api/ready")
     return status == expected
 
 

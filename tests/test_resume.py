@@ -362,9 +362,9 @@ async def test_a_redis_restart_loses_history_and_says_so(
                 await publish_events_to(gateway, "W", range(3))
                 assert await numbers(ws, 3) == [0, 1, 2]
             redis_server.kill()
-            await health_becomes(gateway, 503)
+            await ready_becomes(gateway, 503)
             redis_server.start()
-            await health_becomes(gateway, 200)
+            await ready_becomes(gateway, 200)
             await publish_events_to(gateway, "W", range(3, 4))
             async with subscribed(
                 gateway, workspace_id="W", since={"offset": 3, "epoch": ack["epoch"]}
@@ -375,11 +375,11 @@ async def test_a_redis_restart_loses_history_and_says_so(
                 assert resumed["offset"] == 1
 
 
-async def health_becomes(gateway: Gateway, expected: int) -> None:
-    """Poll /api/health (an observable state of the gateway) until it answers `expected`."""
+async def ready_becomes(gateway: Gateway, expected: int) -> None:
+    """Poll /api/ready (an observable state of the gateway) until it answers `expected`."""
     with trio.fail_after(5):
         while True:
-            status, _, _ = await http_request("GET", f"http://127.0.0.1:{gateway.port}/api/health")
+            status, _, _ = await http_request("GET", f"http://127.0.0.1:{gateway.port}/api/ready")
             if status == expected:
                 return
             await trio.sleep(0.05)

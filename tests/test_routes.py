@@ -38,4 +38,5 @@ async def test_each_route_enforces_its_policy_before_its_handler(gateway: Gatewa
     assert {error for *_, error in refused} == {"Missing API key"}
     assert sorted((method, path, status) for method, path, status, _ in served) == [
         ("GET", "/api/health", 200),
+        ("GET", "/api/ready", 200),
     ]

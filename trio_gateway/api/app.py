@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import h11
 import trio
 
 from ..fanout.broadcaster import Broadcaster
+from ..observability.nodes import Nodes
+from ..observability.stats import Stats
 from ..protocol.headers import header
 from ..protocol.jsontext import loads
 from ..session.context import GatewayContext
@@ -58,6 +61,11 @@ class Request:
     def header(self, name: bytes) -> bytes | None:
         return header(self.head.headers, name)
 
+    def query(self, name: str) -> str | None:
+        """The first value of query parameter `name`, or None."""
+        values = parse_qs(urlsplit(self.head.target.decode("latin-1")).query).get(name)
+        return values[0] if values else None
+
 
 @attrs.define
 class HttpApp:
@@ -68,6 +76,9 @@ class HttpApp:
     version: str
     instance: str
     started_at: float
+    #: This instance's statistics and the cluster view (observability/).
+    stats: Stats
+    nodes: Nodes
     # Cancel scopes of keep-alive connections waiting idle for their next request; shutdown
     # cancels them so drain does not wait out the idle timeout.
     idle_scopes: set[trio.CancelScope] = attrs.field(factory=set)

@@ -9,8 +9,10 @@ from .app import HttpApp, HttpError, Request
 
 
 async def health(app: HttpApp, request: Request) -> tuple[int, object]:
+    # Liveness: 200 while the process serves, whatever the broker; /api/ready is the answer
+    # that turns 503 for a broker outage or a drain.
     broker = app.context.broker
-    return 200 if broker.ok else 503, {
+    return 200, {
         "status": "ok" if broker.ok else "degraded",
         "instance": app.instance,
         "ws_clients": len(app.context.hub),

@@ -34,6 +34,7 @@ from .publish import (
     post_session_deleted,
     post_session_update,
 )
+from .stats import get_nodes, get_stats, ready
 from .users import post_session_expire, post_user_disconnect, post_user_message
 
 
@@ -54,6 +55,9 @@ class Route:
 
 ROUTES: dict[str, dict[str, Route]] = {
     "/api/health": {"GET": Route(health, PUBLIC)},
+    "/api/ready": {"GET": Route(ready, PUBLIC)},
+    "/api/stats": {"GET": Route(get_stats, API_KEY)},
+    "/api/nodes": {"GET": Route(get_nodes, API_KEY)},
     "/metrics": {"GET": Route(get_metrics, METRICS)},
     "/api/events": {"POST": Route(post_events, API_KEY)},
     "/api/session-updates": {"POST": Route(post_session_update, API_KEY)},

@@ -230,6 +230,10 @@ class Hub:
         """Distinct keys with at least one subscriber (0 once everyone has left)."""
         return len(self._index)
 
+    def key_members(self) -> Iterable[tuple[str, set[Client]]]:
+        """Every key with a subscriber here and its subscribers (for the statistics)."""
+        return self._index.items()
+
     def begin_recovery(self, client: Client, key: str) -> None:
         """Start keeping `key`'s publications aside for `client` (see the class docstring)."""
         self.unsubscribe(client, key)

@@ -204,6 +204,9 @@ class Config:
     metrics_token: str | None = attrs.field(default=None, validator=_optional_text)
     # Serve /metrics without credentials (a scrape network the operator trusts).
     metrics_public: bool = False
+    # Seconds an instance stays listed by /api/nodes after its last heartbeat (Redis); it
+    # sends one every third of this.
+    node_ttl: float = attrs.field(default=15.0, validator=_positive)
     # Processes sharing the port (SO_REUSEPORT); more than 1 needs redis_url.
     workers: int = attrs.field(default=1, validator=_positive)
     # Set SO_REUSEPORT on the listening socket, so other processes may bind the same port.

@@ -52,6 +52,8 @@ from ..fanout.flusher import Flusher
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields, instance_field
 from ..observability.metrics import CLIENT, HTTP, Metrics
+from ..observability.nodes import LocalNodes, Nodes, RedisNodes
+from ..observability.stats import Stats
 from ..presence.handlers import install as install_presence
 from ..presence.redis_store import RedisStore
 from ..presence.service import Presence
@@ -205,8 +207,16 @@ async def serve(
         commands,
         metrics,
     )
+    started_at = trio.current_time()
+    stats = Stats(metrics, hub, broker, version=__version__, started_at=started_at)
     app = HttpApp(
-        context, broadcaster.tagged(HTTP), __version__, instance, started_at=trio.current_time()
+        context,
+        broadcaster.tagged(HTTP),
+        __version__,
+        instance,
+        started_at=started_at,
+        stats=stats,
+        nodes=_nodes(config, broker, stats),
     )
 
     failure: BrokerUnavailable | None = None
@@ -219,9 +229,13 @@ async def serve(
                 failure = exc
             else:
                 await supervisor.start(presence.run)
+                await supervisor.start(stats.run)
+                await supervisor.start(app.nodes.run)
                 await _supervise(gateway, app, listeners, publish_receive, supervisor, task_status)
                 with trio.move_on_after(config.close_timeout):
                     await presence.store.close()
+                with trio.move_on_after(config.close_timeout):
+                    await app.nodes.leave()
             supervisor.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
@@ -288,6 +302,12 @@ def _presence_store(config: Config, broker: Broker, instance: str) -> PresenceSt
     return MemoryStore(status_ttl=config.presence_ttl)
 
 
+def _nodes(config: Config, broker: Broker, stats: Stats) -> Nodes:
+    if isinstance(broker, RedisBroker):
+        return RedisNodes(stats, broker, config.redis_prefix, config.node_ttl)
+    return LocalNodes(stats)
+
+
 def _broker(config: Config, instance: str) -> Broker:
     if config.redis_url is None:
         return MemoryBroker(config, _round_size(config))
@@ -345,6 +365,7 @@ async def _supervise(
         await gateway._stop.wait()
 
         log.info("gateway shutting down")
+        app.stats.draining = True
         listener_scope.cancel()
         connection_nursery.cancel_scope.deadline = trio.current_time() + config.drain_timeout
         gateway.broadcaster.close()

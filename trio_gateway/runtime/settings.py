@@ -302,6 +302,7 @@ SETTINGS: tuple[Setting, ...] = (
         _str_from_toml,
     ),
     _switch("metrics_public", "serve /metrics without credentials"),
+    _seconds("node_ttl", "seconds an instance stays in /api/nodes after its last heartbeat"),
     _integer("workers", "processes sharing the port (SO_REUSEPORT); more than 1 needs Redis"),
     _switch("reuse_port", "set SO_REUSEPORT so other processes may bind the same port"),
     Setting(
