@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from trio_gateway import Config
-from trio_gateway.client.http import health, publish_events
+from trio_gateway.client.http import health, http_request, publish_events
 from trio_gateway.runtime.cli import run
 from trio_gateway.runtime.config import redact_url
 from trio_gateway.runtime.workers import decode_spec, encode_spec
@@ -246,6 +246,25 @@ async def test_two_workers_share_the_port_and_deliver_every_event_once(
                     for event in (first, second):
                         message = await receive_json(ws)
                         assert (message["type"], message["event"]) == ("event", event)
+
+
+async def test_the_nodes_view_lists_each_worker_whichever_one_answers(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with supervisor(nursery, redis_server, "--port", "0") as gateway:
+            port = await gateway.port()
+            await instances_serving(port, lambda seen: len(seen) == 2)
+            workers = [await gateway.record("worker started", worker=n) for n in (0, 1)]
+            status, _, body = await http_request(
+                "GET",
+                f"http://127.0.0.1:{port}/api/nodes",
+                headers={"authorization": f"Bearer {KEY}"},
+            )
+    assert status == 200
+    nodes = json.loads(body)["nodes"]
+    assert sorted(node["pid"] for node in nodes) == sorted(worker["pid"] for worker in workers)
+    assert len({node["instance"] for node in nodes}) == 2
 
 
 async def test_a_killed_worker_is_restarted_and_serves(
