@@ -25,7 +25,7 @@ import trio
 from trio_gateway import Config
 from trio_gateway.client.http import health, publish_events
 from trio_gateway.runtime.cli import run
-from trio_gateway.runtime.config import redact_url
+from trio_gateway.runtime.config import LogSettings, redact_url
 from trio_gateway.runtime.workers import decode_spec, encode_spec
 
 from .helpers import closed_with, raw_client, ready, receive_json, subscribe
@@ -75,7 +75,8 @@ def test_redact_url_hides_passwords(url: str, shown: str) -> None:
 
 def test_worker_spec_round_trips_every_setting() -> None:
     config = Config(api_keys=("a", "b,c"), port=1234, redis_url="redis://:pw@h/0", workers=1)
-    assert decode_spec(encode_spec(config, "debug")) == (config, "debug")
+    logs = LogSettings(log_level="debug", log_format="console")
+    assert decode_spec(encode_spec(config, logs)) == (config, logs)
 
 
 # --- processes -------------------------------------------------------------------------------
