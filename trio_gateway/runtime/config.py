@@ -250,7 +250,7 @@ class Config:
             "publications between publishers and the publisher task (which hands them to "
             "the broker); when full, HTTP publishers wait",
             unit="batches",
-            note="and `Broadcaster.broadcast_*` raise `PublishQueueFull`",
+            note="`Broadcaster.broadcast_*` then raise `PublishQueueFull`",
         ),
     )
     # Bounds memory per client.
@@ -295,7 +295,7 @@ class Config:
         default=False,
         metadata=_doc(
             "serve the diagnostics echo endpoint `/api/echo` (conformance runs only)",
-            note="Flag `--enable-echo` takes no value; env/TOML take a boolean "
+            note="flag `--enable-echo` takes no value; env/TOML take a boolean "
             "(`1/true/yes/on`, `0/false/no/off`)",
         ),
     )
@@ -350,7 +350,7 @@ class Config:
             unit="cookie name",
             metavar="NAME",
             example="session",
-            note="Set `allowed_origins` with it: a warning is logged otherwise",
+            note="set `allowed_origins` with it: a warning is logged otherwise",
         ),
     )
     reject_at_upgrade: bool = attrs.field(
@@ -414,7 +414,7 @@ class Config:
             metavar="URL",
             unset="memory broker",
             example="redis://127.0.0.1:6379/0",
-            note="(see Scaling out)",
+            note="see Scaling out",
         ),
     )
     # Several deployments can share one Redis under different prefixes.
@@ -457,7 +457,7 @@ class Config:
             unit="URL",
             metavar="URL",
             example="http://127.0.0.1:9000/commands",
-            note="(see Backend hooks)",
+            note="see Backend hooks",
         ),
     )
     command_timeout: float = attrs.field(
@@ -486,7 +486,7 @@ class Config:
             unit="URL",
             metavar="URL",
             example="http://127.0.0.1:9000/connect",
-            note="(opaque session tokens; see Backend hooks)",
+            note="for opaque session tokens; see Backend hooks",
         ),
     )
     connect_timeout: float = attrs.field(
@@ -507,8 +507,8 @@ class Config:
             flag="--presence-topic",
             unset="presence is off",
             example=["chat.*"],
-            note="(see Presence and typing); `--presence-topic` repeats, env comma-separated, "
-            "TOML list. None: `presence` and `presence.get` are refused",
+            note="see Presence and typing; `--presence-topic` repeats, env comma-separated, "
+            "TOML list; none: `presence` and `presence.get` are refused",
         ),
     )
     presence_diff_interval: float = attrs.field(
