@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pty
 import re
 import secrets
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -447,3 +448,39 @@ async def test_json_log_format_from_the_environment() -> None:
 async def test_log_format_defaults_to_json_when_stderr_is_not_a_terminal() -> None:
     lines = await _log_lines()
     assert all(json.loads(line)["level"] for line in lines)
+
+
+async def test_console_is_the_default_when_stderr_is_a_terminal() -> None:
+    controller, terminal = pty.openpty()
+    try:
+        process = await trio.lowlevel.open_process(
+            [*COMMAND, "serve", "--port", "0", "--api-key", "k"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env=child_env(),
+        )
+    finally:
+        os.close(terminal)
+    output = b""
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with trio.lowlevel.FdStream(controller) as screen:
+                signalled = False
+                # Linux answers EIO, not EOF, once the last writer has closed the terminal.
+                with suppress(trio.BrokenResourceError):
+                    while chunk := await screen.receive_some():
+                        output += chunk
+                        if b"listening on" in output and not signalled:
+                            process.send_signal(signal.SIGTERM)
+                            signalled = True
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+    # A terminal turns each \n into \r\n.
+    lines = [line for line in output.decode().splitlines() if line]
+    logged = [line for line in lines if not line.startswith("trio-gateway")]
+    assert any(" configuration loaded " in line for line in logged)
+    assert all(re.match(CONSOLE_LINE, line) for line in logged), logged

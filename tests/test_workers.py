@@ -412,3 +412,21 @@ async def test_unreachable_redis_stops_the_supervisor_with_status_1() -> None:
     assert records[-1]["event"] == "worker failed to start, stopping"
     assert records[-1]["exit_status"] == 1
     assert "listening on" not in stderr
+
+
+async def test_workers_write_the_log_format_of_the_supervisor(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with supervisor(
+            nursery, redis_server, "--port", "0", "--log-format", "console"
+        ) as gateway:
+            await gateway.port()
+            gateway.process.send_signal(signal.SIGTERM)
+            status = await gateway.finish()
+    assert status == 0
+    logged = [line for line in gateway.lines if not line.startswith("trio-gateway")]
+    assert logged
+    assert not [line for line in logged if line.startswith("{")]
+    started = [line for line in logged if " gateway started " in line]
+    assert sorted(re.findall(r" worker=(\d)", "\n".join(started))) == ["0", "1"]
