@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pty
 import re
 import secrets
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +209,16 @@ async def closing_client(
         await trio.aclose_forcefully(stream)
 
 
-async def run_command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+async def run_command(
+    *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(TIMEOUT):
         return await trio.run_process(
             [*COMMAND, *args],
             check=False,
             capture_stdout=True,
             capture_stderr=True,
-            env=child_env(),
+            env=child_env(**env),
             cwd=cwd,
         )
 
@@ -260,6 +263,36 @@ async def test_version() -> None:
             id="not-a-key",
         ),
         pytest.param(
+            ["--redis-url", "redis://127.0.0.1:notaport/0"],
+            None,
+            "redis_url: the port must be a number from 0 to 65535 (from --redis-url)",
+            id="redis-port",
+        ),
+        pytest.param(
+            ["--redis-url", "redis:///0"],
+            None,
+            "redis_url: a host is required (redis://host:port/db) (from --redis-url)",
+            id="redis-host",
+        ),
+        pytest.param(
+            ["--redis-url", "redis://127.0.0.1:6379/notadb"],
+            None,
+            "redis_url: the database must be a number (redis://host:port/0) (from --redis-url)",
+            id="redis-db",
+        ),
+        pytest.param(
+            ["--queue-depth", "1"],
+            None,
+            "queue_depth: must be at least 4 frames",
+            id="queue-depth",
+        ),
+        pytest.param(
+            ["--log-format", "pretty"],
+            None,
+            "log_format: must be one of json, console, got 'pretty' (from --log-format)",
+            id="log-format",
+        ),
+        pytest.param(
             ["--jwt-secret", "s", "--jwt-public-key", "k.pem"],
             None,
             "jwt_secret: set either jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both",
@@ -272,7 +305,7 @@ async def test_invalid_configuration_exits_2_with_one_line(
 ) -> None:
     if toml is not None:
         (tmp_path / "gw.toml").write_text(toml)
-    result = await run_command("serve", *args, cwd=tmp_path)
+    result = await run_command("serve", "--port", "0", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.decode().startswith(f"trio-gateway: invalid configuration: {message}")
     assert result.stderr.decode().count("\n") == 1
@@ -362,3 +395,92 @@ async def test_second_signal_exits_at_once_without_draining() -> None:
     events = [r["event"] for r in json_records(stderr)]
     assert "second signal, stopping without draining" in events
     assert "Traceback" not in stderr
+
+
+async def test_api_key_variable_lets_a_client_in_without_a_generated_key() -> None:
+    key = unique_key()
+    with trio.fail_after(TIMEOUT):
+        async with daemon("--port", "0", TRIO_GATEWAY_API_KEY=key) as gateway:
+            async with tcp_client(await gateway.port(), key) as ws:
+                await ready(ws)
+            gateway.process.send_signal(signal.SIGTERM)
+            status, stderr = await gateway.finish()
+    assert status == 0
+    assert "ephemeral key" not in stderr
+    assert key not in stderr
+    assert not [r for r in json_records(stderr) if r["level"] == "warning"]
+
+
+# A console line: local time to the millisecond, level, logger, event, then key=value fields.
+CONSOLE_LINE = r"^\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO |WARNING|ERROR|CRITICAL) trio_gateway\.\S+ \S"
+
+
+async def _log_lines(*args: str, **env: str) -> list[str]:
+    """stderr of a daemon that starts, takes one client and stops on SIGTERM, minus the
+    command's own human lines."""
+    with trio.fail_after(TIMEOUT):
+        async with daemon("--port", "0", "--api-key", "k", *args, **env) as gateway:
+            async with tcp_client(await gateway.port(), "k") as ws:
+                await ready(ws)
+            gateway.process.send_signal(signal.SIGTERM)
+            status, stderr = await gateway.finish()
+    assert status == 0
+    return [line for line in stderr.splitlines() if not line.startswith("trio-gateway")]
+
+
+async def test_console_log_format_writes_one_readable_line_per_event() -> None:
+    lines = await _log_lines("--log-format", "console")
+    assert lines
+    assert all(re.match(CONSOLE_LINE, line) for line in lines), lines
+    connected = next(line for line in lines if " client connected " in line)
+    assert re.search(r" trio_gateway\.\S+ client connected client_id=\S+ ", connected)
+    assert re.search(r" instance=…\S{6}$", connected)
+    assert "port=0" in next(line for line in lines if "configuration loaded" in line)
+
+
+async def test_json_log_format_from_the_environment() -> None:
+    lines = await _log_lines(TRIO_GATEWAY_LOG_FORMAT="json")
+    records = [json.loads(line) for line in lines]
+    assert "client connected" in [record["event"] for record in records]
+    assert records[0]["log_format"] == "json"
+
+
+async def test_log_format_defaults_to_json_when_stderr_is_not_a_terminal() -> None:
+    lines = await _log_lines()
+    assert all(json.loads(line)["level"] for line in lines)
+
+
+async def test_console_is_the_default_when_stderr_is_a_terminal() -> None:
+    controller, terminal = pty.openpty()
+    try:
+        process = await trio.lowlevel.open_process(
+            [*COMMAND, "serve", "--port", "0", "--api-key", "k"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env=child_env(),
+        )
+    finally:
+        os.close(terminal)
+    output = b""
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with trio.lowlevel.FdStream(controller) as screen:
+                signalled = False
+                # Linux answers EIO, not EOF, once the last writer has closed the terminal.
+                with suppress(trio.BrokenResourceError):
+                    while chunk := await screen.receive_some():
+                        output += chunk
+                        if b"listening on" in output and not signalled:
+                            process.send_signal(signal.SIGTERM)
+                            signalled = True
+            assert await process.wait() == 0
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+    # A terminal turns each \n into \r\n.
+    lines = [line for line in output.decode().splitlines() if line]
+    logged = [line for line in lines if not line.startswith("trio-gateway")]
+    assert any(" configuration loaded " in line for line in logged)
+    assert all(re.match(CONSOLE_LINE, line) for line in logged), logged

@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from trio_gateway import Config, ConfigError
+from trio_gateway.runtime.config import LogSettings
 from trio_gateway.runtime.settings import SETTINGS, Settings, closest_env, config_file, resolve
 
 FILE = "gw.toml"
@@ -35,11 +36,12 @@ def error(
 
 
 def test_defaults_without_any_source() -> None:
-    assert load() == Settings(Config(), "info", ())
+    assert load() == Settings(Config(), LogSettings(log_level="info", log_format=None), ())
 
 
 def test_every_config_field_is_a_setting() -> None:
-    assert {s.name for s in SETTINGS} == {*attrs.fields_dict(Config), "log_level"}
+    expected = {*attrs.fields_dict(Config), "log_level", "log_format"}
+    assert {s.name for s in SETTINGS} == expected
 
 
 def test_names_of_each_setting() -> None:
@@ -47,6 +49,7 @@ def test_names_of_each_setting() -> None:
     assert names["api_keys"] == ("--api-key", "TRIO_GATEWAY_API_KEYS")
     assert names["max_message_size"] == ("--max-message-size", "TRIO_GATEWAY_MAX_MESSAGE_SIZE")
     assert names["log_level"] == ("--log-level", "TRIO_GATEWAY_LOG_LEVEL")
+    assert names["log_format"] == ("--log-format", "TRIO_GATEWAY_LOG_FORMAT")
 
 
 # (setting, flag text, env text, TOML literal, parsed values for flag / env / file)
@@ -57,11 +60,14 @@ PRECEDENCE = [
     ("drain_timeout", "4", "5.25", "6.5", (4.0, 5.25, 6.5)),
     ("queue_depth", "7", "8", "9", (7, 8, 9)),
     ("api_keys", ["f1", "f2"], "e1,e2", '["t1"]', (("f1", "f2"), ("e1", "e2"), ("t1",))),
+    ("log_format", "json", "Console", '"json"', ("json", "console", "json")),
 ]
 
 
 def _value(settings: Settings, name: str) -> object:
-    return settings.log_level if name == "log_level" else getattr(settings.config, name)
+    if name in attrs.fields_dict(LogSettings):
+        return getattr(settings.logs, name)
+    return getattr(settings.config, name)
 
 
 @pytest.mark.parametrize(("name", "flag", "env", "toml", "expected"), PRECEDENCE)
@@ -86,10 +92,10 @@ def test_flag_beats_env_beats_file_beats_default(
 def test_log_level_precedence_and_case() -> None:
     text = 'log_level = "ERROR"'
     env = {"TRIO_GATEWAY_LOG_LEVEL": "Warning"}
-    assert load({"log_level": "DEBUG"}, env, text).log_level == "debug"
-    assert load({}, env, text).log_level == "warning"
-    assert load({}, {}, text).log_level == "error"
-    assert load().log_level == "info"
+    assert load({"log_level": "DEBUG"}, env, text).logs.log_level == "debug"
+    assert load({}, env, text).logs.log_level == "warning"
+    assert load({}, {}, text).logs.log_level == "error"
+    assert load().logs.log_level == "info"
 
 
 def test_sources_merge_per_setting() -> None:
@@ -108,6 +114,18 @@ def test_api_keys_from_each_source() -> None:
     assert load({"api_keys": ["f"]}, env).config.api_keys == ("f",)
 
 
+def test_api_key_variable_is_an_alias_of_api_keys() -> None:
+    settings = load(env={"TRIO_GATEWAY_API_KEY": "a,b"})
+    assert settings.config.api_keys == ("a", "b")
+    assert settings.ignored_env == ()
+    both = {"TRIO_GATEWAY_API_KEY": "a", "TRIO_GATEWAY_API_KEYS": "b"}
+    assert error(env=both) == (
+        "api_keys: set TRIO_GATEWAY_API_KEY or TRIO_GATEWAY_API_KEYS, not both"
+    )
+    # An empty one counts as unset, like any other variable.
+    assert load(env={**both, "TRIO_GATEWAY_API_KEY": ""}).config.api_keys == ("b",)
+
+
 def test_empty_environment_variable_counts_as_unset() -> None:
     env = {"TRIO_GATEWAY_PORT": "", "TRIO_GATEWAY_API_KEYS": ""}
     assert load(env=env, toml="port = 7").config == Config(port=7)
@@ -119,13 +137,13 @@ def test_toml_integer_is_accepted_for_seconds() -> None:
 
 def test_unknown_prefixed_variables_are_reported_by_name() -> None:
     env = {
-        "TRIO_GATEWAY_API_KEY": "secret",
+        "TRIO_GATEWAY_APIKEYS": "secret",
         "TRIO_GATEWAY_PROT": "1",
         "TRIO_GATEWAY_CONFIG": "gw.toml",
         "HOME": "/root",
     }
-    assert load(env=env).ignored_env == ("TRIO_GATEWAY_API_KEY", "TRIO_GATEWAY_PROT")
-    assert closest_env("TRIO_GATEWAY_API_KEY") == "TRIO_GATEWAY_API_KEYS"
+    assert load(env=env).ignored_env == ("TRIO_GATEWAY_APIKEYS", "TRIO_GATEWAY_PROT")
+    assert closest_env("TRIO_GATEWAY_APIKEYS") == "TRIO_GATEWAY_API_KEYS"
     assert closest_env("TRIO_GATEWAY_PROT") == "TRIO_GATEWAY_PORT"
     assert closest_env("TRIO_GATEWAY_XYZZY_FROB_NITZ") is None
 
@@ -265,6 +283,56 @@ INVALID = [
         "log_level = 10",
         "log_level: must be a string, got 10 (from gw.toml)",
         id="log-level-type",
+    ),
+    pytest.param(
+        {"log_format": "text"},
+        {},
+        None,
+        "log_format: must be one of json, console, got 'text' (from --log-format)",
+        id="log-format-flag",
+    ),
+    pytest.param(
+        {},
+        {},
+        'log_format = ["json"]',
+        "log_format: must be a string, got ['json'] (from gw.toml)",
+        id="log-format-type",
+    ),
+    pytest.param(
+        {"queue_depth": "3"},
+        {},
+        None,
+        "queue_depth: must be at least 4 frames (a burst of publications needs that room), "
+        "got 3 (from --queue-depth)",
+        id="queue-depth-below-minimum",
+    ),
+    pytest.param(
+        {"redis_url": "redis://:pw@127.0.0.1:notaport/0"},
+        {},
+        None,
+        "redis_url: the port must be a number from 0 to 65535 (from --redis-url)",
+        id="redis-port",
+    ),
+    pytest.param(
+        {},
+        {"TRIO_GATEWAY_REDIS_URL": "redis:///0"},
+        None,
+        "redis_url: a host is required (redis://host:port/db) (from TRIO_GATEWAY_REDIS_URL)",
+        id="redis-host",
+    ),
+    pytest.param(
+        {},
+        {},
+        'redis_url = "redis://:pw@127.0.0.1:6379/notadb"',
+        "redis_url: the database must be a number (redis://host:port/0) (from gw.toml)",
+        id="redis-db",
+    ),
+    pytest.param(
+        {"redis_url": "redis://127.0.0.1:6379?db=x"},
+        {},
+        None,
+        "redis_url: the database must be a number (redis://host:port/0) (from --redis-url)",
+        id="redis-db-parameter",
     ),
     pytest.param(
         {},

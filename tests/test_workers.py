@@ -25,7 +25,7 @@ import trio
 from trio_gateway import Config
 from trio_gateway.client.http import health, http_request, publish_events
 from trio_gateway.runtime.cli import run
-from trio_gateway.runtime.config import redact_url
+from trio_gateway.runtime.config import LogSettings, redact_url
 from trio_gateway.runtime.workers import decode_spec, encode_spec
 
 from .helpers import closed_with, raw_client, ready, receive_json, subscribe
@@ -75,7 +75,8 @@ def test_redact_url_hides_passwords(url: str, shown: str) -> None:
 
 def test_worker_spec_round_trips_every_setting() -> None:
     config = Config(api_keys=("a", "b,c"), port=1234, redis_url="redis://:pw@h/0", workers=1)
-    assert decode_spec(encode_spec(config, "debug")) == (config, "debug")
+    logs = LogSettings(log_level="debug", log_format="console")
+    assert decode_spec(encode_spec(config, logs)) == (config, logs)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -465,3 +466,21 @@ async def test_unreachable_redis_stops_the_supervisor_with_status_1() -> None:
     assert records[-1]["event"] == "worker failed to start, stopping"
     assert records[-1]["exit_status"] == 1
     assert "listening on" not in stderr
+
+
+async def test_workers_write_the_log_format_of_the_supervisor(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with supervisor(
+            nursery, redis_server, "--port", "0", "--log-format", "console"
+        ) as gateway:
+            await gateway.port()
+            gateway.process.send_signal(signal.SIGTERM)
+            status = await gateway.finish()
+    assert status == 0
+    logged = [line for line in gateway.lines if not line.startswith("trio-gateway")]
+    assert logged
+    assert not [line for line in logged if line.startswith("{")]
+    started = [line for line in logged if " gateway started " in line]
+    assert sorted(re.findall(r" worker=(\d)", "\n".join(started))) == ["0", "1"]

@@ -1,7 +1,8 @@
 """The `trio-gateway` command: argv, environment and config file in; a running daemon out.
 
-Owns the process edges: argparse, reading the TOML file, the lines printed for humans on
-stderr, the generated API key, `trio.run`, and exit statuses. Must not decide precedence or
+Owns the process edges: argparse and the commands (`serve`, `genconfig`, `check-config`),
+reading the TOML file, the lines printed for humans on stderr, the generated API key,
+`trio.run`, and exit statuses. Must not decide precedence or
 validate values (settings.py), nor run any part of the gateway itself (server.py), nor manage
 worker processes (workers.py: `serve --workers N` runs a supervisor there, whose workers come
 back here as the hidden `_worker` command and run `run_daemon` like a single process).
@@ -37,7 +38,7 @@ from ..common.groups import first_leaf
 from ..observability import jsonlog
 from ..observability.jsonlog import fields, instance_field
 from . import workers
-from .config import REDACTED, Config, ConfigError, redact_url
+from .config import REDACTED, Config, ConfigError, LogSettings, redact_url
 from .server import Gateway, read_public_key, serve
 from .settings import (
     CONFIG_FILE,
@@ -49,6 +50,7 @@ from .settings import (
     config_file,
     resolve,
 )
+from .settings_text import default_text, genconfig
 from .signals import SHUTDOWN_SIGNALS, ForcedShutdown, watch_signals
 
 log = logging.getLogger("trio_gateway.cli")
@@ -68,9 +70,11 @@ def _say(line: str) -> None:
 
 
 def _flag_help(setting: Setting) -> str:
-    default = "" if setting.name == "api_keys" else f"; default {setting.default}"
+    env = setting.env + (f" or {setting.doc.env_alias}" if setting.doc.env_alias else "")
+    repeats = "; repeat the flag for several" if setting.from_flags else ""
+    text = f"{setting.help}{repeats} (env {env}; default {default_text(setting)})"
     # argparse %-formats help strings.
-    return f"{setting.help} (env {setting.env}{default})".replace("%", "%%")
+    return text.replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
             action="append" if setting.from_flags else "store",
             help=_flag_help(setting),
         )
+    commands.add_parser(
+        "genconfig",
+        help="print a TOML file of every setting at its default, with comments",
+        description="Print, on stdout, a commented TOML file of every setting at its default "
+        "(settings without one commented out, with an example).",
+    )
+    check_parser = commands.add_parser(
+        "check-config",
+        help="validate a TOML file as `serve --config FILE` would, without starting",
+        description="Validate FILE exactly as `serve --config FILE` reads it, ignoring flags "
+        "and TRIO_GATEWAY_* variables. Prints `FILE: ok` and exits 0, or prints the error "
+        "and exits 2.",
+    )
+    check_parser.add_argument("file", metavar="FILE")
     # Internal: how the supervisor starts a worker (workers.py); no help, so it is not listed.
     worker_parser = commands.add_parser(workers.WORKER_COMMAND)
     worker_parser.add_argument("index", type=int)
@@ -131,6 +149,10 @@ def load_settings(
     if file is None:
         return resolve(flags, env)
     path, source = file
+    return resolve(flags, env, _read_config_file(path, source), path)
+
+
+def _read_config_file(path: str, source: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -138,7 +160,28 @@ def load_settings(
         raise ConfigError(f"{CONFIG_FILE}: cannot read {path}: {reason} (from {source})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{CONFIG_FILE}: {path} is not UTF-8 text (from {source})") from None
-    return resolve(flags, env, text, path)
+    return text
+
+
+def _checked(settings: Settings) -> Settings:
+    """`settings`, once what only files can tell is checked too (the JWT key's PEM).
+
+    Raises:
+        ConfigError: the JWT public key file cannot be read or used.
+    """
+    read_public_key(settings.config)
+    return settings
+
+
+def check_config(path: str) -> int:
+    """`check-config FILE`: what `serve --config FILE` would make of it, without env or flags."""
+    try:
+        _checked(resolve({}, {}, _read_config_file(path, "check-config"), path))
+    except ConfigError as exc:
+        _say(f"{PROG}: invalid configuration: {exc}")
+        return EXIT_INVALID_CONFIG
+    print(f"{path}: ok", flush=True)
+    return EXIT_OK
 
 
 def _with_generated_key(config: Config) -> Config:
@@ -231,21 +274,21 @@ def run_worker(index: int) -> int:
     try:
         if sys.stdin.isatty():
             raise EOFError  # a person typing it; waiting for JSON would only hang
-        config, log_level = workers.read_spec()
+        config, logs = workers.read_spec()
     except EOFError:
         _say(f"{PROG}: {workers.WORKER_COMMAND} is internal to `serve --workers N`")
         return EXIT_INVALID_CONFIG
-    jsonlog.configure(log_level)
+    jsonlog.configure(logs.log_level, logs.log_format)
     workers.tag_logs(index)
     return _run_daemon_to_exit(config, workers.report_ready, workers.shutdown_when_orphaned)
 
 
-def _run_supervisor(config: Config, log_level: str, env: Mapping[str, str]) -> int:
+def _run_supervisor(config: Config, logs: LogSettings, env: Mapping[str, str]) -> int:
     try:
         status = trio.run(
             workers.supervise,
             config,
-            log_level,
+            logs,
             env,
             partial(_announce_addresses, config.ws_paths[0]),
         )
@@ -261,28 +304,33 @@ def _run_supervisor(config: Config, log_level: str, env: Mapping[str, str]) -> i
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """The whole command, minus `sys.exit`; argparse itself exits for --help and usage errors."""
     arguments = vars(build_parser().parse_args(argv))
-    if arguments.pop("command") == workers.WORKER_COMMAND:
+    command = arguments.pop("command")
+    if command == workers.WORKER_COMMAND:
         return run_worker(arguments["index"])
+    if command == "genconfig":
+        print(genconfig(), end="", flush=True)
+        return EXIT_OK
+    if command == "check-config":
+        return check_config(arguments["file"])
     config_flag = arguments.pop(CONFIG_FILE, None)
     try:
-        settings = load_settings(arguments, config_flag, env)
+        # Checked before anything starts (workers included): a bad key is a config error.
+        settings = _checked(load_settings(arguments, config_flag, env))
     except ConfigError as exc:
         _say(f"{PROG}: invalid configuration: {exc}")
         return EXIT_INVALID_CONFIG
 
-    jsonlog.configure(settings.log_level)
+    # Decided once here, so that workers (sharing this stderr) write the same format.
+    logs = attrs.evolve(
+        settings.logs, log_format=jsonlog.chosen_format(settings.logs.log_format, sys.stderr)
+    )
+    jsonlog.configure(logs.log_level, logs.log_format)
     for name in settings.ignored_env:
         log.warning(
             "ignoring unknown environment variable",
             extra=fields(name=name, did_you_mean=closest_env(name)),
         )
     config = settings.config
-    try:
-        # Checked before anything starts (workers included): a bad key is a config error.
-        read_public_key(config)
-    except ConfigError as exc:
-        _say(f"{PROG}: invalid configuration: {exc}")
-        return EXIT_INVALID_CONFIG
     if not config.api_keys:
         config = _with_generated_key(config)
     settings_logged = attrs.asdict(config, filter=lambda field, _: field.name != "api_keys")
@@ -296,14 +344,15 @@ def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
         "configuration loaded",
         extra=fields(
             version=__version__,
-            log_level=settings.log_level,
+            log_level=logs.log_level,
+            log_format=logs.log_format,
             api_key_count=len(config.api_keys),
             **settings_logged,
         ),
     )
 
     if config.workers > 1:
-        return _run_supervisor(config, settings.log_level, env)
+        return _run_supervisor(config, logs, env)
     return _run_daemon_to_exit(config)
 
 

@@ -1,14 +1,20 @@
-"""The gateway's settings as one frozen value, with validation. Pure: reads no files or env.
+"""The gateway's settings as frozen values, each declared once, with validation. Pure: reads
+no files or env.
 
-Every setting's unit and reason is documented in docs/OPERATIONS.md. cli.py builds a Config
-from flags, environment and TOML; tests build one directly.
+Owns every setting's declaration: its name (the field), type (the annotation), default, the
+check of its value, and, in the field's `metadata`, a `Doc` saying how people see it (help
+line, unit, flag and variable names). `Config` holds what the gateway itself runs with;
+`LogSettings` what only the daemon's logging needs. settings.py derives the flags, variables
+and TOML keys from these declarations and merges the sources; settings_text.py renders
+them as `genconfig`'s file and docs/OPERATIONS.md's table; tests build a Config directly.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
@@ -19,6 +25,40 @@ class ConfigError(ValueError):
     """An invalid setting; the message names it (`port: must be between 0 and 65535`)."""
 
 
+@attrs.frozen(kw_only=True)
+class Doc:
+    """How people see one setting, in `--help`, `genconfig` and docs/OPERATIONS.md.
+
+    Text may quote code in backticks (`0.0.0.0`); plain-text renderings drop them.
+    """
+
+    #: What the setting does, in one line.
+    help: str
+    #: What a value counts, for the docs ("bytes", "frames"); seconds for every float.
+    unit: str = ""
+    #: The flag's placeholder; integers are N and seconds SECONDS unless given.
+    metavar: str = ""
+    #: The flag when it is not the name's (a list's singular, repeatable `--api-key`).
+    flag: str = ""
+    #: Another variable accepted for the same setting (a common misspelling).
+    env_alias: str = ""
+    #: What no value means ("memory broker"), when the default is unset (None or empty).
+    unset: str = ""
+    #: A value `genconfig` shows, commented out, for a setting whose default is unset.
+    example: object = None
+    #: More for the docs table only: how the sources spell it, pointers to sections.
+    note: str = ""
+    #: The only values accepted (lower-case), for a text setting.
+    choices: tuple[str, ...] = ()
+
+
+DOC = "trio_gateway.doc"
+
+
+def _doc(help: str, **details: Any) -> Mapping[str, Doc]:
+    return {DOC: Doc(help=help, **details)}
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{attribute.name}: must be greater than 0, got {value!r}")
@@ -27,6 +67,21 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ConfigError(f"{attribute.name}: must be between 0 and 65535, got {value!r}")
+
+
+# Frames: a client's queue must hold two publish rounds of queue_depth // 4 (server.py's
+# round size, at least 1) beside the flusher's queue_depth // 2 ahead, plus the reply it is
+# owed (`ready`, an ack). Below 4 those sizes are clamped to 1 and no longer fit: with 1, a
+# client reading at full speed is closed 4008 by any burst.
+MIN_QUEUE_DEPTH = 4
+
+
+def _queue_depth(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if 0 < value < MIN_QUEUE_DEPTH:
+        raise ConfigError(
+            f"{attribute.name}: must be at least {MIN_QUEUE_DEPTH} frames "
+            f"(a burst of publications needs that room), got {value!r}"
+        )
 
 
 def _keys(
@@ -41,12 +96,25 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def _redis_url(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
-    if value is not None and not value.startswith(REDIS_SCHEMES):
-        # Only the scheme is shown: the rest of the URL may hold a password.
+    # Messages never show the URL: it may hold a password.
+    if value is None:
+        return
+    name = attribute.name
+    if not value.startswith(REDIS_SCHEMES):
         scheme = value.partition("://")[0] if "://" in value else "(none)"
-        raise ConfigError(
-            f"{attribute.name}: must start with redis:// or rediss://, got scheme {scheme!r}"
-        )
+        raise ConfigError(f"{name}: must start with redis:// or rediss://, got scheme {scheme!r}")
+    parts = urlsplit(value)
+    try:
+        _ = parts.port  # reading it parses it; coredis would fail only when connecting
+    except ValueError:
+        raise ConfigError(f"{name}: the port must be a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ConfigError(f"{name}: a host is required (redis://host:port/db)")
+    # coredis quietly falls back to database 0 on a path it cannot read as a number.
+    database = parts.path.removeprefix("/")
+    databases = parse_qs(parts.query).get("db", [])
+    if not all(text.isdigit() for text in [*databases, database] if text):
+        raise ConfigError(f"{name}: the database must be a number (redis://host:port/0)")
 
 
 def _prefix(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -105,112 +173,412 @@ def _paths(
             )
 
 
+def _choice(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    choices = attribute.metadata[DOC].choices
+    if value is not None and value not in choices:
+        raise ConfigError(f"{attribute.name}: must be one of {', '.join(choices)}, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Config:
-    host: str = "127.0.0.1"
-    port: int = attrs.field(default=8000, validator=_port)
-    # Accepted tokens for WebSocket clients and HTTP publishers. Empty means nobody is let in;
-    # the CLI generates an ephemeral key instead of starting with an empty tuple.
-    api_keys: tuple[str, ...] = attrs.field(default=(), converter=_key_tuple, validator=_keys)
-    # Largest client message in bytes; bigger ones close the connection with 1009.
-    max_message_size: int = attrs.field(default=64 * 1024, validator=_positive)
-    # Seconds between keepalive pings; also announced to clients as heartbeat_interval.
-    ping_interval: float = attrs.field(default=30.0, validator=_positive)
-    # Grace in seconds beyond one ping interval before a silent client is reaped (30 + 10 = 40).
-    pong_timeout: float = attrs.field(default=10.0, validator=_positive)
-    # Outgoing frames buffered per client; overflowing it closes that client with 4008.
-    queue_depth: int = attrs.field(default=256, validator=_positive)
-    # Publications buffered between publishers and the publisher task (which hands them to
-    # the broker).
-    publish_queue_depth: int = attrs.field(default=4096, validator=_positive)
-    # Most subscriptions one connection may hold; bounds memory per client.
-    max_subscriptions: int = attrs.field(default=1000, validator=_positive)
-    # Seconds a client has to send a whole HTTP request or complete the WebSocket handshake,
-    # and the longest an idle keep-alive HTTP connection is kept open.
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
-    # Largest HTTP request body in bytes; bigger ones get 413.
-    max_body_size: int = attrs.field(default=1024 * 1024, validator=_positive)
-    # Seconds a close handshake may take before the socket is dropped.
-    close_timeout: float = attrs.field(default=2.0, validator=_positive)
-    # Seconds a graceful shutdown may spend flushing queues before cancelling everything.
-    drain_timeout: float = attrs.field(default=10.0, validator=_positive)
-    # Serve /api/echo, which sends every client message straight back through the same
-    # reader and writer as real clients: for RFC 6455 conformance runs (Autobahn), not
-    # production, so it is off unless asked for.
-    enable_echo: bool = False
-    # JWT verification: an HS256 shared secret, or the path of a PEM public key (RSA for
-    # RS256, EC P-256 for ES256). The algorithm follows from this, never from the token.
-    jwt_secret: str | None = attrs.field(default=None, validator=_optional_text)
-    jwt_public_key: str | None = attrs.field(default=None, validator=_optional_text)
-    # When set, a JWT's aud / iss must equal them.
-    jwt_audience: str | None = attrs.field(default=None, validator=_optional_text)
-    jwt_issuer: str | None = attrs.field(default=None, validator=_optional_text)
-    # Accept JWTs without an exp claim (sessions that never expire): off by default.
-    jwt_optional_exp: bool = False
-    # Name of a cookie that may carry the token at the upgrade (browsers); None: not read.
-    auth_cookie: str | None = attrs.field(default=None, validator=_optional_text)
-    # Answer bad credentials at the upgrade with HTTP 401 instead of accepting, then closing
-    # with 4001.
-    reject_at_upgrade: bool = False
-    # Origins a browser may open a WebSocket from (exact "scheme://host[:port]"); empty: any.
+    host: str = attrs.field(
+        default="127.0.0.1",
+        metadata=_doc(
+            "address to listen on (`0.0.0.0` / `::` for all interfaces)",
+            unit="address",
+            metavar="HOST",
+        ),
+    )
+    port: int = attrs.field(
+        default=8000,
+        validator=_port,
+        metadata=_doc(
+            "TCP port to listen on; `0` picks a free one (printed at start)", unit="TCP port"
+        ),
+    )
+    # Empty means nobody is let in; the CLI generates an ephemeral key instead of starting
+    # with an empty tuple.
+    api_keys: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_key_tuple,
+        validator=_keys,
+        metadata=_doc(
+            "accepted tokens for WebSocket clients and HTTP publishers",
+            unit="strings",
+            metavar="KEY",
+            flag="--api-key",
+            env_alias="TRIO_GATEWAY_API_KEY",
+            unset="an ephemeral key is generated at each start",
+            example=["change-me"],
+            note="`--api-key` repeats; `TRIO_GATEWAY_API_KEYS=a,b` (or `TRIO_GATEWAY_API_KEY`); "
+            'TOML `api_keys = ["a", "b"]`. A higher source replaces the whole list',
+        ),
+    )
+    max_message_size: int = attrs.field(
+        default=64 * 1024,
+        validator=_positive,
+        metadata=_doc("largest client message; bigger closes with 1009", unit="bytes (UTF-8)"),
+    )
+    # Also announced to clients as heartbeat_interval.
+    ping_interval: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_doc("keepalive ping period; announced as `heartbeat_interval` (ms) in `ready`"),
+    )
+    # Beyond one ping interval: 30 + 10 = 40 s of silence at most.
+    pong_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc(
+            "grace beyond one interval: silent for more than `ping_interval + pong_timeout` "
+            "at a ping → closed 1008"
+        ),
+    )
+    queue_depth: int = attrs.field(
+        default=256,
+        validator=[_positive, _queue_depth],
+        metadata=_doc(
+            f"per-client outgoing queue (at least {MIN_QUEUE_DEPTH}); overflow closes that "
+            "client with 4008",
+            unit="frames",
+        ),
+    )
+    publish_queue_depth: int = attrs.field(
+        default=4096,
+        validator=_positive,
+        metadata=_doc(
+            "publications between publishers and the publisher task (which hands them to "
+            "the broker); when full, HTTP publishers wait",
+            unit="batches",
+            note="`Broadcaster.broadcast_*` then raise `PublishQueueFull`",
+        ),
+    )
+    # Bounds memory per client.
+    max_subscriptions: int = attrs.field(
+        default=1000,
+        validator=_positive,
+        metadata=_doc(
+            "most subscriptions one connection may hold; beyond it subscribe gets an error",
+            unit="keys",
+        ),
+    )
+    request_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc(
+            "to send a whole HTTP request (else 408) or finish the WebSocket handshake; also "
+            "the idle time after which a keep-alive HTTP connection is closed"
+        ),
+    )
+    max_body_size: int = attrs.field(
+        default=1024 * 1024,
+        validator=_positive,
+        metadata=_doc("largest HTTP request body; bigger gets 413", unit="bytes"),
+    )
+    close_timeout: float = attrs.field(
+        default=2.0,
+        validator=_positive,
+        metadata=_doc(
+            "how long one close handshake (or lingering close) may take before the socket "
+            "is dropped"
+        ),
+    )
+    drain_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc("how long a graceful shutdown may take before everything left is cancelled"),
+    )
+    # The echo endpoint sends every client message straight back through the same reader
+    # and writer as real clients: for RFC 6455 conformance runs (Autobahn), not production,
+    # so it is off unless asked for.
+    enable_echo: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "serve the diagnostics echo endpoint `/api/echo` (conformance runs only)",
+            note="flag `--enable-echo` takes no value; env/TOML take a boolean "
+            "(`1/true/yes/on`, `0/false/no/off`)",
+        ),
+    )
+    # The JWT algorithm follows from which key is set, never from the token.
+    jwt_secret: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata=_doc(
+            "HS256 secret: JWTs signed with it are accepted besides API keys (never logged)",
+            unit="string",
+            metavar="SECRET",
+            example="change-me",
+        ),
+    )
+    jwt_public_key: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata=_doc(
+            "PEM public key file instead of a secret: RSA → RS256, EC P-256 → ES256",
+            unit="path",
+            metavar="FILE",
+            example="/etc/trio-gateway/jwt.pem",
+            note="read at start (a bad file is an invalid configuration, exit 2)",
+        ),
+    )
+    jwt_audience: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata=_doc(
+            "when set, a JWT's `aud` must equal it", unit="string", metavar="AUD", example="gateway"
+        ),
+    )
+    jwt_issuer: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata=_doc(
+            "when set, a JWT's `iss` must equal it",
+            unit="string",
+            metavar="ISS",
+            example="https://login.example.com",
+        ),
+    )
+    jwt_optional_exp: bool = attrs.field(
+        default=False,
+        metadata=_doc("accept JWTs without `exp` (sessions that never expire)"),
+    )
+    auth_cookie: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata=_doc(
+            "also take the token from this cookie at the upgrade (browsers)",
+            unit="cookie name",
+            metavar="NAME",
+            example="session",
+            note="set `allowed_origins` with it: a warning is logged otherwise",
+        ),
+    )
+    reject_at_upgrade: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "answer a wrong token with HTTP 401 before the handshake instead of "
+            "accept-then-close 4001"
+        ),
+    )
     allowed_origins: tuple[str, ...] = attrs.field(
-        default=(), converter=_key_tuple, validator=_keys
+        default=(),
+        converter=_key_tuple,
+        validator=_keys,
+        metadata=_doc(
+            "browsers may connect only from these exact `scheme://host[:port]` origins "
+            "(403 otherwise); requests without `Origin` pass",
+            unit="origins",
+            metavar="ORIGIN",
+            flag="--allowed-origin",
+            unset="any",
+            example=["https://app.example.com"],
+            note="`--allowed-origin` repeats, env comma-separated, TOML list",
+        ),
     )
-    # Seconds a connection without credentials has to send identify before 4001.
-    identify_timeout: float = attrs.field(default=5.0, validator=_positive)
-    # Messages kept per key (topic, workspace, session, "all") for clients that resume.
-    history_size: int = attrs.field(default=100, validator=_positive)
-    # Seconds a message stays in history; a resume needing an older one gets recovered=false.
-    history_ttl: float = attrs.field(default=300.0, validator=_positive)
-    # Seconds the latest session.update of a session is retained for session.state.
-    state_ttl: float = attrs.field(default=3600.0, validator=_positive)
-    # Where the broker lives: None runs the in-memory broker (one process); a
-    # redis://[:password@]host:port/db or rediss:// URL makes instances share one Redis.
-    redis_url: str | None = attrs.field(default=None, validator=_redis_url)
-    # Prepended to every Redis channel name, so several deployments can share one Redis.
-    redis_prefix: str = attrs.field(default="trio-gateway:", validator=_prefix)
-    # At startup, keep retrying an unreachable Redis (with backoff) instead of exiting.
-    redis_wait: bool = False
-    # Paths WebSocket clients connect on (seeds use /api/ws, /ws and /ws/gateway).
+    identify_timeout: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata=_doc("a connection without a token must `identify` within this, else 4001"),
+    )
+    history_size: int = attrs.field(
+        default=100,
+        validator=_positive,
+        metadata=_doc(
+            "kept per key (topic, workspace, session, `all`) for clients that resume; in "
+            "memory or in Redis",
+            unit="messages",
+        ),
+    )
+    history_ttl: float = attrs.field(
+        default=300.0,
+        validator=_positive,
+        metadata=_doc(
+            "how long a message stays available for a resume; an older gap answers "
+            "`recovered: false`"
+        ),
+    )
+    state_ttl: float = attrs.field(
+        default=3600.0,
+        validator=_positive,
+        metadata=_doc(
+            "how long the latest `session.update` of a session is retained as its `session.state`"
+        ),
+    )
+    redis_url: str | None = attrs.field(
+        default=None,
+        validator=_redis_url,
+        metadata=_doc(
+            "`redis://[user:password@]host:port/db` or `rediss://…` (TLS): instances sharing "
+            "this Redis behave as one gateway; the password never appears in logs",
+            unit="URL",
+            metavar="URL",
+            unset="memory broker",
+            example="redis://127.0.0.1:6379/0",
+            note="see Scaling out",
+        ),
+    )
+    # Several deployments can share one Redis under different prefixes.
+    redis_prefix: str = attrs.field(
+        default="trio-gateway:",
+        validator=_prefix,
+        metadata=_doc(
+            "prepended to every Redis channel name, so several deployments can share one "
+            "Redis; no whitespace",
+            unit="string",
+            metavar="PREFIX",
+        ),
+    )
+    redis_wait: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "at startup, retry an unreachable Redis with backoff instead of exiting with status 1"
+        ),
+    )
+    # Seed clients use /api/ws, /ws and /ws/gateway.
     ws_paths: tuple[str, ...] = attrs.field(
-        default=("/api/ws",), converter=_key_tuple, validator=_paths
+        default=("/api/ws",),
+        converter=_key_tuple,
+        validator=_paths,
+        metadata=_doc(
+            "WebSocket endpoints, each starting with `/`",
+            unit="paths",
+            metavar="PATH",
+            flag="--ws-path",
+            note="several allowed (`--ws-path` repeats, env comma-separated, TOML list), e.g. "
+            "`/ws` and `/ws/gateway` for seed clients",
+        ),
     )
-    # The backend that runs commands the gateway has no in-process handler for: each call is
-    # POSTed there as JSON; None: such commands are unknown.
-    command_url: str | None = attrs.field(default=None, validator=_backend_url)
-    # Seconds a command (in-process or at command_url) may take before it fails with timeout.
-    command_timeout: float = attrs.field(default=10.0, validator=_positive)
-    # Commands one connection may have running at once; more are refused with too_many.
-    max_inflight_commands: int = attrs.field(default=8, validator=_positive)
-    # The backend asked who a token belongs to when it is neither an API key nor a valid JWT
-    # (opaque session tokens); None: such tokens are refused.
-    connect_url: str | None = attrs.field(default=None, validator=_backend_url)
-    # Seconds the connect hook may take; beyond it the client is closed 1013 (try again).
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
-    # Topic patterns whose subscribers are tracked as present (presence.state / .diff);
-    # empty: presence is off.
+    command_url: str | None = attrs.field(
+        default=None,
+        validator=_backend_url,
+        metadata=_doc(
+            "`http(s)://` backend that runs every command without an in-process handler; "
+            "none: such commands are `unknown_command`",
+            unit="URL",
+            metavar="URL",
+            example="http://127.0.0.1:9000/commands",
+            note="see Backend hooks",
+        ),
+    )
+    command_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc(
+            "a command (in-process or proxied) not answered within this is answered "
+            "`timeout` and cancelled"
+        ),
+    )
+    max_inflight_commands: int = attrs.field(
+        default=8,
+        validator=_positive,
+        metadata=_doc(
+            "commands one connection may have running at once; one more is answered `too_many`",
+            unit="calls",
+        ),
+    )
+    # For opaque session tokens: asked only when a token is neither an API key nor a JWT.
+    connect_url: str | None = attrs.field(
+        default=None,
+        validator=_backend_url,
+        metadata=_doc(
+            "`http(s)://` backend asked who a token is when it is neither an API key nor a "
+            "valid JWT; none: such tokens get 4001",
+            unit="URL",
+            metavar="URL",
+            example="http://127.0.0.1:9000/connect",
+            note="for opaque session tokens; see Backend hooks",
+        ),
+    )
+    connect_timeout: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata=_doc(
+            "a connect hook call not answered within this closes the client 1013 `Try again later`"
+        ),
+    )
     presence_topics: tuple[str, ...] = attrs.field(
-        default=(), converter=_key_tuple, validator=_patterns
+        default=(),
+        converter=_key_tuple,
+        validator=_patterns,
+        metadata=_doc(
+            "presence is tracked on the topics these match (`chat.*`, `rooms.**`)",
+            unit="topic patterns",
+            metavar="PATTERN",
+            flag="--presence-topic",
+            unset="presence is off",
+            example=["chat.*"],
+            note="see Presence and typing; `--presence-topic` repeats, env comma-separated, "
+            "TOML list; none: `presence` and `presence.get` are refused",
+        ),
     )
-    # Most seconds presence changes on a topic are gathered into one presence.diff.
-    presence_diff_interval: float = attrs.field(default=0.1, validator=_positive)
-    # Seconds a user's last connection on a topic may be gone before they leave (a reload).
-    presence_grace: float = attrs.field(default=5.0, validator=_positive)
-    # Seconds another instance's members outlive it once it stops renewing them (Redis).
-    presence_ttl: float = attrs.field(default=30.0, validator=_positive)
-    # Seconds a typing start lasts without being sent again; one broadcast per this.
-    typing_ttl: float = attrs.field(default=10.0, validator=_positive)
-    # A bearer token that may read /metrics besides the API keys (a scraper's); never logged.
-    metrics_token: str | None = attrs.field(default=None, validator=_optional_text)
-    # Serve /metrics without credentials (a scrape network the operator trusts).
-    metrics_public: bool = False
-    # Seconds an instance stays listed by /api/nodes after its last heartbeat (Redis); it
-    # sends one every third of this.
-    node_ttl: float = attrs.field(default=15.0, validator=_positive)
-    # Processes sharing the port (SO_REUSEPORT); more than 1 needs redis_url.
-    workers: int = attrs.field(default=1, validator=_positive)
-    # Set SO_REUSEPORT on the listening socket, so other processes may bind the same port.
-    reuse_port: bool = False
+    presence_diff_interval: float = attrs.field(
+        default=0.1,
+        validator=_positive,
+        metadata=_doc(
+            "the longest presence changes of a topic are gathered before one `presence.diff` "
+            "goes out"
+        ),
+    )
+    presence_grace: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata=_doc(
+            "how long a user's last connection on a topic may be gone (a reload, a flaky "
+            "phone) before they leave"
+        ),
+    )
+    presence_ttl: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_doc(
+            "Redis: the lease of each instance's members, renewed every third of it; a dead "
+            "instance's members leave within this plus one sweep"
+        ),
+    )
+    # One broadcast per this, however often a client sends start.
+    typing_ttl: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_doc("a typing indicator lapses (stop announced) this long after the last start"),
+    )
+    metrics_token: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata=_doc(
+            "a bearer token that may read `/metrics` besides the API keys (a scraper's, so it "
+            "needs no API key); never logged",
+            unit="string",
+            metavar="TOKEN",
+            example="change-me-too",
+        ),
+    )
+    metrics_public: bool = attrs.field(
+        default=False,
+        metadata=_doc("serve `/metrics` without credentials (only on a scrape network you trust)"),
+    )
+    node_ttl: float = attrs.field(
+        default=15.0,
+        validator=_positive,
+        metadata=_doc(
+            "Redis: an instance stays in `/api/nodes` this long after its last heartbeat "
+            "(sent every third of it); a dead one drops out within this"
+        ),
+    )
+    workers: int = attrs.field(
+        default=1,
+        validator=_positive,
+        metadata=_doc(
+            "processes sharing the port (SO_REUSEPORT); more than 1 requires `redis_url`",
+            unit="processes",
+        ),
+    )
+    reuse_port: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "set SO_REUSEPORT on the listener so other processes may bind the same port "
+            "(what `workers` uses)"
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:
@@ -228,6 +596,39 @@ class Config:
     def stale_after(self) -> float:
         """A client whose last pong is older than this at a ping is reaped."""
         return self.ping_interval + self.pong_timeout
+
+
+# Names accepted by `logging`, lower-case; the flag is case-insensitive.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "console")
+
+
+@attrs.frozen(kw_only=True)
+class LogSettings:
+    """The settings of the daemon's logging, which the gateway itself does not see."""
+
+    log_level: str = attrs.field(
+        default="info",
+        validator=_choice,
+        metadata=_doc(
+            "least severe level written: " + ", ".join(f"`{level}`" for level in LOG_LEVELS),
+            metavar="LEVEL",
+            choices=LOG_LEVELS,
+        ),
+    )
+    # Unset, the stream decides (observability/jsonlog.py): a person at a terminal reads
+    # console lines, anything else (a pipe, journald, a collector) gets JSON.
+    log_format: str | None = attrs.field(
+        default=None,
+        validator=_choice,
+        metadata=_doc(
+            "`json`: one JSON object per line; `console`: one readable line per event",
+            metavar="FORMAT",
+            choices=LOG_FORMATS,
+            unset="json, or console when stderr is a terminal",
+            example="console",
+        ),
+    )
 
 
 _URL_USERINFO = re.compile(r"^(?P<scheme>[^:/?#]+://)(?P<userinfo>[^/?#]*)@")

@@ -1,7 +1,8 @@
 """Flags, `TRIO_GATEWAY_*` environment variables and a TOML file, merged into one `Config`.
 
-Owns the table of settings (names, help, how each is parsed) and the precedence order:
-flag > environment > file > default. Pure: it is handed the flag values, an environment
+Owns how each setting is parsed from each source, the table of settings derived from the
+declarations in config.py (`SETTINGS`), and the precedence order: flag > environment > file >
+default. Pure: it is handed the flag values, an environment
 mapping and the file's text, and must not read files, the real environment or argv itself;
 cli.py does that and turns `ConfigError` into exit status 2.
 
@@ -11,7 +12,9 @@ Every setting has one name, used three ways: the `Config` field and TOML key (`m
 the flag (`--max-body-size`) and the variable (`TRIO_GATEWAY_MAX_BODY_SIZE`). The lists
 (`api_keys`, `allowed_origins`, `ws_paths`, `presence_topics`) have a singular flag that
 repeats (`--api-key`), a comma-separated variable, and a TOML list of strings.
-The TOML file holds the settings as top-level keys; anything else in it is an error.
+The TOML file holds the settings as top-level keys; anything else in it is an error. A
+setting may have one more variable (`TRIO_GATEWAY_API_KEY` for `api_keys`, the spelling people
+reach for); giving both is an error rather than a silent choice.
 
 Each value is parsed and validated where it comes from, even one a higher-precedence source
 overrides, so a broken file or variable is reported before it can bite later, and every error
@@ -31,12 +34,9 @@ from typing import Any
 
 import attrs
 
-from .config import Config, ConfigError
+from .config import DOC, Config, ConfigError, Doc, LogSettings
 
 ENV_PREFIX = "TRIO_GATEWAY_"
-# Names accepted by `logging`, lower-case; the flag is case-insensitive.
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-DEFAULT_LOG_LEVEL = "info"
 # The one setting that says where the others live: `--config` or this variable, never a TOML
 # key (a file cannot name another file).
 CONFIG_FILE = "config"
@@ -134,188 +134,93 @@ def _bool_from_toml(value: object) -> bool:
     return value
 
 
-def _level_from_text(text: str) -> str:
-    level = text.strip().lower()
-    if level not in LOG_LEVELS:
-        raise _Invalid(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-    return level
+def _choice_from_text(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}, got {text!r}")
+        return word
+
+    return parse
 
 
-def _level_from_toml(value: object) -> str:
-    return _level_from_text(_str_from_toml(value))
+def _choice_from_toml(choices: tuple[str, ...]) -> Callable[[object], str]:
+    from_text = _choice_from_text(choices)
+    return lambda value: from_text(_str_from_toml(value))
 
 
 @attrs.frozen
 class Setting:
-    """One setting: its names, how to parse it from text and from TOML, and its help line."""
+    """One setting as the sources see it: its names, parsers and its declaration's `Doc`."""
 
     name: str
-    help: str
-    metavar: str
+    default: object
+    doc: Doc
     from_text: Callable[[str], Any]
     from_toml: Callable[[object], Any]
     #: Parses the list a repeatable flag collects; None for a flag given once.
     from_flags: Callable[[Sequence[str]], Any] | None = None
     #: A flag that takes no value (`--enable-echo`); its presence means "true".
     switch: bool = False
-    flag: str = attrs.field(
-        default=attrs.Factory(lambda self: "--" + self.name.replace("_", "-"), takes_self=True)
-    )
+
+    @property
+    def flag(self) -> str:
+        return self.doc.flag or "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
     @property
-    def default(self) -> object:
-        return _DEFAULTS[self.name]
+    def metavar(self) -> str:
+        return self.doc.metavar or _METAVARS.get(self.from_text, "")
+
+    @property
+    def help(self) -> str:
+        """The help line as plain text (the declaration may quote code in backticks)."""
+        return self.doc.help.replace("`", "")
+
+    @property
+    def unset(self) -> bool:
+        """Whether the default is no value at all (None, or an empty list)."""
+        return self.default is None or self.default == ()
 
 
-def _integer(name: str, help: str) -> Setting:
-    return Setting(name, help, "N", _int_from_text, _int_from_toml)
+_METAVARS: dict[Callable[[str], Any], str] = {_int_from_text: "N", _float_from_text: "SECONDS"}
 
 
-def _seconds(name: str, help: str) -> Setting:
-    return Setting(name, help, "SECONDS", _float_from_text, _float_from_toml)
+def _setting(field: attrs.Attribute[Any]) -> Setting:
+    """The Setting a declared field makes: its annotation says how each source is parsed."""
+    doc: Doc = field.metadata[DOC]
+    name, default = field.name, field.default
+    if doc.choices:
+        return Setting(
+            name, default, doc, _choice_from_text(doc.choices), _choice_from_toml(doc.choices)
+        )
+    # `from __future__ import annotations` leaves the annotation as its source text; a new
+    # type fails here, at import, until it is given its parsers.
+    match field.type:
+        case "int":
+            return Setting(name, default, doc, _int_from_text, _int_from_toml)
+        case "float":
+            return Setting(name, default, doc, _float_from_text, _float_from_toml)
+        case "bool":
+            return Setting(name, default, doc, _bool_from_text, _bool_from_toml, switch=True)
+        case "str" | "str | None":
+            return Setting(name, default, doc, _str_from_text, _str_from_toml)
+        case "tuple[str, ...]":
+            return Setting(name, default, doc, _keys_from_text, _keys_from_toml, _keys_from_flags)
+    raise TypeError(f"{name}: no parsers for a setting of type {field.type}")
 
 
-def _switch(name: str, help: str) -> Setting:
-    return Setting(name, help, "", _bool_from_text, _bool_from_toml, switch=True)
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "address to listen on", "HOST", _str_from_text, _str_from_toml),
-    _integer("port", "TCP port to listen on; 0 picks a free one"),
-    Setting(
-        "api_keys",
-        "an accepted API key; repeat for several (with none, an ephemeral one is generated)",
-        "KEY",
-        _keys_from_text,
-        _keys_from_toml,
-        _keys_from_flags,
-        flag="--api-key",
-    ),
-    _integer("max_message_size", "largest client message in bytes; bigger ones close with 1009"),
-    _seconds("ping_interval", "seconds between keepalive pings"),
-    _seconds("pong_timeout", "seconds beyond one ping interval before a silent client is reaped"),
-    _integer("queue_depth", "outgoing messages buffered per client; overflowing closes with 4008"),
-    _integer("publish_queue_depth", "publications buffered before publishers wait"),
-    _integer("max_subscriptions", "most subscriptions one connection may hold"),
-    _seconds("request_timeout", "seconds to send an HTTP request or finish the handshake"),
-    _integer("max_body_size", "largest HTTP request body in bytes; bigger ones get 413"),
-    _seconds("close_timeout", "seconds a close handshake may take"),
-    _seconds("drain_timeout", "seconds a graceful shutdown may take before cancelling"),
-    _switch("enable_echo", "serve the diagnostics echo endpoint /api/echo (conformance tests)"),
-    Setting(
-        "jwt_secret", "HS256 secret for JWT credentials", "SECRET", _str_from_text, _str_from_toml
-    ),
-    Setting(
-        "jwt_public_key",
-        "PEM public key file for RS256 (RSA) or ES256 (EC P-256) JWTs",
-        "FILE",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    Setting("jwt_audience", "required JWT aud", "AUD", _str_from_text, _str_from_toml),
-    Setting("jwt_issuer", "required JWT iss", "ISS", _str_from_text, _str_from_toml),
-    _switch("jwt_optional_exp", "accept JWTs without exp (sessions that never expire)"),
-    Setting(
-        "auth_cookie",
-        "cookie that may carry the token (browsers)",
-        "NAME",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    _switch("reject_at_upgrade", "answer bad credentials with HTTP 401 at the upgrade"),
-    Setting(
-        "allowed_origins",
-        "an Origin browsers may connect from; repeat for several (none: any)",
-        "ORIGIN",
-        _keys_from_text,
-        _keys_from_toml,
-        _keys_from_flags,
-        flag="--allowed-origin",
-    ),
-    _seconds("identify_timeout", "seconds to send identify when connecting without a token"),
-    _integer("history_size", "messages kept per key for clients that resume"),
-    _seconds("history_ttl", "seconds a message stays available for resume"),
-    _seconds("state_ttl", "seconds the latest session update is retained (session.state)"),
-    Setting(
-        "redis_url",
-        "Redis broker shared by instances, redis://[:password@]host:port/db or rediss://",
-        "URL",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    Setting(
-        "redis_prefix",
-        "prefix of every Redis channel name",
-        "PREFIX",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    _switch("redis_wait", "retry an unreachable Redis at startup instead of exiting"),
-    Setting(
-        "ws_paths",
-        "a path WebSocket clients connect on; repeat for several (default /api/ws)",
-        "PATH",
-        _keys_from_text,
-        _keys_from_toml,
-        _keys_from_flags,
-        flag="--ws-path",
-    ),
-    Setting(
-        "command_url",
-        "backend URL commands without an in-process handler are POSTed to",
-        "URL",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    _seconds("command_timeout", "seconds a command may take before it fails with timeout"),
-    _integer("max_inflight_commands", "commands one connection may run at once"),
-    Setting(
-        "connect_url",
-        "backend URL asked who a token is when it is neither an API key nor a valid JWT",
-        "URL",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    _seconds("connect_timeout", "seconds the connect hook may take before closing 1013"),
-    Setting(
-        "presence_topics",
-        "a topic pattern whose subscribers are tracked as present; repeat for several",
-        "PATTERN",
-        _keys_from_text,
-        _keys_from_toml,
-        _keys_from_flags,
-        flag="--presence-topic",
-    ),
-    _seconds("presence_diff_interval", "most seconds presence changes are gathered per diff"),
-    _seconds("presence_grace", "seconds a user's last connection may be gone before a leave"),
-    _seconds("presence_ttl", "seconds a stopped instance's members outlive it (Redis)"),
-    _seconds("typing_ttl", "seconds a typing start lasts unless sent again"),
-    Setting(
-        "metrics_token",
-        "a bearer token that may read /metrics besides the API keys (never logged)",
-        "TOKEN",
-        _str_from_text,
-        _str_from_toml,
-    ),
-    _switch("metrics_public", "serve /metrics without credentials"),
-    _seconds("node_ttl", "seconds an instance stays in /api/nodes after its last heartbeat"),
-    _integer("workers", "processes sharing the port (SO_REUSEPORT); more than 1 needs Redis"),
-    _switch("reuse_port", "set SO_REUSEPORT so other processes may bind the same port"),
-    Setting(
-        "log_level",
-        "least severe log level written: " + ", ".join(LOG_LEVELS),
-        "LEVEL",
-        _level_from_text,
-        _level_from_toml,
-    ),
+SETTINGS: tuple[Setting, ...] = tuple(
+    _setting(field) for field in (*attrs.fields(Config), *attrs.fields(LogSettings))
 )
-_DEFAULTS = {**attrs.asdict(Config()), "log_level": DEFAULT_LOG_LEVEL}
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
-_BY_ENV = {setting.env: setting for setting in SETTINGS}
+_BY_ENV = {setting.env: setting for setting in SETTINGS} | {
+    setting.doc.env_alias: setting for setting in SETTINGS if setting.doc.env_alias
+}
+_LOG_NAMES = frozenset(attrs.fields_dict(LogSettings))
 
 
 @attrs.frozen
@@ -323,17 +228,16 @@ class Settings:
     """The merged result: a validated Config plus what is not part of it."""
 
     config: Config
-    #: One of LOG_LEVELS.
-    log_level: str
+    logs: LogSettings
     #: `TRIO_GATEWAY_*` variables that name no setting (names only: values may be secrets).
     ignored_env: tuple[str, ...] = ()
 
 
 def _validated(setting: Setting, value: Any, source: str) -> Any:
     """`value`, checked by Config's own validator for that field, so errors name `source`."""
-    field = attrs.fields_dict(Config).get(setting.name)
+    field = (attrs.fields_dict(Config) | attrs.fields_dict(LogSettings))[setting.name]
     try:
-        if field is not None and field.validator is not None:
+        if field.validator is not None:
             field.validator(None, field, value)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (from {source})") from None
@@ -383,6 +287,7 @@ def _from_file(file_text: str, file_name: str) -> dict[str, Any]:
 
 def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], tuple[str, ...]]:
     values = {}
+    sources: dict[str, str] = {}
     ignored = []
     for name, text in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_FILE_ENV:
@@ -391,6 +296,10 @@ def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], tuple[str, ...]]:
         if setting is None:
             ignored.append(name)
         elif text:
+            if (other := sources.get(setting.name)) is not None:
+                first, second = sorted((other, name))
+                raise ConfigError(f"{setting.name}: set {first} or {second}, not both")
+            sources[setting.name] = name
             values[setting.name] = _parse(setting, setting.from_text, text, name)
     return values, tuple(sorted(ignored))
 
@@ -420,7 +329,7 @@ def resolve(
         file_name: how errors refer to the file (its path).
 
     Returns:
-        The validated Config, the log level and the unknown variables seen.
+        The validated Config and LogSettings, and the unknown variables seen.
 
     Raises:
         ConfigError: a value is malformed or invalid; the message starts with the setting's
@@ -429,5 +338,5 @@ def resolve(
     from_file = _from_file(file_text, file_name) if file_text is not None else {}
     from_env, ignored_env = _from_env(env)
     merged = {**from_file, **from_env, **_from_flags(flags)}
-    log_level = merged.pop("log_level", DEFAULT_LOG_LEVEL)
-    return Settings(Config(**merged), log_level, ignored_env)
+    logs = {name: merged.pop(name) for name in _LOG_NAMES & merged.keys()}
+    return Settings(Config(**merged), LogSettings(**logs), ignored_env)

@@ -68,7 +68,7 @@ from ..common.backoff import backoff_delays
 from ..common.groups import first_leaf
 from ..observability.jsonlog import fields, instance_field
 from ..transport.sockets import reuse_port_socket
-from .config import Config
+from .config import Config, LogSettings
 from .ids import new_client_id
 from .server import Gateway
 from .settings import ENV_PREFIX
@@ -151,14 +151,14 @@ async def reserve_port(host: str, port: int) -> tuple[list[trio.socket.SocketTyp
     raise AssertionError("unreachable")
 
 
-def encode_spec(config: Config, log_level: str) -> bytes:
-    """The line a worker reads on stdin: every Config init argument, and the log level."""
+def encode_spec(config: Config, logs: LogSettings) -> bytes:
+    """The line a worker reads on stdin: every Config init argument, and the log settings."""
     values = {field.alias: getattr(config, field.name) for field in attrs.fields(Config)}
     # No default=: a field JSON cannot carry must fail here, loudly, not reach workers as str.
-    return json.dumps({"config": values, "log_level": log_level}).encode() + b"\n"
+    return json.dumps({"config": values, "logs": attrs.asdict(logs)}).encode() + b"\n"
 
 
-def decode_spec(line: bytes) -> tuple[Config, str]:
+def decode_spec(line: bytes) -> tuple[Config, LogSettings]:
     """The inverse of `encode_spec`."""
     data = json.loads(line)
     # JSON has no tuples; Config's collections are tuples (it is frozen and hashable).
@@ -166,7 +166,7 @@ def decode_spec(line: bytes) -> tuple[Config, str]:
         name: tuple(value) if isinstance(value, list) else value
         for name, value in data["config"].items()
     }
-    return Config(**values), str(data["log_level"])
+    return Config(**values), LogSettings(**data["logs"])
 
 
 def worker_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -398,7 +398,7 @@ class _Supervisor:
 
 async def supervise(
     config: Config,
-    log_level: str,
+    logs: LogSettings,
     env: Mapping[str, str],
     announce: Callable[[Sequence[Address]], None],
 ) -> int:
@@ -406,7 +406,7 @@ async def supervise(
 
     Args:
         config: the validated configuration, with API keys (generated ones included).
-        log_level: passed on to the workers.
+        logs: passed on to the workers (with the format decided, so all write the same).
         env: the supervisor's environment; workers get it without the `TRIO_GATEWAY_*`
             variables.
         announce: called once with the listening addresses when every worker is ready.
@@ -426,7 +426,7 @@ async def supervise(
         try:
             worker_config = attrs.evolve(config, port=port, workers=1, reuse_port=True)
             supervisor = _Supervisor(
-                spec=encode_spec(worker_config, log_level),
+                spec=encode_spec(worker_config, logs),
                 count=config.workers,
                 config=worker_config,
                 env=worker_env(env),
@@ -452,7 +452,7 @@ async def supervise(
 # --- inside a worker ------------------------------------------------------------------------
 
 
-def read_spec(fd: int = 0) -> tuple[Config, str]:
+def read_spec(fd: int = 0) -> tuple[Config, LogSettings]:
     """Read the configuration line the supervisor wrote on stdin (blocking; before trio.run).
 
     Raises:
