@@ -388,7 +388,9 @@ export class GatewayClient {
     );
     ws.onmessage = (event) => this.#frame(ws, event.data, token);
     ws.onclose = (event) => this.#lost(ws, { code: event.code, reason: event.reason });
-    ws.onerror = () => {};
+    // A failed connection closes with 1006 after this event in browsers; Node 20's
+    // WebSocket fires only this one when the connection is refused.
+    ws.onerror = () => this.#lost(ws, { code: 1006, reason: "the connection failed" });
   }
 
   #send(frame) {
@@ -504,7 +506,7 @@ export class GatewayClient {
 
   #lost(ws, closed) {
     if (ws !== this.#ws) return;
-    ws.onmessage = ws.onclose = null;
+    ws.onmessage = ws.onclose = ws.onerror = null;
     if (ws.readyState <= 1) {
       // Dead or silent: drop it now rather than wait for a close handshake.
       ws.onclose = () => {};
