@@ -76,3 +76,9 @@ def test_the_docs_quote_the_examples() -> None:
 def test_python_blocks_are_found_whole() -> None:
     markdown = "a\n```python\nx = 1\n\ny = 2\n```\n```\nnot python\n```\n```py\nz = 3\n```\n"
     assert python_blocks(markdown) == ["x = 1\n\ny = 2\n", "z = 3\n"]
+
+
+def test_the_readme_quotes_the_web_page_whole() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in readme.split("```html\n")[1:]]
+    assert blocks == [(EXAMPLES / "web" / "chat.html").read_text()]
