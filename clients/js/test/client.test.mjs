@@ -112,6 +112,43 @@ test("survives a gateway restart and resumes with nothing lost or repeated", asy
   assert.ok(tokens >= 2, "getToken is asked again for the new connection");
 });
 
+test("a replay through several keys delivers each event once", async () => {
+  const redis = await startRedis();
+  running.push(redis);
+  const port = await freePort();
+  const args = ["--redis-url", redis.url];
+  let a = await gateway({ port, args });
+  const b = await gateway({ args });
+  const c = client(a.ws, {
+    token: API_KEY, subscriptions: ["all", "workspace:W", "session:S"], backoffInitial: 100,
+  });
+  const events = collect(c, "message");
+  await c.ready();
+  const post = (n) => fetch(`${b.http}/api/events`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}` },
+    body: JSON.stringify({ workspace_id: "W", session_id: "S", n }),
+  });
+  await post(1);
+  await until(() => events.length === 1, "the first event");
+  const reconnecting = next(c, "state", (s) => s === "reconnecting");
+  await a.stop();
+  await reconnecting;
+  await post(2);
+  await post(3);
+  a = await gateway({ port, args });
+  await next(c, "state", (s) => s === "connected");
+  await post(4);
+  await until(() => events.length >= 4, "four events");
+  // Each of the three keys replays 2 and 3: the page sees them once, in order.
+  assert.deepEqual(events.map((m) => m.event.n), [1, 2, 3, 4]);
+  assert.deepEqual(c.positions, {
+    all: { epoch: c.positions.all.epoch, offset: 4 },
+    "workspace:W": { epoch: c.positions["workspace:W"].epoch, offset: 4 },
+    "session:S": { epoch: c.positions["session:S"].epoch, offset: 4 },
+  });
+});
+
 test("reports a gap when the server's history is gone, then goes on", async () => {
   const port = await freePort();
   let gw = await gateway({ port });
