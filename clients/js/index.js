@@ -162,6 +162,8 @@ export class GatewayClient {
   #handlers = new Map();
   // Held key -> true, in subscription order; changed as acks arrive.
   #held = new Map();
+  // Keys the connect hook bound to the current connection (`ready.subscriptions`).
+  #bound = new Set();
   #tracks = new Map();
   // Requests waiting for a connection, and those sent and waiting for their reply.
   #outbox = [];
@@ -228,7 +230,7 @@ export class GatewayClient {
   }
 
   get subscriptions() {
-    return [...this.#held.keys()];
+    return [...new Set([...this.#held.keys(), ...this.#bound])];
   }
 
   get positions() {
@@ -458,10 +460,13 @@ export class GatewayClient {
         : Infinity;
     this.#heard(this.#ws);
     this.#live = true;
-    // The connect hook may have bound subscriptions of its own: they are held already.
-    for (const key of Array.isArray(message.subscriptions) ? message.subscriptions : []) {
-      if (typeof key === "string" && !this.#held.has(key)) this.#held.set(key, true);
-    }
+    // The connect hook binds subscriptions of its own, live before `ready` and again on every
+    // connection: they are not restored (which its grants might not even allow).
+    this.#bound = new Set(
+      (Array.isArray(message.subscriptions) ? message.subscriptions : []).filter(
+        (key) => typeof key === "string",
+      ),
+    );
     this.#emit("ready", message);
     const ws = this.#ws;
     const restores = [...this.#held.keys()].map((key) => this.#restore(key));
@@ -637,9 +642,11 @@ export class GatewayClient {
       this.#held.set(key, true);
     } else if (unsubscribe !== undefined) {
       if (unsubscribe === null) {
+        this.#bound.clear();
         this.#held.clear();
         this.#tracks.clear();
       } else {
+        this.#bound.delete(unsubscribe);
         this.#held.delete(unsubscribe);
         this.#tracks.delete(unsubscribe);
       }

@@ -233,6 +233,36 @@ test("commands resolve with their answer and reject with the error's code", asyn
   await assert.rejects(c.command("getTables", null, { timeout: 0 }), { code: "timeout" });
 });
 
+test("subscriptions the connect hook binds are held without a subscribe", async () => {
+  const hook = http.createServer((request, response) => {
+    request.resume();
+    request.on("end", () => {
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end(JSON.stringify({ user_id: "carol", session_id: "S1", subscriptions: ["session:S1"] }));
+    });
+  });
+  hook.listen(0, "127.0.0.1");
+  await once(hook, "listening");
+  running.push({ stop: () => new Promise((resolve) => hook.close(resolve)) });
+  const gw = await gateway({ args: ["--connect-url", `http://127.0.0.1:${hook.address().port}/`] });
+  const wire = recording();
+  const c = client(gw.ws, { token: "opaque-session-token", WebSocket: wire.WebSocket });
+  const messages = collect(c, "message");
+  await c.ready();
+  assert.equal(c.userId, "carol");
+  assert.deepEqual(c.subscriptions, ["session:S1"]);
+  await fetch(`${gw.http}/api/events`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}` },
+    body: JSON.stringify({ workspace_id: "W", session_id: "S1", kind: "x" }),
+  });
+  await until(() => messages.length === 1, "the session's event");
+  assert.deepEqual(messages, [
+    { type: "event", event: { workspace_id: "W", session_id: "S1", kind: "x" } },
+  ]);
+  assert.ok(!wire.frames.some((f) => f.type === "subscribed" || f.type === "error"));
+});
+
 test("asks getToken for a fresh token before expires_at and sends refresh", async () => {
   const gw = await gateway({ args: ["--jwt-secret", SECRET] });
   const wire = recording();
