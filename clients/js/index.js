@@ -716,6 +716,8 @@ export class GatewayClient {
     const wait = Math.max(0, Math.min(left - this.#options.refreshBefore * 1000, left / 2));
     this.#timers.refresh = setTimeout(() => {
       this.refresh().catch((error) => {
+        // A dropped connection refreshes by reconnecting: getToken() is asked then anyway.
+        if (error.code === "disconnected" || error.code === "closed") return;
         this.#deliver({ type: "error", message: `refresh failed: ${error.message}`, code: error.code });
       });
     }, wait);
