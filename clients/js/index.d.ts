@@ -25,8 +25,9 @@ export interface Gap {
   since: Position;
   /** The new starting point. */
   position: Position | null;
-  /** "history" (older than the history kept) or "epoch" (the server's history started over). */
-  reason: "history" | "epoch";
+  /** "history" (older than the history kept), "epoch" (the server's history started over),
+   * "unavailable" (the server could not reach its history: the broker is down). */
+  reason: "history" | "epoch" | "unavailable";
 }
 
 /** Why the client stopped for good (4001, or `reconnect: false`). */
@@ -46,13 +47,13 @@ export interface ConnectOptions {
   subscriptions?: string[];
   /** key -> position to resume from on connect (e.g. saved `client.positions`). */
   resume?: Record<string, Position>;
+  /** Every application frame, once: messages, events, updates, session.state, presence,
+   * typing, user.message, session.expired, and errors the server sent unprompted. */
   onMessage?: (message: Frame) => void;
   onGap?: (gap: Gap) => void;
   onState?: (state: State) => void;
   onReady?: (ready: Frame) => void;
   onClose?: (closed: Closed) => void;
-  /** Unprompted server frames of other kinds: presence.diff, typing, user.message, error, ... */
-  onEvent?: (frame: Frame) => void;
   /** false: stop at the first disconnect instead of reconnecting. Default true. */
   reconnect?: boolean;
   /** Milliseconds; the delay before retry n is uniform in [0, min(max, initial * 2**n)]. */
@@ -62,7 +63,8 @@ export interface ConnectOptions {
   connectTimeout?: number;
   /** Milliseconds past the server's heartbeat interval without a frame: the connection is dead. Default 10000. */
   heartbeatGrace?: number;
-  /** Milliseconds a command may take before its promise rejects with code "timeout". Default 10000. */
+  /** Milliseconds a command may take before its promise rejects with code "timeout". Default
+   * 15000, past the server's own `command_timeout` (10 s), which answers "timeout" first. */
   commandTimeout?: number;
   /** Seconds before a token's `expires_at` at which `getToken()` is asked for a fresh one. Default 30. */
   refreshBefore?: number;
@@ -70,7 +72,9 @@ export interface ConnectOptions {
   WebSocket?: unknown;
 }
 
-/** A failed request: `code` is the server's (`forbidden`, `timeout`, `unknown_command`, ...). */
+/** A failed request: `code` is the server's (`forbidden`, `timeout`, `unknown_command`, ...),
+ * or the client's own: "disconnected" (the connection dropped while it was under way; only
+ * subscribes and unsubscribes are asked again), "closed", "unauthorized" (the client stopped). */
 export declare class GatewayError extends Error {
   code: string | null;
   command: string | null;
@@ -97,7 +101,7 @@ export declare class GatewayClient {
   typing(topic: string, state?: "start" | "stop"): Promise<void>;
   /** Sends `refresh` with a new token now (getToken() when none is given). */
   refresh(token?: string): Promise<{ expires_at: number | null }>;
-  on(event: "message" | "event" | "ready", handler: (frame: Frame) => void): () => void;
+  on(event: "message" | "ready", handler: (frame: Frame) => void): () => void;
   on(event: "gap", handler: (gap: Gap) => void): () => void;
   on(event: "state", handler: (state: State) => void): () => void;
   on(event: "close", handler: (closed: Closed) => void): () => void;
