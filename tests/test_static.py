@@ -48,6 +48,7 @@ async def admin_gateway(nursery: trio.Nursery, config: Config) -> Gateway:
 # --- the JavaScript client ---------------------------------------------------------------------
 
 CLIENT_FILES = [
+    ("/api/client.js", (ROOT / "clients" / "js" / "index.js").read_bytes(), "text/javascript"),
     (
         "/api/client.d.ts",
         (ROOT / "clients" / "js" / "index.d.ts").read_bytes(),

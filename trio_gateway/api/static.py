@@ -9,9 +9,8 @@ until the gateway is upgraded; the admin HTML is `no-store`. The client files ca
 `Access-Control-Allow-Origin: *`, since a page on another origin imports them as module
 scripts, which needs CORS; every admin response carries the security headers below.
 
-web/client.js and web/client.d.ts are symlinks to clients/js/ (where npm packs them), and a
-wheel holds their content. A checkout without clients/js/index.js answers 404 there rather
-than failing the gateway.
+web/client.js and web/client.d.ts are symlinks to clients/js/ (where npm packs them); a
+wheel holds their content.
 
 Must not: check credentials or the `admin` setting (the route policies do), or know the
 pages' contents.
@@ -78,12 +77,8 @@ def _asset(file: Traversable) -> Asset:
     return Asset(data, content_type, f'"{hashlib.sha256(data).hexdigest()[:32]}"'.encode())
 
 
-def _optional(file: Traversable) -> Asset | None:
-    return _asset(file) if file.is_file() else None
-
-
-CLIENT_JS = _optional(WEB / "client.js")
-CLIENT_TYPES = _optional(WEB / "client.d.ts")
+CLIENT_JS = _asset(WEB / "client.js")
+CLIENT_TYPES = _asset(WEB / "client.d.ts")
 ADMIN = {file.name: _asset(file) for file in (WEB / "admin").iterdir() if file.is_file()}
 ADMIN_PAGE = ADMIN["index.html"]
 
