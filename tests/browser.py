@@ -5,9 +5,10 @@ Chromium is Debian's (`/usr/bin/chromium`), found on PATH; Playwright's Python w
 own driver, so nothing is downloaded (never `playwright install`). A missing Chromium is a
 loud failure, never a skip: `make test` installs Debian's package when it runs as root.
 
-The gateway runs as `python -m trio_gateway serve` from this checkout (not the venv's
-`trio-gateway` script, whose editable install may point at another checkout), on a free
-127.0.0.1 port, with its log in a temporary file that a failed start prints.
+The gateway runs as `python -m trio_gateway serve` with this checkout first on PYTHONPATH
+(not the venv's `trio-gateway` script, whose editable install may point at another
+checkout), on a free 127.0.0.1 port, with its log in a temporary file that a failed start
+prints.
 
 Must not: know any page or endpoint beyond `/api/health`, the readiness probe.
 """
@@ -37,6 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
 # Seconds a gateway gets to drain after SIGTERM before it is killed.
 STOP_TIMEOUT = 5.0
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a process of this checkout (the gateway, scripts/client.py):
+    this checkout's package first, and none of the runner's TRIO_GATEWAY_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_GATEWAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
 
 
 @contextmanager
@@ -88,16 +97,13 @@ def gateway_process(*args: str) -> Iterator[GatewayProcess]:
         and its log file is removed.
     """
     port = free_port()
-    # Settings come from the flags alone: none of the test runner's TRIO_GATEWAY_* variables.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_GATEWAY_")}
     with tempfile.TemporaryDirectory(prefix="trio-gateway-") as workdir:
         log_file = Path(workdir) / "gateway.log"
         with log_file.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "trio_gateway", "serve",
                  "--host", "127.0.0.1", "--port", str(port), *args],
-                cwd=ROOT,
-                env=env,
+                env=child_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

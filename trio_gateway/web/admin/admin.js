@@ -273,7 +273,9 @@ async function lookUpPresence(topic) {
   result.textContent = `${body.members.length} on ${body.topic}`;
   for (const member of body.members) {
     const item = document.createElement("li");
-    item.textContent = JSON.stringify(member);
+    const plural = member.connections === 1 ? "" : "s";
+    const info = Object.keys(member.info ?? {}).length ? `  ${JSON.stringify(member.info)}` : "";
+    item.textContent = `${member.user_id}  ${member.status}  ${member.connections} connection${plural}${info}`;
     list.append(item);
   }
 }
