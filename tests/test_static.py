@@ -128,7 +128,12 @@ async def test_admin_page_is_never_stored_and_carries_the_security_headers(
 
 @pytest.mark.parametrize(
     ("name", "content_type"),
-    [("admin.js", "text/javascript"), ("chart.js", "text/javascript"), ("admin.css", "text/css")],
+    [
+        ("admin.js", "text/javascript; charset=utf-8"),
+        ("chart.js", "text/javascript; charset=utf-8"),
+        ("admin.css", "text/css; charset=utf-8"),
+        ("icon.svg", "image/svg+xml"),
+    ],
 )
 async def test_admin_assets_are_typed_revalidated_and_secured(
     admin_gateway: Gateway, name: str, content_type: str
@@ -136,7 +141,7 @@ async def test_admin_assets_are_typed_revalidated_and_secured(
     status, headers, body = await get(admin_gateway, f"/admin/{name}")
     assert status == 200
     assert body == ADMIN_FILES[name]
-    assert headers["content-type"] == f"{content_type}; charset=utf-8"
+    assert headers["content-type"] == content_type
     assert headers["cache-control"] == "no-cache"
     assert headers.items() >= ADMIN_HEADERS.items()
     status, revalidated, _ = await get(
