@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint conformance bench venv clean redis-server
+.PHONY: run test lint conformance bench venv clean redis-server chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -17,22 +17,30 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/trio-gateway serve $(ARGS)
 
-# The broker tests run real redis-server processes: install Debian's package when it is
-# missing and we may (root), otherwise stop here with the reason rather than skip them.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing redis-server (Debian package) for the broker tests"; \
-	    (apt-get install -y -q redis-server >/dev/null 2>&1 || \
-	      (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) && \
-	    command -v redis-server >/dev/null; \
-	  else \
-	    echo "make test: redis-server is missing; install it (apt-get install redis-server) or run as root" >&2; \
-	    exit 1; \
-	  fi; \
-	}
+# The broker tests run real redis-server processes and the browser tests Debian's chromium:
+# install the package when it is missing and we may (root), otherwise stop here with the
+# reason rather than skip them. $(call debian_package,COMMAND,PACKAGE,WHAT NEEDS IT)
+define debian_package
+@command -v $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    echo "installing $(2) (Debian package) for $(3)"; \
+    (apt-get install -y -q $(2) >/dev/null 2>&1 || \
+      (apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null)) && \
+    command -v $(1) >/dev/null; \
+  else \
+    echo "make test: $(1) is missing; install it (apt-get install $(2)) or run as root" >&2; \
+    exit 1; \
+  fi; \
+}
+endef
 
-test: $(STAMP) redis-server
+redis-server:
+	$(call debian_package,redis-server,redis-server,the broker tests)
+
+chromium:
+	$(call debian_package,chromium,chromium,the browser tests)
+
+test: $(STAMP) redis-server chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # RFC 6455 conformance (Autobahn TestSuite) of the real reader/writer path, via /api/echo.

@@ -455,6 +455,14 @@ def test_enable_echo_switch_from_each_source() -> None:
     assert load({"enable_echo": "true"}, {"TRIO_GATEWAY_ENABLE_ECHO": "0"}).config.enable_echo
 
 
+def test_admin_switch_from_each_source() -> None:
+    assert load().config.admin is False
+    assert load({"admin": "true"}).config.admin is True
+    assert load(env={"TRIO_GATEWAY_ADMIN": "1"}).config.admin is True
+    assert load(toml="admin = true").config.admin is True
+    assert error(toml="admin = 1") == "admin: must be true or false, got 1 (from gw.toml)"
+
+
 def test_enable_echo_rejects_non_booleans() -> None:
     assert error(env={"TRIO_GATEWAY_ENABLE_ECHO": "maybe"}) == (
         "enable_echo: must be one of 1, true, yes, on, 0, false, no, off, got 'maybe'"

@@ -43,10 +43,15 @@ class HttpError(Exception):
 
 @attrs.frozen
 class RawBody:
-    """A response body that is not JSON (the metrics exposition): its bytes and type."""
+    """A response body that is not JSON (the metrics exposition, static files): its bytes,
+    type and the response headers that go with it (validators, caching, security).
+
+    With status 304 the data is not sent, nor its type and length (RFC 9110 15.4.5).
+    """
 
     data: bytes
     content_type: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @attrs.frozen

@@ -3,8 +3,9 @@
 A policy is what must hold before the handler runs, declared per route and applied once by
 `respond`, never inside a handler: `PUBLIC`; `API_KEY` (the first `Authorization` header
 is `Bearer <key>`, 401 with `WWW-Authenticate` otherwise); `METRICS` (an API key or the
-`metrics_token`, or nothing at all with `metrics_public`). A new kind of check (admin auth,
-a rate limit) is a new `Policy` value handled in `_enforce`; a new
+`metrics_token`, or nothing at all with `metrics_public`); `ADMIN` (public, but 404, as if
+the path did not exist, unless the `admin` setting is on). A new kind of check (a rate
+limit) is a new `Policy` value handled in `_enforce`; a new
 endpoint is one line here and one handler. The WebSocket paths are configurable
 (`ws_paths`), so they are not in the table: a plain GET on one gets 426.
 
@@ -34,6 +35,7 @@ from .publish import (
     post_session_deleted,
     post_session_update,
 )
+from .static import get_admin_asset, get_admin_page, get_client_js, get_client_types
 from .stats import get_nodes, get_stats, ready
 from .users import post_session_expire, post_user_disconnect, post_user_message
 
@@ -42,9 +44,10 @@ class Policy(enum.Enum):
     PUBLIC = "public"
     API_KEY = "api_key"
     METRICS = "metrics"
+    ADMIN = "admin"
 
 
-PUBLIC, API_KEY, METRICS = Policy.PUBLIC, Policy.API_KEY, Policy.METRICS
+PUBLIC, API_KEY, METRICS, ADMIN = Policy.PUBLIC, Policy.API_KEY, Policy.METRICS, Policy.ADMIN
 
 
 @attrs.frozen
@@ -69,6 +72,11 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/api/sessions/{session_id}/expire": {"POST": Route(post_session_expire, API_KEY)},
     "/api/presence/{topic}": {"GET": Route(get_topic_presence, API_KEY)},
     "/api/users/{user_id}/presence": {"GET": Route(get_user_presence, API_KEY)},
+    "/api/client.js": {"GET": Route(get_client_js, PUBLIC)},
+    "/api/client.d.ts": {"GET": Route(get_client_types, PUBLIC)},
+    "/admin": {"GET": Route(get_admin_page, ADMIN)},
+    "/admin/": {"GET": Route(get_admin_page, ADMIN)},
+    "/admin/{asset}": {"GET": Route(get_admin_asset, ADMIN)},
 }
 
 # Every WebSocket path (the `ws_paths` setting) answers a plain GET with 426.
@@ -135,6 +143,10 @@ def _enforce(app: HttpApp, request: Request, policy: Policy) -> None:
     if policy is PUBLIC:
         return
     config = app.context.config
+    if policy is ADMIN:
+        if not config.admin:
+            raise HttpError(404, "Not found")
+        return
     if policy is METRICS and config.metrics_public:
         return
     token = bearer_token(request.header(b"authorization"))

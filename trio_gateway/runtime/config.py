@@ -556,6 +556,13 @@ class Config:
         default=False,
         metadata=_doc("serve `/metrics` without credentials (only on a scrape network you trust)"),
     )
+    admin: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "serve the admin page at `/admin` (its data needs an API key; put it behind TLS)",
+            note='see "Admin page" below',
+        ),
+    )
     node_ttl: float = attrs.field(
         default=15.0,
         validator=_positive,

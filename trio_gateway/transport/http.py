@@ -6,7 +6,7 @@ Every accepted stream starts here. `handle_stream` reads request heads with h11 
 keep-alive loop. `GET /api/ws` with `Upgrade: websocket` leaves the loop: the parsed head is
 replayed to the WebSocket adapter (session/connection.py) and the stream is theirs from then
 on. Every other request is read whole and handed to the route table (api/routes.py), whose
-answer is written back as one JSON response.
+answer is written back as one response: JSON, or a `RawBody` with its own headers.
 
 Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
 keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
@@ -102,20 +102,23 @@ async def _send_response(
 ) -> None:
     if isinstance(body, RawBody):
         payload, content_type = body.data, body.content_type.encode()
+        headers = [*body.headers, *headers]
     else:
         payload, content_type = dumps(body).encode(), b"application/json"
-    all_headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(payload)).encode()),
-        (b"server", SERVER_HEADER),
-        *headers,
-    ]
+    # A 304 has no body, so no framing for one: only the validators and caching headers.
+    not_modified = status == 304
+    all_headers = (
+        []
+        if not_modified
+        else [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())]
+    )
+    all_headers += [(b"server", SERVER_HEADER), *headers]
     if close:
         all_headers.append((b"connection", b"close"))
     # One write for the whole response: a publish is answered while its fan-out is under way,
     # and every extra write and scheduling point there delays the recipients.
     response = conn.send(h11.Response(status_code=status, headers=all_headers)) or b""
-    if not head_only:
+    if not head_only and not not_modified:
         response += conn.send(h11.Data(data=payload)) or b""
     response += conn.send(h11.EndOfMessage()) or b""
     try:
