@@ -86,17 +86,18 @@ class GatewayProcess:
 
 
 @contextmanager
-def gateway_process(*args: str) -> Iterator[GatewayProcess]:
+def gateway_process(*args: str, port: int | None = None) -> Iterator[GatewayProcess]:
     """A real `trio-gateway serve ARGS` process on a free port, ready once /api/health answers.
 
     Args:
         args: more `serve` flags (`--api-key`, `--admin`, ...); host and port are set here.
+        port: this port instead of a free one (to restart a gateway where clients expect it).
 
     Resource handling:
         The process gets SIGTERM on exit (SIGKILL if it has not drained within STOP_TIMEOUT),
         and its log file is removed.
     """
-    port = free_port()
+    port = free_port() if port is None else port
     with tempfile.TemporaryDirectory(prefix="trio-gateway-") as workdir:
         log_file = Path(workdir) / "gateway.log"
         with log_file.open("wb") as log:

@@ -73,7 +73,6 @@ def shown(page: Page) -> list[str]:
 def test_the_page_receives_pongs_by_itself_and_resumes_across_a_restart(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    redis_server.start()
     port = free_port()
     flags = ("--api-key", KEY, "--redis-url", redis_server.url)
     fast_pings = ("--ping-interval", "0.3", "--pong-timeout", "0.3")
