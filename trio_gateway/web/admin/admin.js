@@ -43,7 +43,15 @@ async function api(path, init = {}) {
 
 async function signIn(key) {
   apiKey = key;
-  const { status, body } = await api("/api/stats");
+  let answer;
+  try {
+    answer = await api("/api/stats");
+  } catch {
+    apiKey = null;
+    $("sign-in-error").textContent = "The gateway did not answer; is it running?";
+    return;
+  }
+  const { status, body } = answer;
   if (status !== 200) {
     apiKey = null;
     sessionStorage.removeItem(KEY_STORAGE);
