@@ -88,8 +88,9 @@ class Batch:
 def _encode(message: ServerMessage) -> str:
     try:
         return encode(message)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+    except (TypeError, ValueError):
+        # Not the exception's text: it may quote the payload, and it reaches clients.
+        raise ValueError("payload is not JSON-serialisable") from None
 
 
 def _require_text(name: str, value: object, *, optional: bool = False) -> None:

@@ -162,6 +162,15 @@ async def _answer(
     return not close and conn.our_state is h11.DONE
 
 
+# Our texts for the heads h11 refuses: its own messages describe its parser, and quote
+# what the client sent.
+_HEAD_ERRORS = {431: "Request head too large"}
+
+
+def _head_error(status: int) -> str:
+    return _HEAD_ERRORS.get(status, "Malformed HTTP request")
+
+
 def _method(head: h11.Request) -> str:
     return head.method.decode("ascii", "replace")
 
@@ -271,9 +280,7 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None)
                 # No head to name (400, 431): the line has the status and the peer only.
                 status = exc.error_status_hint
                 _log_request("http request", None, None, status, None, remote)
-                await _send_response(
-                    conn, stream, status, {"error": f"Bad request: {exc}"}, [], True
-                )
+                await _send_response(conn, stream, status, {"error": _head_error(status)}, [], True)
                 break
             except HttpError as exc:
                 # A head that did not arrive in time (408).
