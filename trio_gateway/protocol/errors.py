@@ -62,6 +62,11 @@ def message_too_big(limit: int) -> CloseReason:
     return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes")
 
 
+def too_many_fragments(limit: int) -> CloseReason:
+    """The 1009 close for a message sent in more than `limit` frames."""
+    return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum fragments: {limit} frames")
+
+
 # Error reply codes: machine-readable reasons on `{"type":"error"}` replies.
 FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"

@@ -586,6 +586,15 @@ class Config:
             "(what `workers` uses)"
         ),
     )
+    # --- HTTP and handshake hardening (issue 18): what one client may make the server hold ---
+    max_fragments: int = attrs.field(
+        default=1024,
+        validator=_positive,
+        metadata=_doc(
+            "most frames one client message may be fragmented into; more closes with 1009",
+            unit="frames",
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:

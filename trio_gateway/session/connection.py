@@ -151,7 +151,7 @@ async def serve_websocket(
         Never raises except `Cancelled`: a failure is logged and closed with 1011.
     """
     config = context.config
-    ws = WebSocket(stream, trailing, config.max_message_size)
+    ws = WebSocket(stream, trailing, config.max_message_size, config.max_fragments)
     client: Client | None = None
     peer = _peer_fields(remote, origin)
     try:

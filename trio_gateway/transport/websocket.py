@@ -9,7 +9,8 @@ and keeps the connection state itself:
 
 - `receive()` is called by one task, the connection's reader. It reads the socket, lets
   wsproto parse and validate frames (masking, opcodes, UTF-8, fragmentation), answers pings
-  with pongs, enforces the message size limit (close 1009), answers a peer's close frame, and
+  with pongs, enforces the message size and fragment count limits (close 1009), answers a
+  peer's close frame, and
   fails the connection with the close code wsproto chose on a protocol error (1002/1007).
 - `send_frames()` writes data frames built once by protocol/frames.py: a broadcast frame is
   the same bytes for every recipient (no extension is ever negotiated), so nothing is framed
@@ -44,7 +45,7 @@ from wsproto.frame_protocol import CloseReason as WsCloseCode
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
-from ..protocol.errors import CloseReason, framing_failure, message_too_big
+from ..protocol.errors import CloseReason, framing_failure, message_too_big, too_many_fragments
 from ..protocol.headers import header, header_tokens
 
 # Bytes read from the socket per receive call.
@@ -135,6 +136,7 @@ class WebSocket:
     __slots__ = (
         "_fd",
         "_limit",
+        "_max_fragments",
         "_parser",
         "_parser_disposable",
         "_parts",
@@ -149,7 +151,13 @@ class WebSocket:
         "stream",
     )
 
-    def __init__(self, stream: trio.abc.Stream, trailing: bytes, max_message_size: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        trailing: bytes,
+        max_message_size: int,
+        max_fragments: int = 1024,
+    ) -> None:
         self.stream = stream
         # The socket, for the read and write fast paths; None for other streams (tests run
         # over in-memory streams, which always take the general path).
@@ -160,6 +168,9 @@ class WebSocket:
         # (session/connection.py).
         self._fd = -1 if self._socket is None else self._socket.fileno()
         self._limit = max_message_size
+        # Frames one message may span. The size limit alone lets empty continuation frames
+        # pile up forever: each costs a list slot (and a wsproto frame) but no payload byte.
+        self._max_fragments = max_fragments
         self._state = ConnectionState.OPEN
         # Made when data arrives, and dropped once its messages are all taken if that data
         # held nothing but whole messages (`_parser_disposable`): an idle connection then
@@ -167,7 +178,8 @@ class WebSocket:
         self._parser: FrameProtocol | None = None
         self._parser_disposable = False
         self._pending = trailing
-        # Fragments of a message still being received (None: not inside a fragmented one).
+        # Fragments of a message still being received (None: not inside a fragmented one);
+        # its length is the count of fragments so far, at most `max_fragments`.
         self._parts: list[str | bytes] | None = None
         self._size = 0
         # The send lock: held while `_writing`; tasks waiting for it park in `_write_queue`
@@ -185,7 +197,8 @@ class WebSocket:
         Raises:
             ConnectionClosed: the peer closed (its code), the transport ended (1006), a
                 protocol error (1002/1007, our close frame sent) or an oversize message
-                (1009, our close frame sent).
+                (1009, our close frame sent), or a message in more than `max_fragments`
+                frames (1009 likewise).
         """
         while True:
             if self._parser is not None:
@@ -193,6 +206,9 @@ class WebSocket:
                 if message is not None:
                     return message
             if self.closed is not None:
+                # Nothing more is read: the parser's buffer (up to a read's worth of
+                # unparsed frames) goes now, not whenever the connection's objects do.
+                self._parser = None
                 raise ConnectionClosed(self.closed)
             data, self._pending = self._pending, b""
             sock = self._socket
@@ -278,6 +294,11 @@ class WebSocket:
         size = self._size + len(data)
         if size > self._limit:
             self.closed = message_too_big(self._limit)
+            self._parts, self._size = None, 0
+            return None
+        if self._parts is not None and len(self._parts) >= self._max_fragments:
+            # This frame would be one more than a message may span, final or not.
+            self.closed = too_many_fragments(self._max_fragments)
             self._parts, self._size = None, 0
             return None
         if not frame.message_finished:
