@@ -39,6 +39,8 @@ from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
 from .websocket import (
     RECEIVE_SIZE,
+    VERSION_HEADERS,
+    VERSION_STATUS,
     accept_headers,
     handshake_problem,
     is_upgrade,
@@ -323,7 +325,7 @@ async def _upgrade(
     elif app.context.shutting_down.is_set():
         status, message, reason = 503, "Server shutting down", "shutting_down"
     elif (problem := handshake_problem(head)) is not None:
-        status, message, reason = 400, problem, "bad_handshake"
+        (status, message), reason = problem, "bad_handshake"
     elif not _origin_allowed(app.context.config, head):
         # A browser page from another site (cross-site WebSocket hijacking would ride on the
         # user's cookie); clients without an Origin header are not browsers and pass.
@@ -345,7 +347,11 @@ async def _upgrade(
             credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
         )
     app.context.metrics.refused[reason] += 1
-    headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
+    headers = []
+    if status == 401:
+        headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')]
+    elif status == VERSION_STATUS:
+        headers = VERSION_HEADERS
     try:
         await _send_response(conn, stream, status, {"error": message}, headers, True)
     finally:

@@ -35,6 +35,8 @@ Must not know about hubs, subscriptions, message types or credentials (session/a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from typing import cast
 
@@ -46,7 +48,7 @@ from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
 from ..protocol.errors import CloseReason, framing_failure, message_too_big, too_many_fragments
-from ..protocol.headers import header, header_tokens
+from ..protocol.headers import header, header_tokens, header_values
 
 # Bytes read from the socket per receive call.
 RECEIVE_SIZE = 64 * 1024
@@ -73,17 +75,34 @@ def is_upgrade(request: h11.Request) -> bool:
     return b"websocket" in header_tokens(request.headers, b"upgrade")
 
 
-def handshake_problem(request: h11.Request) -> str | None:
-    """Why an upgrade request is not a valid RFC 6455 opening handshake, or None."""
+# RFC 6455 4.2.2: a server that does not speak the client's version answers 426 with the
+# versions it does speak.
+VERSION_STATUS = 426
+VERSION_HEADERS = [(b"sec-websocket-version", b"13")]
+# Bytes a Sec-WebSocket-Key decodes to (RFC 6455 4.1: a random 16-byte nonce, base64).
+KEY_BYTES = 16
+
+
+def handshake_problem(request: h11.Request) -> tuple[int, str] | None:
+    """The status and reason to refuse an upgrade request that is not a valid RFC 6455
+    opening handshake with (400, or 426 for another protocol version), or None."""
     if request.method != b"GET":
-        return "WebSocket handshake must use GET"
+        return 400, "WebSocket handshake must use GET"
     if b"upgrade" not in header_tokens(request.headers, b"connection"):
-        return "WebSocket handshake needs Connection: Upgrade"
-    if header(request.headers, b"sec-websocket-version") != b"13":
-        return "WebSocket handshake needs Sec-WebSocket-Version: 13"
-    if not header(request.headers, b"sec-websocket-key"):
-        return "WebSocket handshake needs Sec-WebSocket-Key"
+        return 400, "WebSocket handshake needs Connection: Upgrade"
+    if list(header_values(request.headers, b"sec-websocket-version")) != [b"13"]:
+        return VERSION_STATUS, "WebSocket handshake needs Sec-WebSocket-Version: 13"
+    keys = list(header_values(request.headers, b"sec-websocket-key"))
+    if len(keys) != 1 or not _valid_key(keys[0]):
+        return 400, "WebSocket handshake needs one Sec-WebSocket-Key: 16 bytes in base64"
     return None
+
+
+def _valid_key(key: bytes) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == KEY_BYTES
+    except binascii.Error:
+        return False
 
 
 def accept_headers(request: h11.Request) -> list[tuple[bytes, bytes]]:
