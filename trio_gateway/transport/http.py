@@ -222,6 +222,33 @@ async def _next_request(
     return None
 
 
+# RFC 9112 6.1: a request with both may be read one way here and another way by a proxy in
+# front (request smuggling), so it is refused and the connection closed, its body unread.
+AMBIGUOUS_LENGTH = "Request has both Content-Length and Transfer-Encoding"
+
+
+def _ambiguous_length(head: h11.Request) -> bool:
+    names = {name for name, _ in head.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def _refuse_head(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    head: h11.Request,
+    remote: str | None,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer a request from its head alone and end the connection (the body is not read)."""
+    started = trio.current_time()
+    try:
+        await _send_response(conn, stream, status, {"error": message}, headers or [], True)
+    finally:
+        _log_request("http request", _method(head), _path(head), status, started, remote)
+
+
 @attrs.frozen
 class _Handoff:
     """What the WebSocket side needs once the upgrade is accepted (and nothing of HTTP)."""
@@ -290,6 +317,9 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None)
                 await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
                 break
             if head is None:
+                break
+            if _ambiguous_length(head):
+                await _refuse_head(conn, stream, head, remote, 400, AMBIGUOUS_LENGTH)
                 break
             if is_upgrade(head):
                 handoff = await _upgrade(app, conn, stream, head, remote)
