@@ -363,14 +363,21 @@ async def _upgrade(
     elif (credential := _credential(app, head, echo)) is REJECTED:
         status, message, reason = 401, "Invalid credentials", "unauthorized"
     else:
-        # h11 lets the protocol switch only once the (empty) request body is consumed.
-        while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
-            pass
-        response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
-        try:
-            await stream.send_all(conn.send(response))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _PeerGone from None
+        # Bounded like any request: a peer that does not take our 101 is dropped.
+        switched = False
+        with trio.move_on_after(app.context.config.request_timeout):
+            # h11 lets the protocol switch only once the (empty) request body is consumed;
+            # handshake_problem refused any other, so this needs no more bytes.
+            while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
+                pass
+            response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
+            try:
+                await stream.send_all(conn.send(response))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _PeerGone from None
+            switched = True
+        if not switched:
+            return None
         trailing, _closed = conn.trailing_data
         origin = header(head.headers, b"origin")
         return _Handoff(

@@ -90,6 +90,10 @@ def handshake_problem(request: h11.Request) -> tuple[int, str] | None:
         return 400, "WebSocket handshake must use GET"
     if b"upgrade" not in header_tokens(request.headers, b"connection"):
         return 400, "WebSocket handshake needs Connection: Upgrade"
+    # Refused rather than waited for: a body that never comes would hold the connection.
+    length = header(request.headers, b"content-length")
+    if header(request.headers, b"transfer-encoding") is not None or length not in (None, b"0"):
+        return 400, "WebSocket handshake must not have a body"
     if list(header_values(request.headers, b"sec-websocket-version")) != [b"13"]:
         return VERSION_STATUS, "WebSocket handshake needs Sec-WebSocket-Version: 13"
     keys = list(header_values(request.headers, b"sec-websocket-key"))
