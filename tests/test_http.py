@@ -425,7 +425,10 @@ async def test_stalled_request_gets_408(gateway: Gateway) -> None:
 
 
 async def test_stalled_body_gets_408(gateway: Gateway) -> None:
-    head = b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    head = (
+        b"POST /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
     response = await raw_exchange(gateway, head)
     assert response.startswith(b"HTTP/1.1 408 ")
 

@@ -595,12 +595,27 @@ class Config:
             unit="frames",
         ),
     )
+    max_body_memory: int = attrs.field(
+        default=64 * 1024 * 1024,
+        validator=_positive,
+        metadata=_doc(
+            "what all HTTP request bodies being read may hold together; a body that would "
+            "exceed it gets 503 with `Retry-After`",
+            unit="bytes",
+            note="at least `max_body_size`",
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:
             raise ConfigError(
                 "jwt_secret: set either jwt_secret (HS256) or jwt_public_key (RS256/ES256), "
                 "not both"
+            )
+        if self.max_body_memory < self.max_body_size:
+            raise ConfigError(
+                f"max_body_memory: must be at least max_body_size ({self.max_body_size} "
+                f"bytes), got {self.max_body_memory}"
             )
         if self.workers > 1 and self.redis_url is None:
             raise ConfigError(

@@ -29,7 +29,7 @@ import h11
 import trio
 
 from ..api.app import HttpApp, HttpError, RawBody, Request
-from ..api.routes import respond
+from ..api.routes import resolve
 from ..observability.jsonlog import fields
 from ..protocol.headers import header
 from ..protocol.jsontext import dumps
@@ -73,7 +73,46 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         conn.receive_data(bytes(data))
 
 
-async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> bytes:
+# Seconds a client refused for want of body memory should wait: bodies in flight last a
+# request at most, usually far less.
+BODY_MEMORY_RETRY_AFTER = b"1"
+
+
+class _BodyMemory:
+    """One request's share of `max_body_memory`: what every body being read holds at once
+    (`HttpApp.body_bytes`), so that many slow bodies cannot add up to the host's memory."""
+
+    def __init__(self, app: HttpApp) -> None:
+        self._app = app
+        self._held = 0
+
+    def need(self, size: int) -> None:
+        """Hold `size` bytes in all for this body.
+
+        Raises:
+            HttpError: 503 (connection closed) when the bodies in flight would exceed it.
+        """
+        extra = size - self._held
+        if extra <= 0:
+            return
+        if self._app.body_bytes + extra > self._app.context.config.max_body_memory:
+            raise HttpError(
+                503,
+                "Too many request bodies in flight; retry later",
+                headers=[(b"retry-after", BODY_MEMORY_RETRY_AFTER)],
+                close=True,
+            )
+        self._app.body_bytes += extra
+        self._held = size
+
+    def release(self) -> None:
+        self._app.body_bytes -= self._held
+        self._held = 0
+
+
+async def _read_body(
+    conn: h11.Connection, stream: trio.abc.Stream, limit: int, memory: _BodyMemory
+) -> bytes:
     body = bytearray()
     while True:
         event = await _next_event(conn, stream)
@@ -81,10 +120,16 @@ async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) 
             body += event.data
             if len(body) > limit:
                 raise HttpError(413, f"Body larger than {limit} bytes", close=True)
+            memory.need(len(body))
         elif isinstance(event, h11.EndOfMessage):
             return bytes(body)
         else:
             raise _PeerGone
+
+
+def _announces_body(head: h11.Request) -> bool:
+    length = header(head.headers, b"content-length")
+    return header(head.headers, b"transfer-encoding") is not None or length not in (None, b"0")
 
 
 def _declared_length(head: h11.Request) -> int | None:
@@ -136,24 +181,40 @@ async def _answer(
     head: h11.Request,
     remote: str | None,
 ) -> bool:
-    """Read the body, run the handler and respond. Returns False when the connection must end."""
+    """Route and check the head, read the body, run the handler and respond. Returns False
+    when the connection must end."""
     config = app.context.config
     started = trio.current_time()
     method, path = _method(head), _path(head)
+    memory = _BodyMemory(app)
     try:
+        # Routing and credentials need only the head: a request refused (401, 404, 405) is
+        # answered before any of its body is read, and, if it has one, the connection closed
+        # (the unread rest cannot be skipped safely). One without a body stays reusable.
+        try:
+            route, request = resolve(app, Request(method, path, head, b""))
+        except HttpError as exc:
+            if _announces_body(head):
+                exc.close = True
+            else:
+                # Its end of message, which h11 has without another byte.
+                await _read_body(conn, stream, 0, memory)
+            raise
         declared = _declared_length(head)
         if declared is not None and declared > config.max_body_size:
             raise HttpError(413, f"Body larger than {config.max_body_size} bytes", close=True)
-        # The body is read before routing so that even a 404 leaves the connection reusable.
+        memory.need(declared or 0)
         with trio.move_on_after(config.request_timeout) as body_scope:
-            body = await _read_body(conn, stream, config.max_body_size)
+            body = await _read_body(conn, stream, config.max_body_size, memory)
         if body_scope.cancelled_caught:
             raise HttpError(408, "Request body not received in time", close=True)
-        status, payload = await respond(app, Request(method, path, head, body))
+        status, payload = await route.handler(app, attrs.evolve(request, body=body))
         headers: list[tuple[bytes, bytes]] = []
         close = False
     except HttpError as exc:
         status, payload, headers, close = exc.status, exc.body, exc.headers, exc.close
+    finally:
+        memory.release()
     close = close or app.context.shutting_down.is_set() or conn.their_state is not h11.DONE
     try:
         await _send_response(
@@ -300,42 +361,53 @@ def _peer_address(stream: trio.abc.Stream) -> str | None:
 async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None) -> _Handoff | None:
     """Answer HTTP requests until the connection ends; a `_Handoff` once an upgrade is
     accepted (then the stream is the WebSocket side's to close)."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
     try:
-        while not app.context.shutting_down.is_set():
-            try:
-                head = await _next_request(app, conn, stream)
-            except h11.RemoteProtocolError as exc:
-                # No head to name (400, 431): the line has the status and the peer only.
-                status = exc.error_status_hint
-                _log_request("http request", None, None, status, None, remote)
-                await _send_response(conn, stream, status, {"error": _head_error(status)}, [], True)
-                break
-            except HttpError as exc:
-                # A head that did not arrive in time (408).
-                _log_request("http request", None, None, exc.status, None, remote)
-                await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
-                break
-            if head is None:
-                break
-            if _ambiguous_length(head):
-                await _refuse_head(conn, stream, head, remote, 400, AMBIGUOUS_LENGTH)
-                break
-            if is_upgrade(head):
-                handoff = await _upgrade(app, conn, stream, head, remote)
-                if handoff is not None:
-                    return handoff
-                break
-            if not await _answer(app, conn, stream, head, remote):
-                break
-            conn.start_next_cycle()
+        handoff = await _serve_requests(app, stream, remote)
     except _PeerGone:
-        pass
+        handoff = None
     except h11.RemoteProtocolError:
-        pass
+        handoff = None
     except Exception:
         log.exception("http connection failed")
-    await linger_close(stream, app.context.config.close_timeout)
+        handoff = None
+    if handoff is None:
+        # The h11 connection, and what its buffer held, is gone by now: a connection closed
+        # after refusing a body holds none of it while it lingers.
+        await linger_close(stream, app.context.config.close_timeout)
+    return handoff
+
+
+async def _serve_requests(
+    app: HttpApp, stream: trio.abc.Stream, remote: str | None
+) -> _Handoff | None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+    while not app.context.shutting_down.is_set():
+        try:
+            head = await _next_request(app, conn, stream)
+        except h11.RemoteProtocolError as exc:
+            # No head to name (400, 431): the line has the status and the peer only.
+            status = exc.error_status_hint
+            _log_request("http request", None, None, status, None, remote)
+            await _send_response(conn, stream, status, {"error": _head_error(status)}, [], True)
+            break
+        except HttpError as exc:
+            # A head that did not arrive in time (408).
+            _log_request("http request", None, None, exc.status, None, remote)
+            await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
+            break
+        if head is None:
+            break
+        if _ambiguous_length(head):
+            await _refuse_head(conn, stream, head, remote, 400, AMBIGUOUS_LENGTH)
+            break
+        if is_upgrade(head):
+            handoff = await _upgrade(app, conn, stream, head, remote)
+            if handoff is not None:
+                return handoff
+            break
+        if not await _answer(app, conn, stream, head, remote):
+            break
+        conn.start_next_cycle()
     return None
 
 
