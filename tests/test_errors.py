@@ -43,9 +43,10 @@ async def closed_without_frames(ws: trio_websocket.WebSocketConnection) -> tuple
 
 
 def sized_subscribe(size: int) -> str:
-    """A valid subscribe frame exactly `size` characters long (ASCII, so also bytes)."""
-    head, tail = '{"type":"subscribe","workspace_id":"', '"}'
-    text = head + "w" * (size - len(head) - len(tail)) + tail
+    """A valid subscribe frame exactly `size` characters long (ASCII, so also bytes), padded
+    with a field subscribe ignores (an id that long would be refused)."""
+    head, tail = '{"type":"subscribe","workspace_id":"w","pad":"', '"}'
+    text = head + "p" * (size - len(head) - len(tail)) + tail
     assert len(text) == size
     return text
 
