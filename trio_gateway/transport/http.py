@@ -37,6 +37,7 @@ from ..protocol.routing import ECHO_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
+from .origins import cookie_usable
 from .websocket import (
     RECEIVE_SIZE,
     VERSION_HEADERS,
@@ -474,7 +475,11 @@ REJECTED = AuthError("rejected at the upgrade")
 
 def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
     config = app.context.config
-    token = token_from_request(head.target, head.headers, config.auth_cookie)
+    cookie = config.auth_cookie
+    if cookie is not None and not _cookie_usable(config, head):
+        # A cross-origin page: the browser's cookie is not the page's credential.
+        cookie = None
+    token = token_from_request(head.target, head.headers, cookie)
     if token is None:
         # The echo peer is a diagnostics tool: no identify handshake, a key is required.
         return AuthError("no credentials") if echo else None
@@ -482,6 +487,15 @@ def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
     if isinstance(credential, AuthError) and config.reject_at_upgrade:
         return REJECTED
     return credential
+
+
+def _cookie_usable(config: Config, head: h11.Request) -> bool:
+    origin, host = header(head.headers, b"origin"), header(head.headers, b"host")
+    return cookie_usable(
+        origin.decode("latin-1") if origin is not None else None,
+        host.decode("latin-1") if host is not None else None,
+        config.allowed_origins,
+    )
 
 
 def _origin_allowed(config: Config, head: h11.Request) -> bool:
