@@ -160,7 +160,13 @@ async def serve_websocket(
             via = "identify"
             try:
                 credential = await identify_handshake(ws, context)
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                # A framing error, an oversize message or the peer leaving: one line, as
+                # for every connection that ends before it is a client.
+                log.info(
+                    "websocket closed before identify",
+                    extra=fields(code=exc.closed.code, reason=exc.closed.reason, **peer),
+                )
                 return
         client_id = context.new_id()
         kind = "connect_hook" if isinstance(credential, Pending) else None

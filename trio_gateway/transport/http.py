@@ -222,7 +222,7 @@ async def _answer(
             conn, stream, status, payload, headers, close, head_only=method == "HEAD"
         )
     finally:
-        _log_request("http request", method, path, status, started, remote)
+        _log_request("http request", method, path, status, started, remote, payload)
     return not close and conn.our_state is h11.DONE
 
 
@@ -248,15 +248,23 @@ def _log_request(
     event: str,
     method: str | None,
     path: str | None,
-    status: int,
+    status: int | None,
     started: float | None,
     remote: str | None,
+    body: object = None,
 ) -> None:
+    """One line per answer; a refusal's line also has `error`, the text the client got."""
     duration = None if started is None else round((trio.current_time() - started) * 1000, 3)
-    log.info(
-        event,
-        extra=fields(method=method, path=path, status=status, duration_ms=duration, remote=remote),
-    )
+    values: dict[str, object] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration,
+        "remote": remote,
+    }
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        values["error"] = body["error"]
+    log.info(event, extra=fields(**values))
 
 
 async def _next_request(
@@ -305,10 +313,11 @@ async def _refuse_head(
 ) -> None:
     """Answer a request from its head alone and end the connection (the body is not read)."""
     started = trio.current_time()
+    body = {"error": message}
     try:
-        await _send_response(conn, stream, status, {"error": message}, headers or [], True)
+        await _send_response(conn, stream, status, body, headers or [], True)
     finally:
-        _log_request("http request", _method(head), _path(head), status, started, remote)
+        _log_request("http request", _method(head), _path(head), status, started, remote, body)
 
 
 @attrs.frozen
@@ -388,12 +397,13 @@ async def _serve_requests(
         except h11.RemoteProtocolError as exc:
             # No head to name (400, 431): the line has the status and the peer only.
             status = exc.error_status_hint
-            _log_request("http request", None, None, status, None, remote)
-            await _send_response(conn, stream, status, {"error": _head_error(status)}, [], True)
+            body = {"error": _head_error(status)}
+            _log_request("http request", None, None, status, None, remote, body)
+            await _send_response(conn, stream, status, body, [], True)
             break
         except HttpError as exc:
             # A head that did not arrive in time (408).
-            _log_request("http request", None, None, exc.status, None, remote)
+            _log_request("http request", None, None, exc.status, None, remote, exc.body)
             await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
             break
         if head is None:
@@ -450,6 +460,15 @@ async def _upgrade(
                 raise _PeerGone from None
             switched = True
         if not switched:
+            _log_request(
+                "websocket upgrade refused",
+                _method(head),
+                path,
+                None,
+                started,
+                remote,
+                {"error": "101 not taken within request_timeout"},
+            )
             return None
         trailing, _closed = conn.trailing_data
         origin = header(head.headers, b"origin")
@@ -462,10 +481,13 @@ async def _upgrade(
         headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')]
     elif status == VERSION_STATUS:
         headers = VERSION_HEADERS
+    body = {"error": message}
     try:
-        await _send_response(conn, stream, status, {"error": message}, headers, True)
+        await _send_response(conn, stream, status, body, headers, True)
     finally:
-        _log_request("websocket upgrade refused", _method(head), path, status, started, remote)
+        _log_request(
+            "websocket upgrade refused", _method(head), path, status, started, remote, body
+        )
     return None
 
 
