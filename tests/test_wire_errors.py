@@ -38,6 +38,9 @@ async def test_invalid_utf8_is_1007_with_our_reason(gateway: Gateway, frames: by
         (b"GET /api/health HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400),
         (b"GET /api/health HTTP/1.1\r\n\r\n", 400),
         (b"GET /api/health HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+        # Whole in one read, so h11 (which bounds incomplete heads) would take it.
+        (b"GET /api/health HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (b"GET /api/health?" + b"q" * 17_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
     ],
 )
 async def test_malformed_http_gets_our_text_not_the_parsers(
@@ -48,3 +51,9 @@ async def test_malformed_http_gets_our_text_not_the_parsers(
     assert head.startswith(b"HTTP/1.1 %d " % status)
     expected = "Request head too large" if status == 431 else "Malformed HTTP request"
     assert json.loads(body) == {"error": expected}
+
+
+async def test_a_head_just_under_the_limit_is_served(gateway: Gateway) -> None:
+    head = b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX: " + b"a" * 16_000
+    response = await exchange(gateway.port, head + b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 ")
