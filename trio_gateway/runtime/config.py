@@ -586,6 +586,18 @@ class Config:
             "(what `workers` uses)"
         ),
     )
+    # Wildcard patterns (limits-patterns): what one publication may cost the pattern matcher.
+    # A connection's patterns are within `max_subscriptions` too; a lower cap of its own,
+    # because each pattern is matched against every topic publication, not looked up.
+    max_patterns: int = attrs.field(
+        default=16,
+        validator=_positive,
+        metadata=_doc(
+            "most wildcard patterns one connection may hold (within `max_subscriptions`); "
+            "beyond it subscribe gets an error",
+            unit="patterns",
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:

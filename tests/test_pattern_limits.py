@@ -1,0 +1,75 @@
+"""Wildcard pattern caps as a client sees them: the error reply, and what stays unheld.
+
+Real sockets; a real HTTP backend for the connect hook's subscriptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trio_gateway import Config, Gateway, serve
+
+from .backend_server import Backend
+from .conftest import with_settings
+from .helpers import TIMEOUT, ready, receive_json, request, subscribe, tcp_client
+
+
+def too_many_patterns(limit: int) -> dict[str, str]:
+    return {
+        "type": "error",
+        "message": f"Too many patterns: at most {limit} per connection",
+        "code": "too_many",
+    }
+
+
+async def test_patterns_beyond_the_cap_are_refused(nursery: trio.Nursery, config: Config) -> None:
+    gateway: Gateway = await nursery.start(serve, with_settings(config, max_patterns=2))
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as ws:
+            await ready(ws)
+            assert await subscribe(ws, topic="a.*") == "a.*"
+            assert await subscribe(ws, topic="b.**") == "b.**"
+            assert await request(ws, type="subscribe", topic="c.*") == too_many_patterns(2)
+            # Plain topics are not patterns, and a held pattern is not a new one.
+            assert await subscribe(ws, topic="c.x") == "c.x"
+            assert await subscribe(ws, topic="a.*") == "a.*"
+            # The refused pattern was not taken: "c.y" reaches nobody, the marker does.
+            await gateway.broadcaster.publish("c.y", "refused")
+            await gateway.broadcaster.publish("a.marker", "marker")
+            assert (await receive_json(ws))["data"] == "marker"
+            # Dropping a pattern makes room for another.
+            assert (await request(ws, type="unsubscribe", topic="b.**"))["type"] == "unsubscribed"
+            assert await subscribe(ws, topic="c.*") == "c.*"
+            await gateway.broadcaster.publish("c.y", "now held")
+            assert (await receive_json(ws))["data"] == "now held"
+
+
+async def test_the_cap_is_per_connection(nursery: trio.Nursery, config: Config) -> None:
+    gateway: Gateway = await nursery.start(serve, with_settings(config, max_patterns=1))
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as first, tcp_client(gateway.port) as second:
+            await ready(first)
+            await ready(second)
+            assert await subscribe(first, topic="a.*") == "a.*"
+            assert await subscribe(second, topic="b.*") == "b.*"
+            assert await request(first, type="subscribe", topic="b.*") == too_many_patterns(1)
+
+
+async def test_connect_hook_patterns_beyond_the_cap_are_not_held(
+    nursery: trio.Nursery, config: Config
+) -> None:
+    held = ["workspace:W1", "a.*", "a.*", "b.**", "c.*", "chat.lobby"]
+
+    async def answer(path: str, body: Any) -> tuple[int, Any]:
+        return 200, {"user_id": "carol", "sub_topics": ["**"], "subscriptions": held}
+
+    backend: Backend = await nursery.start(Backend(answer).serve)
+    settings = with_settings(config, connect_url=backend.url("/connect"), max_patterns=2)
+    gateway: Gateway = await nursery.start(serve, settings)
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port, "tok-carol") as ws:
+            bound = (await receive_json(ws))["subscriptions"]
+            assert bound == ["workspace:W1", "a.*", "b.**", "chat.lobby"]
+            assert await request(ws, type="subscribe", topic="c.*") == too_many_patterns(2)
