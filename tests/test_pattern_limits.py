@@ -73,3 +73,51 @@ async def test_connect_hook_patterns_beyond_the_cap_are_not_held(
             bound = (await receive_json(ws))["subscriptions"]
             assert bound == ["workspace:W1", "a.*", "b.**", "chat.lobby"]
             assert await request(ws, type="subscribe", topic="c.*") == too_many_patterns(2)
+
+
+TOO_MANY_SHAPES = {
+    "type": "error",
+    "message": "Too many pattern shapes: at most 2 on this gateway",
+    "code": "too_many",
+}
+
+
+async def test_patterns_of_a_new_shape_beyond_the_instance_cap_are_refused(
+    nursery: trio.Nursery, config: Config
+) -> None:
+    gateway: Gateway = await nursery.start(serve, with_settings(config, max_pattern_shapes=2))
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as first, tcp_client(gateway.port) as second:
+            await ready(first)
+            await ready(second)
+            assert await subscribe(first, topic="a.*") == "a.*"
+            assert await subscribe(first, topic="*.b") == "*.b"
+            # Shapes already held take any number of patterns, from anyone.
+            assert await subscribe(second, topic="c.*") == "c.*"
+            assert await subscribe(second, topic="*.d") == "*.d"
+            assert await request(second, type="subscribe", topic="x.y.*") == TOO_MANY_SHAPES
+            assert await request(second, type="subscribe", topic="x.**") == TOO_MANY_SHAPES
+            # A shape is freed once nobody holds a pattern of it.
+            await request(first, type="unsubscribe", topic="*.b")
+            assert await request(second, type="subscribe", topic="x.y.*") == TOO_MANY_SHAPES
+            await request(second, type="unsubscribe", topic="*.d")
+            assert await subscribe(second, topic="x.y.*") == "x.y.*"
+            await gateway.broadcaster.publish("x.y.z", "through")
+            assert (await receive_json(second))["data"] == "through"
+
+
+async def test_connect_hook_patterns_of_new_shapes_beyond_the_cap_are_not_held(
+    nursery: trio.Nursery, config: Config
+) -> None:
+    held = ["a.*", "b.*", "*.c", "x.y.*", "d.*", "chat.lobby"]
+
+    async def answer(path: str, body: Any) -> tuple[int, Any]:
+        return 200, {"user_id": "carol", "subscriptions": held}
+
+    backend: Backend = await nursery.start(Backend(answer).serve)
+    settings = with_settings(config, connect_url=backend.url("/connect"), max_pattern_shapes=2)
+    gateway: Gateway = await nursery.start(serve, settings)
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port, "tok-carol") as ws:
+            bound = (await receive_json(ws))["subscriptions"]
+            assert bound == ["a.*", "b.*", "*.c", "d.*", "chat.lobby"]

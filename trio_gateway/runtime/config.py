@@ -598,6 +598,17 @@ class Config:
             unit="patterns",
         ),
     )
+    # Matching a topic costs one lookup per shape held (protocol/topics.py), whatever the
+    # number of patterns; 256 lookups are some 0.1 ms of a publication (docs/PERFORMANCE.md).
+    max_pattern_shapes: int = attrs.field(
+        default=256,
+        validator=_positive,
+        metadata=_doc(
+            "most distinct pattern shapes (`chat.*.x` and `news.*.y` share one) held on the "
+            "instance; a pattern of a new shape beyond it is refused with an error",
+            unit="shapes",
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:

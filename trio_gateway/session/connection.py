@@ -293,7 +293,9 @@ def _register(
         set_expiry(client, identity)
     if not echo:
         # The backend's subscriptions are held whatever the grants say, up to the limits.
-        bound = within_quota(config, identity.subscriptions[: config.max_subscriptions])
+        bound = within_quota(
+            config, context.hub.patterns, identity.subscriptions[: config.max_subscriptions]
+        )
         ready = Ready(
             client.id,
             round(config.ping_interval * 1000),

@@ -47,7 +47,7 @@ async def subscribe(client: Client, context: GatewayContext, message: Subscribe)
             f"Too many subscriptions: at most {config.max_subscriptions} per connection",
             TOO_MANY,
         )
-    check_pattern(config, client.subscriptions, key)
+    check_pattern(config, hub.patterns, client.subscriptions, key)
     recover = message.recover or message.since is not None
     if is_pattern_key(key) and recover:
         raise ProtocolError(
