@@ -599,7 +599,7 @@ class Config:
         ),
     )
     # Matching a topic costs one lookup per shape held (protocol/topics.py), whatever the
-    # number of patterns; 256 lookups are some 0.1 ms of a publication (docs/PERFORMANCE.md).
+    # number of patterns; 256 lookups take under 0.1 ms of a publication (docs/PERFORMANCE.md).
     max_pattern_shapes: int = attrs.field(
         default=256,
         validator=_positive,
