@@ -1,4 +1,5 @@
-"""Wildcard pattern caps as a client sees them: the error reply, and what stays unheld.
+"""Wildcard pattern caps as a client sees them (the error reply, what stays unheld), and the
+patterns and shapes an operator reads in /metrics and /api/stats.
 
 Real sockets; a real HTTP backend for the connect hook's subscriptions.
 """
@@ -14,6 +15,7 @@ from trio_gateway import Config, Gateway, serve
 from .backend_server import Backend
 from .conftest import with_settings
 from .helpers import TIMEOUT, ready, receive_json, request, subscribe, tcp_client
+from .test_metrics import get_json, scrape, value
 
 
 def too_many_patterns(limit: int) -> dict[str, str]:
@@ -121,3 +123,19 @@ async def test_connect_hook_patterns_of_new_shapes_beyond_the_cap_are_not_held(
         async with tcp_client(gateway.port, "tok-carol") as ws:
             bound = (await receive_json(ws))["subscriptions"]
             assert bound == ["a.*", "b.*", "*.c", "d.*", "chat.lobby"]
+
+
+async def test_patterns_and_shapes_held_are_reported(gateway: Gateway) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as first, tcp_client(gateway.port) as second:
+            await ready(first)
+            await ready(second)
+            for ws, pattern in ((first, "a.*"), (second, "a.*"), (second, "b.*"), (first, "*.x")):
+                assert await subscribe(ws, topic=pattern) == pattern
+            assert await subscribe(first, topic="plain") == "plain"
+            samples = await scrape(gateway.port)
+            _, stats = await get_json(gateway.port, "/api/stats")
+    assert value(samples, "patterns") == 3
+    assert value(samples, "pattern_shapes") == 2
+    assert stats["subscriptions"]["patterns"] == 3
+    assert stats["subscriptions"]["pattern_shapes"] == 2
