@@ -11,6 +11,8 @@ from typing import Any
 import trio
 
 from trio_gateway import Config, Gateway, serve
+from trio_gateway.protocol.topics import PatternIndex
+from trio_gateway.session.pattern_quota import within_quota
 
 from .backend_server import Backend
 from .conftest import with_settings
@@ -139,3 +141,12 @@ async def test_patterns_and_shapes_held_are_reported(gateway: Gateway) -> None:
     assert value(samples, "pattern_shapes") == 2
     assert stats["subscriptions"]["patterns"] == 3
     assert stats["subscriptions"]["pattern_shapes"] == 2
+
+
+def test_within_quota_counts_only_shapes_the_instance_does_not_hold() -> None:
+    index = PatternIndex()
+    index.add("held.*")
+    config = Config(max_pattern_shapes=2, max_patterns=3)
+    # "b.*" has a held shape: only "*.c" is new, which fits; "x.y.*" would be a third.
+    keys = ["b.*", "*.c", "x.y.*", "d.*", "e.*", "topic"]
+    assert within_quota(config, index, keys) == ["b.*", "*.c", "d.*", "topic"]

@@ -66,7 +66,8 @@ def message_too_big(limit: int) -> CloseReason:
 FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"
 UNAUTHORIZED_CODE = "unauthorized"
-# A per-connection cap (subscriptions, patterns) is reached; the connection stays open.
+# A cap on what a client may hold (subscriptions, patterns, pattern shapes) is reached; the
+# connection stays open.
 TOO_MANY = "too_many"
 
 

@@ -587,8 +587,8 @@ class Config:
         ),
     )
     # Wildcard patterns (limits-patterns): what one publication may cost the pattern matcher.
-    # A connection's patterns are within `max_subscriptions` too; a lower cap of its own,
-    # because each pattern is matched against every topic publication, not looked up.
+    # A connection's patterns are within `max_subscriptions` too, with a lower cap of their
+    # own: every pattern takes part in matching each topic publication, a plain key does not.
     max_patterns: int = attrs.field(
         default=16,
         validator=_positive,

@@ -51,7 +51,8 @@ def within_quota(config: Config, index: PatternIndex, keys: Iterable[str]) -> li
             if len(patterns) >= config.max_patterns or _new_shape(config, index, key, shapes):
                 continue
             patterns.add(key)
-            shapes.add(shape(key))
+            if not index.has_shape(of := shape(key)):
+                shapes.add(of)
         kept.append(key)
     return kept
 
@@ -59,7 +60,8 @@ def within_quota(config: Config, index: PatternIndex, keys: Iterable[str]) -> li
 def _new_shape(
     config: Config, index: PatternIndex, key: str, pending: Collection[Shape] = ()
 ) -> bool:
-    """Whether `key` would add a shape beyond the cap (`pending`: shapes about to be added)."""
+    """Whether `key` would add a shape beyond the cap (`pending`: shapes not in `index` yet,
+    about to be added)."""
     if key in index:
         return False
     of = shape(key)
