@@ -56,6 +56,7 @@ from .expiry import set_expiry
 from .handlers.identify import identify_handshake
 from .handlers.subscribe import when_live
 from .io import read_loop, write_loop
+from .pattern_quota import within_quota
 
 log = logging.getLogger("trio_gateway.connection")
 
@@ -297,8 +298,10 @@ def _register(
         client.expiry = trio.CancelScope()
         set_expiry(client, identity)
     if not echo:
-        # The backend's subscriptions are held whatever the grants say, up to the limit.
-        bound = list(identity.subscriptions[: config.max_subscriptions])
+        # The backend's subscriptions are held whatever the grants say, up to the limits.
+        bound = within_quota(
+            config, context.hub.patterns, identity.subscriptions[: config.max_subscriptions]
+        )
         ready = Ready(
             client.id,
             round(config.ping_interval * 1000),
