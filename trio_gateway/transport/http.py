@@ -9,10 +9,14 @@ on. Every other request is read whole and handed to the route table (api/routes.
 answer is written back as one response: JSON, or a `RawBody` with its own headers.
 
 Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
-keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
-the connection is closed (the unread rest cannot be skipped safely). Once shutdown begins,
-responses carry `Connection: close` and idle connections are closed at once. Every answer,
-these included, is one info log line, with the path but never the query string.
+keep-alive connection is closed after the same time; a head over 16 KiB gets 431 and one with
+both Content-Length and Transfer-Encoding 400 (request smuggling). Routing and credentials are
+judged on the head, so a refused request's body is never read; a body over `max_body_size`
+gets 413, and one that would take all bodies in flight past `max_body_memory` 503. Each of
+those closes the connection (the unread rest cannot be skipped safely). An upgrade may not
+announce a body. Once shutdown begins, responses carry `Connection: close` and idle
+connections are closed at once. Every answer, these included, is one info log line, with the
+path but never the query string, and a refusal's error text.
 
 Must not: parse HTTP by hand, know any endpoint (api/ does), or block a publisher on a client.
 """
