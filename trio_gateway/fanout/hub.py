@@ -37,7 +37,10 @@ class Client:
     id: str
     outbox: Outbox
     connected_at: float
-    last_pong: float
+    # When the peer last sent a frame of any kind (a message, a ping or a pong, at the
+    # WebSocket level or as JSON): what the keepalive reaps by. A field, not a task, so an
+    # idle connection costs no more for it.
+    last_seen: float
     subscriptions: set[str] = attrs.field(factory=set)
     # Set by the first subscribe that asks for recovery: from then on this client gets the
     # frames that carry offsets.
@@ -57,6 +60,11 @@ class Client:
     # Per-connection state that features keep for as long as the connection lives (the
     # commands' Caller.state).
     state: dict[str, Any] = attrs.field(factory=dict)
+
+    def admit(self, now: float) -> bool:
+        """The connection's frame gate (transport/websocket.py): a frame arrived at `now`."""
+        self.last_seen = now
+        return True
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""

@@ -288,6 +288,19 @@ class Config:
         validator=_positive,
         metadata=_doc("how long a graceful shutdown may take before everything left is cancelled"),
     )
+    # --- connection limits, inbound rate, liveness, staged drain (issue 18, limits-conn) ---
+    # Browsers answer WebSocket pings by themselves but page code may never answer a JSON
+    # one, so by default both go out and either answer (any frame) keeps a client alive.
+    ws_ping: bool = attrs.field(
+        default=True,
+        metadata=_doc(
+            "also send a WebSocket-level ping at every keepalive cycle (behind the JSON "
+            "`ping`); any frame a client sends counts as alive, so a browser stays connected "
+            "without page code",
+            note="on by default; off (JSON ping only) with `TRIO_GATEWAY_WS_PING=0` or "
+            "`ws_ping = false`",
+        ),
+    )
     # The echo endpoint sends every client message straight back through the same reader
     # and writer as real clients: for RFC 6455 conformance runs (Autobahn), not production,
     # so it is off unless asked for.

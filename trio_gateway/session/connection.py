@@ -182,6 +182,7 @@ async def serve_websocket(
             await _refuse(ws, config, UNAUTHORIZED)
             return
         client = _register(context, client_id, credential, echo=echo, peer=peer)
+        ws.gate = client
         if credential.subscriptions and not echo:
             await _bind(context, client)
         if context.shutting_down.is_set():
@@ -284,7 +285,7 @@ def _register(
         id=client_id,
         outbox=Outbox(config.queue_depth),
         connected_at=now,
-        last_pong=now,
+        last_seen=now,
         identity=identity,
     )
     if identity.expires_at is not None:
