@@ -25,6 +25,7 @@ from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..protocol.routing import is_pattern_key, personal_keys
 from ..protocol.topics import PatternIndex
 from ..session.auth import API_KEY_IDENTITY, Identity
+from ..session.ratelimit import TokenBucket
 from .flusher import Flusher
 from .outbox import Outbox
 from .publication import EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
@@ -46,6 +47,8 @@ class Client:
     # frames that carry offsets.
     offsets: bool = False
     identity: Identity = API_KEY_IDENTITY
+    # Every frame the peer sends takes a token (session/ratelimit.py); None: no limit.
+    frames: TokenBucket | None = None
     # The reader runs inside this scope when the credential expires; its deadline is the
     # expiry (moved by a refresh). None for credentials that never expire.
     expiry: trio.CancelScope | None = None
@@ -62,9 +65,11 @@ class Client:
     state: dict[str, Any] = attrs.field(factory=dict)
 
     def admit(self, now: float) -> bool:
-        """The connection's frame gate (transport/websocket.py): a frame arrived at `now`."""
+        """The connection's frame gate (transport/websocket.py): a frame arrived at `now`;
+        False when it is over the client's frame budget."""
         self.last_seen = now
-        return True
+        frames = self.frames
+        return frames is None or frames.admit(now)
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""

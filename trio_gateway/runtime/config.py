@@ -64,6 +64,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ConfigError(f"{attribute.name}: must be greater than 0, got {value!r}")
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name}: must be 0 or more, got {value!r}")
+
+
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ConfigError(f"{attribute.name}: must be between 0 and 65535, got {value!r}")
@@ -299,6 +304,48 @@ class Config:
             "without page code",
             note="on by default; off (JSON ping only) with `TRIO_GATEWAY_WS_PING=0` or "
             "`ws_ping = false`",
+        ),
+    )
+    # Frames a second a client may send, pings included. Well-behaved clients send a few a
+    # minute (a pong, a subscribe, a typing start); a burst of 100 covers a page subscribing
+    # to everything it shows at once.
+    client_rate: float = attrs.field(
+        default=50.0,
+        validator=_not_negative,
+        metadata=_doc(
+            "frames a second one connection may send (every frame: messages, pings, pongs); "
+            "beyond `client_burst` the client gets an error and is closed 4008 "
+            "`Rate limited`; 0: no limit",
+            unit="frames/s",
+            metavar="RATE",
+        ),
+    )
+    client_burst: int = attrs.field(
+        default=100,
+        validator=_positive,
+        metadata=_doc(
+            "frames a connection may send at once before `client_rate` applies", unit="frames"
+        ),
+    )
+    # Publishes and commands reach the broker or a backend, so they get a budget of their own.
+    client_publish_rate: float = attrs.field(
+        default=20.0,
+        validator=_not_negative,
+        metadata=_doc(
+            "publishes and command calls a second one connection may make; beyond "
+            "`client_publish_burst` each is refused with code `rate_limited` (the connection "
+            "stays); 0: no limit",
+            unit="messages/s",
+            metavar="RATE",
+        ),
+    )
+    client_publish_burst: int = attrs.field(
+        default=50,
+        validator=_positive,
+        metadata=_doc(
+            "publishes and command calls a connection may make at once before "
+            "`client_publish_rate` applies",
+            unit="messages",
         ),
     )
     # The echo endpoint sends every client message straight back through the same reader

@@ -64,6 +64,7 @@ from ..session.context import GatewayContext
 from ..session.handlers import core_handlers
 from ..session.keepalive import run_keepalive
 from ..session.lifecycle import Lifecycle
+from ..session.ratelimit import limit_publishes
 from ..session.registry import Registry
 from ..transport.http import handle_stream
 from ..transport.listener import open_listeners, run_listeners
@@ -165,6 +166,7 @@ async def serve(
     handlers = core_handlers()
     # Outermost, so every message is counted, whatever a later middleware decides.
     handlers.use(metrics.count_message)
+    handlers.use(limit_publishes)
     runner = CommandRunner(
         commands,
         timeout=config.command_timeout,

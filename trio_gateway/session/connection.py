@@ -39,6 +39,7 @@ from ..observability.jsonlog import fields
 from ..protocol.codec import encode
 from ..protocol.errors import (
     INTERNAL_ERROR,
+    RATE_LIMITED,
     SESSION_EXPIRED,
     SHUTTING_DOWN,
     TRY_AGAIN_LATER,
@@ -49,13 +50,14 @@ from ..protocol.frames import text_frame
 from ..protocol.messages import Ready
 from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..runtime.config import Config
-from ..transport.websocket import ConnectionClosed, WebSocket, linger_close
+from ..transport.websocket import ConnectionClosed, FrameRefused, WebSocket, linger_close
 from .auth import AuthError, Credential, Identity, Pending
 from .context import GatewayContext
 from .expiry import set_expiry
 from .handlers.identify import identify_handshake
 from .handlers.subscribe import when_live
 from .io import read_loop, write_loop
+from .ratelimit import TokenBucket, frame_bucket, frames_refused_frame
 
 log = logging.getLogger("trio_gateway.connection")
 
@@ -152,6 +154,9 @@ async def serve_websocket(
     """
     config = context.config
     ws = WebSocket(stream, trailing, config.max_message_size)
+    # The budget holds from the first frame: the identify handshake is metered too.
+    frames = None if echo else frame_bucket(config, trio.current_time())
+    ws.gate = frames
     client: Client | None = None
     peer = _peer_fields(remote, origin)
     try:
@@ -161,6 +166,15 @@ async def serve_websocket(
             try:
                 credential = await identify_handshake(ws, context)
             except ConnectionClosed:
+                return
+            except FrameRefused:
+                context.metrics.rate_limited["frames"] += 1
+                with (
+                    trio.move_on_after(config.close_timeout),
+                    contextlib.suppress(ConnectionClosed),
+                ):
+                    await ws.send_frames(frames_refused_frame(config))
+                await _refuse(ws, config, RATE_LIMITED)
                 return
         client_id = context.new_id()
         kind = "connect_hook" if isinstance(credential, Pending) else None
@@ -181,7 +195,7 @@ async def serve_websocket(
             context.metrics.refused["unauthorized"] += 1
             await _refuse(ws, config, UNAUTHORIZED)
             return
-        client = _register(context, client_id, credential, echo=echo, peer=peer)
+        client = _register(context, client_id, credential, frames, echo=echo, peer=peer)
         ws.gate = client
         if credential.subscriptions and not echo:
             await _bind(context, client)
@@ -275,6 +289,7 @@ def _register(
     context: GatewayContext,
     client_id: str,
     identity: Identity,
+    frames: TokenBucket | None,
     *,
     echo: bool,
     peer: dict[str, str | None],
@@ -287,6 +302,7 @@ def _register(
         connected_at=now,
         last_seen=now,
         identity=identity,
+        frames=frames,
     )
     if identity.expires_at is not None:
         client.expiry = trio.CancelScope()
