@@ -306,6 +306,38 @@ class Config:
             "`ws_ping = false`",
         ),
     )
+    # Seed 004's per-address limit. Clients behind one NAT or proxy share an address: raise it
+    # there (or 0) rather than refuse a whole office.
+    max_connections_per_ip: int = attrs.field(
+        default=100,
+        validator=_not_negative,
+        metadata=_doc(
+            "WebSockets one address may hold open; one more gets HTTP 503 at the upgrade; "
+            "0: no limit",
+            unit="connections",
+        ),
+    )
+    # About 10 KiB of memory each when idle: 100 MiB at the cap. Never more than the
+    # descriptor limit allows, less a reserve for HTTP (transport/limits.py).
+    max_connections: int = attrs.field(
+        default=10_000,
+        validator=_not_negative,
+        metadata=_doc(
+            "WebSockets this process holds open in all (and never more than `ulimit -n` "
+            "less 128 descriptors kept for HTTP); one more gets HTTP 503; 0: only the "
+            "descriptor bound",
+            unit="connections",
+        ),
+    )
+    max_handshakes: int = attrs.field(
+        default=256,
+        validator=_not_negative,
+        metadata=_doc(
+            "WebSockets past the 101 but not yet registered (waiting for `identify` or the "
+            "connect hook); one more upgrade gets HTTP 503; 0: no limit",
+            unit="connections",
+        ),
+    )
     # Frames a second a client may send, pings included. Well-behaved clients send a few a
     # minute (a pong, a subscribe, a typing start); a burst of 100 covers a page subscribing
     # to everything it shows at once.

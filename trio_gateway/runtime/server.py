@@ -27,7 +27,7 @@ Cancelling `serve` from outside skips the draining but still sends every client 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -66,7 +66,8 @@ from ..session.keepalive import run_keepalive
 from ..session.lifecycle import Lifecycle
 from ..session.ratelimit import limit_publishes
 from ..session.registry import Registry
-from ..transport.http import handle_stream
+from ..transport.http import OUT_OF_DESCRIPTORS_RESPONSE, handle_stream
+from ..transport.limits import ConnectionLimits
 from ..transport.listener import open_listeners, run_listeners
 from .config import Config, ConfigError
 from .ids import IdFactory, new_client_id
@@ -196,6 +197,7 @@ async def serve(
             else None
         ),
         presence=presence,
+        limits=ConnectionLimits.from_config(config),
     )
     gateway = Gateway(
         config,
@@ -352,6 +354,8 @@ async def _supervise(
                     listeners,
                     partial(handle_stream, app),
                     connection_nursery,
+                    overflow=OUT_OF_DESCRIPTORS_RESPONSE,
+                    refused=_count_refusal(gateway.metrics),
                     task_status=task_status,
                 )
 
@@ -378,6 +382,13 @@ async def _supervise(
         for client in tuple(hub.clients.values()):
             client.close(SHUTTING_DOWN, flush=True)
         app.begin_shutdown()
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
+    def refused(reason: str) -> None:
+        metrics.refused[reason] += 1
+
+    return refused
 
 
 @asynccontextmanager

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -131,6 +132,7 @@ async def serve_websocket(
     echo: bool = False,
     origin: str | None = None,
     remote: str | None = None,
+    registered: Callable[[], None] = lambda: None,
 ) -> None:
     """Run one WebSocket client on `stream`, after transport/http.py has answered 101.
 
@@ -145,6 +147,8 @@ async def serve_websocket(
         echo: a diagnostics peer: every message it sends comes straight back through the
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
             the hub (so it never counts as a client or receives broadcasts).
+        registered: called once the client is registered: its handshake is over (the
+            connection caps count handshakes, transport/limits.py).
 
     Resource handling:
         Always closes `stream` before returning, lingering briefly so the peer reads our
@@ -196,6 +200,7 @@ async def serve_websocket(
             await _refuse(ws, config, UNAUTHORIZED)
             return
         client = _register(context, client_id, credential, frames, echo=echo, peer=peer)
+        registered()
         ws.gate = client
         if credential.subscriptions and not echo:
             await _bind(context, client)

@@ -37,6 +37,7 @@ from ..protocol.routing import ECHO_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
+from .limits import HANDSHAKES, PER_IP, TOTAL, Slot, host_of
 from .websocket import (
     RECEIVE_SIZE,
     accept_headers,
@@ -50,6 +51,24 @@ log = logging.getLogger("trio_gateway.http")
 # Largest request head (request line + headers) in bytes; h11 answers 431 beyond it.
 MAX_HEAD_SIZE = 16 * 1024
 SERVER_HEADER = b"trio-gateway"
+# Seconds a client refused for a connection cap is told to wait (`Retry-After`): a handshake
+# slot frees within a second or two, a connection slot only when a client leaves.
+RETRY_HANDSHAKE = 1
+RETRY_CONNECTION = 5
+# What each cap's refusal says (HTTP 503), by reason (transport/limits.py).
+_CAP_ERRORS = {
+    PER_IP: "Too many connections from this address",
+    TOTAL: "Too many connections: try again later",
+    HANDSHAKES: "Too many handshakes in progress: try again later",
+}
+_OUT_OF_DESCRIPTORS_BODY = b'{"error":"Out of connections: try again later"}'
+#: The whole answer to a connection accepted only to be refused for want of descriptors
+#: (listener.py), written without reading its request.
+OUT_OF_DESCRIPTORS_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nserver: %s\r\nretry-after: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(_OUT_OF_DESCRIPTORS_BODY), SERVER_HEADER, RETRY_HANDSHAKE, _OUT_OF_DESCRIPTORS_BODY)
+)
 
 
 # --- the connection loop -------------------------------------------------------------------
@@ -178,11 +197,14 @@ def _log_request(
     status: int,
     started: float | None,
     remote: str | None,
+    **extra: str,
 ) -> None:
     duration = None if started is None else round((trio.current_time() - started) * 1000, 3)
     log.info(
         event,
-        extra=fields(method=method, path=path, status=status, duration_ms=duration, remote=remote),
+        extra=fields(
+            method=method, path=path, status=status, duration_ms=duration, remote=remote, **extra
+        ),
     )
 
 
@@ -220,6 +242,8 @@ class _Handoff:
     echo: bool
     #: The request's Origin header (browsers), for the connect hook.
     origin: str | None
+    #: This WebSocket's place in the connection caps, given back when it ends.
+    slot: Slot
 
 
 async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
@@ -236,15 +260,17 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     handoff = await _serve_http(app, stream, remote)
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
-        await serve_websocket(
-            stream,
-            handoff.credential,
-            handoff.trailing,
-            app.context,
-            echo=handoff.echo,
-            origin=handoff.origin,
-            remote=remote,
-        )
+        with handoff.slot:
+            await serve_websocket(
+                stream,
+                handoff.credential,
+                handoff.trailing,
+                app.context,
+                echo=handoff.echo,
+                origin=handoff.origin,
+                remote=remote,
+                registered=handoff.slot.registered,
+            )
 
 
 def _peer_address(stream: trio.abc.Stream) -> str | None:
@@ -321,28 +347,52 @@ async def _upgrade(
         # A browser page from another site (cross-site WebSocket hijacking would ride on the
         # user's cookie); clients without an Origin header are not browsers and pass.
         status, message, reason = 403, "Origin not allowed", "origin"
+    elif (cap := app.context.limits.refusal(host_of(remote))) is not None:
+        # Before the token is judged: a refused client costs no JWT check or backend call.
+        status, message, reason = 503, _CAP_ERRORS.get(cap, _CAP_ERRORS[TOTAL]), cap
     elif (credential := _credential(app, head, echo)) is REJECTED:
         status, message, reason = 401, "Invalid credentials", "unauthorized"
     else:
-        # h11 lets the protocol switch only once the (empty) request body is consumed.
-        while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
-            pass
-        response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
+        slot = app.context.limits.open(host_of(remote))
         try:
-            await stream.send_all(conn.send(response))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _PeerGone from None
+            # h11 lets the protocol switch only once the (empty) request body is consumed.
+            while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
+                pass
+            response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
+            try:
+                await stream.send_all(conn.send(response))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _PeerGone from None
+        except BaseException:
+            slot.release()
+            raise
         trailing, _closed = conn.trailing_data
         origin = header(head.headers, b"origin")
         return _Handoff(
-            credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
+            credential,
+            bytes(trailing),
+            echo,
+            origin.decode("latin-1") if origin else None,
+            slot,
         )
     app.context.metrics.refused[reason] += 1
     headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
+    if reason == HANDSHAKES:
+        headers.append((b"retry-after", str(RETRY_HANDSHAKE).encode()))
+    elif status == 503 and reason != "shutting_down":
+        headers.append((b"retry-after", str(RETRY_CONNECTION).encode()))
     try:
         await _send_response(conn, stream, status, {"error": message}, headers, True)
     finally:
-        _log_request("websocket upgrade refused", _method(head), path, status, started, remote)
+        _log_request(
+            "websocket upgrade refused",
+            _method(head),
+            path,
+            status,
+            started,
+            remote,
+            reason=reason,
+        )
     return None
 
 
