@@ -306,6 +306,17 @@ class Config:
             "`ws_ping = false`",
         ),
     )
+    # Spreads the reconnect wave of a shutdown over the other instances (Phoenix's drainer).
+    # Half the default drain_timeout: the last clients closed still have time to flush.
+    drain_window: float = attrs.field(
+        default=5.0,
+        validator=_not_negative,
+        metadata=_doc(
+            "graceful shutdown: close clients 1001 in jittered batches of 100 spread over this "
+            "long (one batch, at once, up to 100 clients); ends `close_timeout` before "
+            "`drain_timeout` at the latest; 0: all at once"
+        ),
+    )
     # Seed 004's per-address limit. Clients behind one NAT or proxy share an address: raise it
     # there (or 0) rather than refuse a whole office.
     max_connections_per_ip: int = attrs.field(

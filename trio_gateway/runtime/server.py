@@ -18,8 +18,9 @@ as `serve` and is closed after every task has ended.
 
 Graceful shutdown (`Gateway.shutdown()`, also what SIGTERM does), in hypercorn's order:
 stop accepting; refuse new publications and let the publisher hand what is queued to the
-broker; ask every client to close with 1001 after flushing its queue; close idle HTTP
-keep-alive connections; give the connection nursery `drain_timeout` to finish, then cancel
+broker; close idle HTTP keep-alive connections; ask every client to close with 1001 after
+flushing its queue, in jittered batches over `drain_window` when there are many
+(session/drain.py); give the connection nursery `drain_timeout` to finish, then cancel
 what is left; with Redis, shorten this instance's presence lease to `presence_grace`.
 Cancelling `serve` from outside skips the draining but still sends every client 1001.
 """
@@ -27,6 +28,7 @@ Cancelling `serve` from outside skips the draining but still sends every client 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -58,9 +60,9 @@ from ..presence.handlers import install as install_presence
 from ..presence.redis_store import RedisStore
 from ..presence.service import Presence
 from ..presence.store import MemoryStore, PresenceStore
-from ..protocol.errors import SHUTTING_DOWN
 from ..session.auth import Authenticator, KeyFileError, verifier_key
 from ..session.context import GatewayContext
+from ..session.drain import drain
 from ..session.handlers import core_handlers
 from ..session.keepalive import run_keepalive
 from ..session.lifecycle import Lifecycle
@@ -379,9 +381,11 @@ async def _supervise(
             await publisher_done.wait()
         publisher_scope.cancel()
         context.shutting_down.set()
-        for client in tuple(hub.clients.values()):
-            client.close(SHUTTING_DOWN, flush=True)
         app.begin_shutdown()
+        # The last batch gets close_timeout before the deadline to flush and close.
+        room = connection_nursery.cancel_scope.deadline - trio.current_time()
+        window = max(0.0, min(config.drain_window, room - config.close_timeout))
+        await drain(tuple(hub.clients.values()), window, random.Random())
 
 
 def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
