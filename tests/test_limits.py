@@ -20,7 +20,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio_websocket
@@ -192,39 +195,50 @@ NOFILE = DESCRIPTOR_RESERVE + 20
 _LISTENING = re.compile(rb"listening on ws://[^:]+:(\d+)/")
 
 
+@attrs.define
+class GatewayProcess:
+    port: int
+    log_file: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The process's JSON log lines so far."""
+        lines = self.log_file.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
 @contextmanager
-def gateway_with_nofile(nofile: int) -> Iterator[int]:
-    """A `trio-gateway serve` process whose RLIMIT_NOFILE is `nofile`; yields its port."""
+def gateway_with_nofile(nofile: int, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A `trio-gateway serve` process whose RLIMIT_NOFILE is `nofile`, logging to a file."""
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trio_gateway", "serve", "--port", "0", "--api-key", API_KEY,
-         "--log-level", "error"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=limit,
-    )  # fmt: skip
+    log_file = tmp_path / "gateway.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trio_gateway", "serve", "--port", "0", "--api-key", API_KEY,
+             "--log-level", "warning", "--log-format", "json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=limit,
+        )  # fmt: skip
     try:
-        assert process.stderr is not None
-        port = None
-        for line in process.stderr:
-            if match := _LISTENING.search(line):
-                port = int(match[1])
-                break
-        assert port is not None, "the gateway did not start"
-        yield port
+        # A readiness probe of a separate process, bounded; not a synchronisation.
+        deadline = time.monotonic() + 3 * TIMEOUT
+        while not (match := _LISTENING.search(log_file.read_bytes())):
+            assert process.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.02)
+        yield GatewayProcess(int(match[1]), log_file)
     finally:
         process.terminate()
         process.wait(timeout=15)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
-async def test_websockets_stop_short_of_the_descriptor_limit() -> None:
-    with gateway_with_nofile(NOFILE) as port, trio.fail_after(3 * TIMEOUT):
+async def test_websockets_stop_short_of_the_descriptor_limit(tmp_path: Path) -> None:
+    with gateway_with_nofile(NOFILE, tmp_path) as gateway, trio.fail_after(3 * TIMEOUT):
+        port = gateway.port
         async with clients(port, 20):
             rejection = await refused(port)
             assert rejection.status_code == 503
@@ -238,10 +252,13 @@ async def test_websockets_stop_short_of_the_descriptor_limit() -> None:
             pass
 
 
-async def test_connections_beyond_the_descriptors_are_answered_503_not_left_waiting() -> None:
+async def test_connections_beyond_the_descriptors_are_answered_503_not_left_waiting(
+    tmp_path: Path,
+) -> None:
     # Connections that never send a request (a flood of bare TCP connects) take the
     # descriptors themselves; the accept loop answers each one it has no descriptor for.
-    with gateway_with_nofile(NOFILE) as port, trio.fail_after(3 * TIMEOUT):
+    with gateway_with_nofile(NOFILE, tmp_path) as gateway, trio.fail_after(3 * TIMEOUT):
+        port = gateway.port
         socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(2 * NOFILE)]
         try:
             answered = 0
@@ -272,3 +289,20 @@ async def test_connections_beyond_the_descriptors_are_answered_503_not_left_wait
         started = time.monotonic()
         while (await http_request("GET", f"http://127.0.0.1:{port}/api/health"))[0] != 200:
             assert time.monotonic() - started < 1
+        # Each refusal is one log line with its reason, and counted.
+        refusals = [
+            line
+            for line in gateway.log_lines()
+            if line["event"] == "connection refused" and line["reason"] == "descriptors"
+        ]
+        assert len(refusals) >= answered
+        _, _, body = await http_request(
+            "GET",
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"authorization": f"Bearer {API_KEY}"},
+        )
+        counted = re.search(
+            rb'trio_gateway_handshakes_refused_total\{reason="descriptors"\} (\d+)', body
+        )
+        assert counted is not None
+        assert int(counted[1]) == len(refusals)

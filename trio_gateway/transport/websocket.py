@@ -61,7 +61,8 @@ _CONTROL_FRAMES = FrameProtocol(client=False, extensions=[])
 
 
 class FrameGate(Protocol):
-    """Shown every frame the peer sends, as it is parsed (the session's `Client`)."""
+    """Shown every frame the peer sends, as it is parsed: the session's `Client`, or its
+    frame bucket alone before it is registered (session/ratelimit.py)."""
 
     def admit(self, now: float) -> bool:
         """Note a frame received at `now`; False refuses it (the peer sends too fast)."""
