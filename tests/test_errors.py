@@ -235,7 +235,11 @@ async def test_too_many_subscriptions(nursery: trio.Nursery, config: Config) -> 
             too_many = "Too many subscriptions: at most 3 per connection"
             for extra in ({"workspace_id": "W2"}, {"session_id": "S2"}):
                 await send_json(ws, {"type": "subscribe", **extra})
-                assert await receive_json(ws) == {"type": "error", "message": too_many}
+                assert await receive_json(ws) == {
+                    "type": "error",
+                    "message": too_many,
+                    "code": "too_many",
+                }
             # Re-subscribing to a held key is not a new subscription.
             assert await subscribe(ws, workspace_id="W1") == "workspace:W1"
             # Dropping one makes room for another.

@@ -71,6 +71,9 @@ FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"
 UNAUTHORIZED_CODE = "unauthorized"
 RATE_LIMITED_CODE = "rate_limited"
+# A cap on what a client may hold (subscriptions, patterns, pattern shapes) is reached; the
+# connection stays open.
+TOO_MANY = "too_many"
 
 
 class ProtocolError(Exception):
@@ -82,5 +85,5 @@ class ProtocolError(Exception):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        #: A machine-readable reason ("forbidden", "unavailable"), sent as `code` when set.
+        #: A machine-readable reason ("forbidden", "too_many"), sent as `code` when set.
         self.code = code

@@ -689,6 +689,29 @@ class Config:
             "(what `workers` uses)"
         ),
     )
+    # Wildcard patterns (limits-patterns): what one publication may cost the pattern matcher.
+    # A connection's patterns are within `max_subscriptions` too, with a lower cap of their
+    # own: every pattern takes part in matching each topic publication, a plain key does not.
+    max_patterns: int = attrs.field(
+        default=16,
+        validator=_positive,
+        metadata=_doc(
+            "most wildcard patterns one connection may hold (within `max_subscriptions`); "
+            "beyond it subscribe gets an error",
+            unit="patterns",
+        ),
+    )
+    # Matching a topic costs one lookup per shape held (protocol/topics.py), whatever the
+    # number of patterns; 256 lookups take under 0.1 ms of a publication (docs/PERFORMANCE.md).
+    max_pattern_shapes: int = attrs.field(
+        default=256,
+        validator=_positive,
+        metadata=_doc(
+            "most distinct pattern shapes (`chat.*.x` and `news.*.y` share one) held on the "
+            "instance; a pattern of a new shape beyond it is refused with an error",
+            unit="shapes",
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 import trio
 
@@ -51,6 +50,7 @@ from ..protocol.frames import text_frame
 from ..protocol.messages import Ready
 from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..runtime.config import Config
+from ..transport.limits import Slot
 from ..transport.websocket import ConnectionClosed, FrameRefused, WebSocket, linger_close
 from .auth import AuthError, Credential, Identity, Pending
 from .context import GatewayContext
@@ -58,6 +58,7 @@ from .expiry import set_expiry
 from .handlers.identify import identify_handshake
 from .handlers.subscribe import when_live
 from .io import read_loop, write_loop
+from .pattern_quota import within_quota
 from .ratelimit import TokenBucket, frame_bucket, frames_refused_frame
 
 log = logging.getLogger("trio_gateway.connection")
@@ -132,7 +133,7 @@ async def serve_websocket(
     echo: bool = False,
     origin: str | None = None,
     remote: str | None = None,
-    registered: Callable[[], None] = lambda: None,
+    slot: Slot | None = None,
 ) -> None:
     """Run one WebSocket client on `stream`, after transport/http.py has answered 101.
 
@@ -147,8 +148,8 @@ async def serve_websocket(
         echo: a diagnostics peer: every message it sends comes straight back through the
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
             the hub (so it never counts as a client or receives broadcasts).
-        registered: called once the client is registered: its handshake is over (the
-            connection caps count handshakes, transport/limits.py).
+        slot: this WebSocket's place in the connection caps (transport/limits.py), told
+            when the client is registered: its handshake is over.
 
     Resource handling:
         Always closes `stream` before returning, lingering briefly so the peer reads our
@@ -200,7 +201,8 @@ async def serve_websocket(
             await _refuse(ws, config, UNAUTHORIZED)
             return
         client = _register(context, client_id, credential, frames, echo=echo, peer=peer)
-        registered()
+        if slot is not None:
+            slot.registered()
         ws.gate = client
         if credential.subscriptions and not echo:
             await _bind(context, client)
@@ -313,8 +315,10 @@ def _register(
         client.expiry = trio.CancelScope()
         set_expiry(client, identity)
     if not echo:
-        # The backend's subscriptions are held whatever the grants say, up to the limit.
-        bound = list(identity.subscriptions[: config.max_subscriptions])
+        # The backend's subscriptions are held whatever the grants say, up to the limits.
+        bound = within_quota(
+            config, context.hub.patterns, identity.subscriptions[: config.max_subscriptions]
+        )
         ready = Ready(
             client.id,
             round(config.ping_interval * 1000),

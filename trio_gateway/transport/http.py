@@ -269,7 +269,7 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
                 echo=handoff.echo,
                 origin=handoff.origin,
                 remote=remote,
-                registered=handoff.slot.registered,
+                slot=handoff.slot,
             )
 
 

@@ -18,9 +18,7 @@ A WebSocket holds a `Slot` from the 101 to its end; the slot's `registered()` en
 handshake part. The counts are plain integers in one place, changed on the connection's
 own task: no lock, nothing per idle connection but the slot.
 
-`Streams` tracks the accepted streams themselves, for the accept loop (listener.py): when
-accept fails for want of descriptors, it waits for one of them to end (`freed`), not for a
-fixed time. Must not: read or write sockets, or know HTTP.
+Must not: read or write sockets, or know HTTP.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import resource
 from types import TracebackType
 
 import attrs
-import trio
 
 from ..runtime.config import Config
 
@@ -132,23 +129,3 @@ class Slot:
                 limits.by_host[host] = left
             else:
                 del limits.by_host[host]
-
-
-class Streams:
-    """The accepted streams still open, and an event for each one that ends."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self._freed = trio.Event()
-
-    async def wait_freed(self) -> None:
-        """Until one of the streams open now has ended."""
-        await self._freed.wait()
-
-    def opened(self) -> None:
-        self.open += 1
-
-    def closed(self) -> None:
-        self.open -= 1
-        freed, self._freed = self._freed, trio.Event()
-        freed.set()

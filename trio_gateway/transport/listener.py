@@ -12,8 +12,9 @@ again after a flood ends. Here each loop holds one spare descriptor instead (lib
 on EMFILE it closes the spare, accepts the waiting connection with it, writes it the
 prebuilt `overflow` answer (HTTP 503 with Retry-After) and closes it, then takes the spare
 back. So the backlog drains with answers, not silence. When even the spare cannot be taken
-back (another task got the descriptor first), the loop waits until one of the gateway's own
-streams ends, or 100 ms at most, so accepting resumes as soon as a descriptor is free.
+back (another task got the descriptor first), the loop tries again every 10 ms, so
+accepting resumes as soon as a descriptor is free. (Polling, rather than an event from each
+connection that ends: that would cost every connection a coroutine frame, ~290 bytes.)
 The connection caps (limits.py) keep the WebSockets under the descriptor limit, so this is
 the last line, for floods of connections that never send a request.
 """
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from ..observability.jsonlog import fields
-from .limits import DESCRIPTORS, Streams
+from .limits import DESCRIPTORS
 from .sockets import reuse_port_socket
 
 log = logging.getLogger("trio_gateway.listener")
@@ -37,9 +38,11 @@ log = logging.getLogger("trio_gateway.listener")
 # accept() failures that mean "out of file descriptors or memory right now": wait, then retry
 # rather than spin or die (the same set trio.serve_listeners treats this way).
 CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-# Longest wait, in seconds, for a descriptor to free up after such a failure before
-# accepting again (a descriptor freed elsewhere in the process sends no event).
-CAPACITY_BACKOFF = 0.1
+# Seconds between tries while no descriptor is free: a failed accept costs a system call,
+# and a client waits at most this long once one frees up.
+CAPACITY_RETRY = 0.01
+# Seconds the accept of a connection known to be waiting may take (it returns at once).
+OVERFLOW_ACCEPT_TIMEOUT = 0.1
 # Seconds the overflow answer may take to write before the connection is just closed.
 OVERFLOW_WRITE_TIMEOUT = 0.1
 
@@ -59,18 +62,10 @@ def _take_spare() -> int:
         return -1
 
 
-async def _tracked(handler: Handler, stream: trio.abc.Stream, streams: Streams) -> None:
-    try:
-        await handler(stream)
-    finally:
-        streams.closed()
-
-
 async def _accept_loop(
     listener: trio.abc.Listener[trio.abc.Stream],
     handler: Handler,
     connection_nursery: trio.Nursery,
-    streams: Streams,
     overflow: bytes,
     refused: Refused,
 ) -> None:
@@ -83,10 +78,9 @@ async def _accept_loop(
                 except OSError as exc:
                     if exc.errno not in CAPACITY_ERRNOS:
                         raise
-                    spare = await _overflow(listener, spare, streams, overflow, refused, exc)
+                    spare = await _overflow(listener, spare, overflow, refused, exc)
                 else:
-                    streams.opened()
-                    connection_nursery.start_soon(_tracked, handler, stream, streams)
+                    connection_nursery.start_soon(handler, stream)
     finally:
         if spare >= 0:
             os.close(spare)
@@ -95,18 +89,17 @@ async def _accept_loop(
 async def _overflow(
     listener: trio.abc.Listener[trio.abc.Stream],
     spare: int,
-    streams: Streams,
     overflow: bytes,
     refused: Refused,
     error: OSError,
 ) -> int:
     """Answer one connection waiting in the backlog with `overflow`, using the spare
-    descriptor; without a spare, wait for a descriptor to free up. Returns the spare."""
+    descriptor; without a spare, wait a little for one. Returns the spare (or -1)."""
     if spare >= 0 and isinstance(listener, trio.SocketListener):
         os.close(spare)
         remote = None
         # The failed accept means a connection is waiting: this returns at once.
-        with trio.move_on_after(CAPACITY_BACKOFF):
+        with trio.move_on_after(OVERFLOW_ACCEPT_TIMEOUT):
             sock, address = await listener.socket.accept()
             with sock:
                 remote = f"{address[0]}:{address[1]}"
@@ -118,10 +111,11 @@ async def _overflow(
         spare = _take_spare()
         if spare >= 0:
             return spare
-    log.error("accept failed, waiting for a descriptor", extra=fields(error=str(error)))
-    with trio.move_on_after(CAPACITY_BACKOFF):
-        await streams.wait_freed()
-    return _take_spare() if spare < 0 else spare
+    if spare < 0:
+        log.error("accept failed, waiting for a descriptor", extra=fields(error=str(error)))
+        await trio.sleep(CAPACITY_RETRY)
+        spare = _take_spare()
+    return spare
 
 
 async def run_listeners(
@@ -129,7 +123,6 @@ async def run_listeners(
     handler: Handler,
     connection_nursery: trio.Nursery,
     *,
-    streams: Streams | None = None,
     overflow: bytes = b"",
     refused: Refused = _ignore,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -137,15 +130,13 @@ async def run_listeners(
     """Accept on every listener until cancelled; cancelling closes the listeners.
 
     Args:
-        streams: counts the accepted streams still open (a new one by default).
         overflow: written to a connection refused for want of descriptors, unread.
         refused: told of each such refusal.
     """
-    streams = streams if streams is not None else Streams()
     async with trio.open_nursery() as accept_nursery:
         for listener in listeners:
             accept_nursery.start_soon(
-                _accept_loop, listener, handler, connection_nursery, streams, overflow, refused
+                _accept_loop, listener, handler, connection_nursery, overflow, refused
             )
         task_status.started()
 
