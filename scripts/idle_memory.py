@@ -88,7 +88,15 @@ async def measure(args: argparse.Namespace) -> None:
     from trio_gateway import Config, open_gateway
 
     # Keepalive would run during the hold; an hour keeps it out of the snapshot.
-    config = Config(host="127.0.0.1", port=0, api_keys=(TOKEN,), ping_interval=3600.0)
+    # Every client comes from 127.0.0.1: the per-address and handshake caps would refuse most.
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        api_keys=(TOKEN,),
+        ping_interval=3600.0,
+        max_connections_per_ip=0,
+        max_handshakes=0,
+    )
     async with open_gateway(config) as gateway:
         command = [sys.executable, __file__, "--clients", "--port", str(gateway.port)]
 

@@ -62,7 +62,7 @@ async def start_publisher(
 
 def subscriber(hub: Hub, client_id: str, *keys: str) -> Outbox:
     outbox = Outbox(64)
-    client = Client(id=client_id, outbox=outbox, connected_at=0.0, last_pong=0.0)
+    client = Client(id=client_id, outbox=outbox, connected_at=0.0, last_seen=0.0)
     hub.add(client)
     for key in keys:
         hub.subscribe(client, key)
@@ -418,7 +418,7 @@ async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> 
     # (max_ahead as the server sets it: half the queue.)
     hub = Hub(Flusher(max_ahead=4))
     outbox = Outbox(8)
-    client = Client(id="c", outbox=outbox, connected_at=0.0, last_pong=0.0)
+    client = Client(id="c", outbox=outbox, connected_at=0.0, last_seen=0.0)
     hub.add(client)
     hub.subscribe(client, "all")
     send, receive = trio.open_memory_channel[Batch](4)

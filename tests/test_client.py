@@ -18,6 +18,8 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.client import (
@@ -32,6 +34,7 @@ from trio_gateway.client import (
 )
 from trio_gateway.client.http import ApiError, health, http_request, publish_events
 from trio_gateway.protocol.errors import SLOW_CONSUMER
+from trio_gateway.protocol.frames import WS_PING_FRAME
 
 from .conftest import with_settings
 from .helpers import API_KEY, event, ready, tcp_client
@@ -207,7 +210,8 @@ async def count_pings_until_closed(
 class TestKeepalive:
     @pytest.fixture
     def config(self, config: Config) -> Config:
-        return with_settings(config, ping_interval=0.2, pong_timeout=0.2)
+        # The silent peer below is a trio-websocket client, which answers WebSocket pings.
+        return with_settings(config, ping_interval=0.2, pong_timeout=0.2, ws_ping=False)
 
     async def test_client_answers_pings_and_survives(self, gateway: Gateway) -> None:
         connections = Connections()
@@ -227,7 +231,7 @@ class TestKeepalive:
                 # Our client lived through the same cycles on its first connection.
                 assert connections.count() == 0
                 assert client.client_id == client_id
-                assert gateway.hub.clients[client_id].last_pong > (
+                assert gateway.hub.clients[client_id].last_seen > (
                     gateway.hub.clients[client_id].connected_at
                 )
                 gateway.broadcaster.broadcast_event(event("w1", n=1))
@@ -564,3 +568,45 @@ async def test_subscription_keys_are_validated(key: str) -> None:
     with pytest.raises(ValueError, match="workspace:<id>"):
         async with open_client("ws://127.0.0.1:1/api/ws", API_KEY, subscriptions=[key]):
             pytest.fail("accepted a malformed key")
+
+
+async def test_a_ping_arriving_while_the_client_closes_is_not_an_error() -> None:
+    """A server (the gateway with `ws_ping`) may ping just as the client sends its close:
+    trio-websocket 0.12 then fails answering it (python-trio/trio-websocket#184). The
+    client library closes cleanly all the same."""
+    pinged = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        conn = WSConnection(ConnectionType.SERVER)
+        # The client drops the socket once its close has failed: that is not this server's.
+        with suppress(trio.BrokenResourceError):
+            async with stream:
+                while True:
+                    data = await stream.receive_some()
+                    if not data:
+                        return
+                    conn.receive_data(bytes(data))
+                    for ws_event in conn.events():
+                        if isinstance(ws_event, Request):
+                            greeting = {
+                                "type": "ready",
+                                "client_id": "c",
+                                "heartbeat_interval": 30000,
+                            }
+                            out = conn.send(AcceptConnection())
+                            out += conn.send(TextMessage(json.dumps(greeting)))
+                            await stream.send_all(out)
+                        elif isinstance(ws_event, CloseConnection):
+                            # The ping that crosses the client's close frame, then the answer.
+                            await stream.send_all(bytes(WS_PING_FRAME))
+                            pinged.set()
+                            await stream.send_all(conn.send(ws_event.response()))
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            async with open_client(f"ws://127.0.0.1:{port}/api/ws", API_KEY):
+                pass
+            assert pinged.is_set()
+            nursery.cancel_scope.cancel()

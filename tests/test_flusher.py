@@ -42,7 +42,7 @@ class Recipient:
 async def recipients(nursery: trio.Nursery, hub: Hub, depth: int = 16) -> list[Recipient]:
     made = []
     for n in range(CLIENTS):
-        client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_pong=0.0)
+        client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_seen=0.0)
         recipient = Recipient(client)
         hub.add(client)
         hub.subscribe(client, "all")
@@ -105,7 +105,7 @@ async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
         clients = []
         for n, (ours, _) in enumerate(pairs):
             ours.setblocking(False)
-            client = Client(id=f"c{n}", outbox=Outbox(2), connected_at=0.0, last_pong=0.0)
+            client = Client(id=f"c{n}", outbox=Outbox(2), connected_at=0.0, last_seen=0.0)
             client.outbox.direct = Direct(ours.fileno())
             hub.add(client)
             hub.subscribe(client, "all")

@@ -25,7 +25,7 @@ def item(frame: bytes, keys: Iterable[str]) -> Delivery:
 
 def make_client(client_id: str, depth: int = 16) -> tuple[Client, Outbox]:
     outbox = Outbox(depth)
-    return Client(id=client_id, outbox=outbox, connected_at=0.0, last_pong=0.0), outbox
+    return Client(id=client_id, outbox=outbox, connected_at=0.0, last_seen=0.0), outbox
 
 
 def drain(outbox: Outbox) -> list[str]:

@@ -219,6 +219,10 @@ async def test_stats_describe_this_instance(gateway: Gateway) -> None:
 async def test_rates_cover_the_last_minute(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, config: Config
 ) -> None:
+    # Virtual time over a real socket: the clock may jump to the next ping while the
+    # client's close handshake is in flight, and trio-websocket 0.12 fails on a ping that
+    # arrives after its close (python-trio/trio-websocket#184). Not this test's subject.
+    config = with_settings(config, ws_ping=False)
     gw: Gateway = await nursery.start(serve, config)
     with trio.fail_after(200):
         async with tcp_client(gw.port) as ws:

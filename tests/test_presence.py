@@ -210,7 +210,9 @@ async def test_bad_presence_and_typing_messages_get_an_error_and_the_connection_
 async def test_presence_get_answers_with_the_state_many_times_over(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
 ) -> None:
-    _, listener = await serve_in_memory(nursery, presence_config)
+    # A deliberate flood: beyond what the frame rate limit lets a client send.
+    config = with_settings(presence_config, client_rate=0)
+    _, listener = await serve_in_memory(nursery, config)
     async with present(listener, "bob"), memory_client(listener, token("alice")) as ws:
         await ready(ws)
         state = {"type": "presence.state", "topic": TOPIC, "members": [member("bob")]}
@@ -288,7 +290,9 @@ async def watched(
 async def test_a_thousand_starts_are_one_broadcast_that_lapses_a_ttl_after_the_last(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, presence_config: Config
 ) -> None:
-    _, listener = await serve_in_memory(nursery, presence_config)
+    # 1,000 frames a second: a flood the frame rate limit would close.
+    config = with_settings(presence_config, client_rate=0)
+    _, listener = await serve_in_memory(nursery, config)
     async with watched(listener) as (bob, alice), present(listener, "alice") as tab:
         assert await receive_json(bob) == diff(updates=[member("alice", 2)])
         assert await receive_json(alice) == diff(updates=[member("alice", 2)])

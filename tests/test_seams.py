@@ -232,7 +232,7 @@ def test_a_client_message_tag_is_declared_once() -> None:
 
 
 def bare_client() -> Client:
-    return Client(id="c", outbox=Outbox(8), connected_at=0.0, last_pong=0.0)
+    return Client(id="c", outbox=Outbox(8), connected_at=0.0, last_seen=0.0)
 
 
 async def test_sync_and_async_handlers_share_one_path_and_keep_order() -> None:

@@ -50,6 +50,7 @@ from typing import Any
 
 import trio
 import trio_websocket
+from wsproto.utilities import LocalProtocolError
 
 from ..common.backoff import backoff_delay
 from ..protocol.errors import CloseCode
@@ -418,6 +419,8 @@ class GatewayClient:
             return _Closed(None, "TCP connect timed out")
         # We open and close the socket ourselves: trio-websocket (0.12) never closes a
         # client's stream after the server closed the WebSocket, so it would leak.
+        ws: trio_websocket.WebSocketConnection | None = None
+        closed = _Closed(None, "closed by the client")
         async with stream:
             try:
                 with _unwrap_single():
@@ -450,6 +453,13 @@ class GatewayClient:
                 return _Closed(None, f"handshake rejected with HTTP {exc.status_code}")
             except trio.TooSlowError:
                 return _Closed(None, "WebSocket handshake timed out")
+            except LocalProtocolError:
+                # trio-websocket 0.12 answers a ping that arrives after it sent its close
+                # frame, which wsproto refuses (python-trio/trio-websocket#184); a gateway
+                # pings at any moment (`ws_ping`). The connection was closing: that is all.
+                if ws is None or ws.closed is None:
+                    raise
+                return closed
 
     async def _serve(
         self, ws: trio_websocket.WebSocketConnection, task_status: trio.TaskStatus[None]

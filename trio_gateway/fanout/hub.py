@@ -25,6 +25,7 @@ from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..protocol.routing import is_pattern_key, personal_keys
 from ..protocol.topics import PatternIndex
 from ..session.auth import API_KEY_IDENTITY, Identity
+from ..session.ratelimit import TokenBucket
 from .flusher import Flusher
 from .outbox import Outbox
 from .publication import EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
@@ -37,12 +38,17 @@ class Client:
     id: str
     outbox: Outbox
     connected_at: float
-    last_pong: float
+    # When the peer last sent a frame of any kind (a message, a ping or a pong, at the
+    # WebSocket level or as JSON): what the keepalive reaps by. A field, not a task, so an
+    # idle connection costs no more for it.
+    last_seen: float
     subscriptions: set[str] = attrs.field(factory=set)
     # Set by the first subscribe that asks for recovery: from then on this client gets the
     # frames that carry offsets.
     offsets: bool = False
     identity: Identity = API_KEY_IDENTITY
+    # Every frame the peer sends takes a token (session/ratelimit.py); None: no limit.
+    frames: TokenBucket | None = None
     # The reader runs inside this scope when the credential expires; its deadline is the
     # expiry (moved by a refresh). None for credentials that never expire.
     expiry: trio.CancelScope | None = None
@@ -57,6 +63,13 @@ class Client:
     # Per-connection state that features keep for as long as the connection lives (the
     # commands' Caller.state).
     state: dict[str, Any] = attrs.field(factory=dict)
+
+    def admit(self, now: float) -> bool:
+        """The connection's frame gate (transport/websocket.py): a frame arrived at `now`;
+        False when it is over the client's frame budget."""
+        self.last_seen = now
+        frames = self.frames
+        return frames is None or frames.admit(now)
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame without waiting; False if the client is closing or just closed."""

@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..protocol.errors import SLOW_CONSUMER
 from ..protocol.messages import Error
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ PREFIX = "trio_gateway_"
 HTTP, INPROCESS, CLIENT, BROKER = "http", "inprocess", "client", "broker"
 #: The type counted for a client message that did not decode.
 INVALID = "invalid"
-#: Close code of a slow consumer (protocol/errors.py SLOW_CONSUMER).
-SLOW_CONSUMER_CODE = 4008
 # Seconds; from well under a loopback write up to a stalled flusher.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _COMMAND_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -58,6 +57,12 @@ class Metrics:
         self.connects = 0
         #: Registered clients gone, by close code.
         self.disconnects: Counter[int] = Counter()
+        #: Clients closed because their queue overflowed (4008 `Slow consumer`; a rate
+        #: limit closes with 4008 too, so the code alone does not tell).
+        self.slow_consumers = 0
+        #: Frames and messages refused for a client's rate budget, by budget (`frames`:
+        #: the client was closed 4008; `publish`: a publish or command was refused).
+        self.rate_limited: Counter[str] = Counter()
         #: Upgrades answered with an error status, and accepted WebSockets closed before
         #: registering (4001, 1013), by reason.
         self.refused: Counter[str] = Counter()
@@ -103,6 +108,7 @@ class Metrics:
         """A lifecycle disconnect hook: count the close and keep the bytes it wrote."""
         if client.close_reason is not None:
             self.disconnects[client.close_reason.code] += 1
+            self.slow_consumers += client.close_reason == SLOW_CONSUMER
         self.closed_bytes += _bytes_written(client)
 
     def connected(self, client: Client) -> None:
@@ -177,7 +183,14 @@ class _Collector:
         yield _counter(
             "slow_consumer_closes",
             "Clients closed 4008 because their queue overflowed",
-            metrics.disconnects[SLOW_CONSUMER_CODE],
+            metrics.slow_consumers,
+        )
+        yield _labelled(
+            "rate_limited",
+            "Client frames and messages refused for a rate budget, by budget ('frames': the "
+            "client was closed 4008; 'publish': a publish or command was refused)",
+            "budget",
+            metrics.rate_limited,
         )
         yield _labelled(
             "handshakes_refused",

@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
-from .metrics import SLOW_CONSUMER_CODE
-
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..fanout.hub import Hub
@@ -131,7 +129,7 @@ class Stats:
                 "bytes_written": metrics.bytes_written(),
             },
             "drops": {
-                "slow_consumer": metrics.disconnects[SLOW_CONSUMER_CODE],
+                "slow_consumer": metrics.slow_consumers,
                 "not_queued": hub.recipients - hub.deliveries,
             },
         }

@@ -25,6 +25,9 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4001
     SESSION_EXPIRED = 4002
     SLOW_CONSUMER = 4008
+    # The same code: both mean "this client sends or reads at a pace the server refuses";
+    # the reason text tells them apart.
+    RATE_LIMITED = 4008
 
 
 @attrs.frozen
@@ -37,6 +40,7 @@ SHUTTING_DOWN = CloseReason(CloseCode.GOING_AWAY, "Server shutting down")
 UNAUTHORIZED = CloseReason(CloseCode.UNAUTHORIZED, "Unauthorized")
 SESSION_EXPIRED = CloseReason(CloseCode.SESSION_EXPIRED, "Session expired")
 SLOW_CONSUMER = CloseReason(CloseCode.SLOW_CONSUMER, "Slow consumer")
+RATE_LIMITED = CloseReason(CloseCode.RATE_LIMITED, "Rate limited")
 PONG_TIMEOUT = CloseReason(CloseCode.POLICY_VIOLATION, "Pong timeout")
 INTERNAL_ERROR = CloseReason(CloseCode.INTERNAL_ERROR, "Internal error")
 TRY_AGAIN_LATER = CloseReason(CloseCode.TRY_AGAIN_LATER, "Try again later")
@@ -71,6 +75,7 @@ def too_many_fragments(limit: int) -> CloseReason:
 FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"
 UNAUTHORIZED_CODE = "unauthorized"
+RATE_LIMITED_CODE = "rate_limited"
 # A cap on what a client may hold (subscriptions, patterns, pattern shapes) is reached; the
 # connection stays open.
 TOO_MANY = "too_many"

@@ -2,8 +2,9 @@
 
 A frame from the server is never masked, and this server negotiates no extensions, so the
 frame for a message is the same bytes for every recipient: the fan-out builds it once and
-each connection's writer sends it as is. Only whole, unfragmented data frames are built here;
-control frames (ping/pong/close) are wsproto's, in transport/websocket.py.
+each connection's writer sends it as is. Only whole, unfragmented data frames are built here,
+and the keepalive's empty ping (queued like data, so it never tears a frame); the other
+control frames (pong, close) are wsproto's, in transport/websocket.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 FIN = 0x80
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
+OPCODE_PING = 0x9
 # Payload lengths up to 125 fit in the second byte; up to 2**16 - 1 take a 16-bit extension,
 # anything longer a 64-bit one.
 _SHORT_LIMIT = 125
@@ -43,3 +45,8 @@ def utf8_text_frame(payload: bytes) -> bytes:
 def binary_frame(data: bytes) -> bytes:
     """One final, unmasked binary frame carrying `data`."""
     return _frame(OPCODE_BINARY, data)
+
+
+#: A WebSocket-level ping with no payload: every RFC 6455 client (every browser) answers it
+#: with a pong frame, without application code.
+WS_PING_FRAME = _frame(OPCODE_PING, b"")

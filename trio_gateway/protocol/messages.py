@@ -128,7 +128,22 @@ class Ping(ClientMessage, ServerMessage):
     TAG: ClassVar[str] = "ping"
 
 
+@client_message
+@attrs.frozen
+class Heartbeat(ClientMessage):
+    """Seed 003's client heartbeat (its HEARTBEAT op, with `type` as everywhere here)."""
+
+    TAG: ClassVar[str] = "heartbeat"
+
+
 # --- server -> client ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class HeartbeatAck(ServerMessage):
+    """The answer to a client `heartbeat` (seed 003's HEARTBEAT_ACK)."""
+
+    TAG: ClassVar[str] = "heartbeat_ack"
 
 
 @attrs.frozen

@@ -5,10 +5,11 @@ from __future__ import annotations
 from .codec import ECHO_LIMIT, encode
 from .errors import UNAUTHORIZED_CODE
 from .frames import text_frame
-from .messages import Error, Ping, Pong, SessionExpired
+from .messages import Error, HeartbeatAck, Ping, Pong, SessionExpired
 
 PING_FRAME = text_frame(encode(Ping()))
 PONG_FRAME = text_frame(encode(Pong()))
+HEARTBEAT_ACK_FRAME = text_frame(encode(HeartbeatAck()))
 SESSION_EXPIRED_FRAME = text_frame(encode(SessionExpired()))
 NOT_IDENTIFIED_FRAME = text_frame(
     encode(Error("Not identified: send identify first", UNAUTHORIZED_CODE))

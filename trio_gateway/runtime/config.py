@@ -64,6 +64,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ConfigError(f"{attribute.name}: must be greater than 0, got {value!r}")
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name}: must be 0 or more, got {value!r}")
+
+
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ConfigError(f"{attribute.name}: must be between 0 and 65535, got {value!r}")
@@ -287,6 +292,104 @@ class Config:
         default=10.0,
         validator=_positive,
         metadata=_doc("how long a graceful shutdown may take before everything left is cancelled"),
+    )
+    # --- connection limits, inbound rate, liveness, staged drain (issue 18, limits-conn) ---
+    # Browsers answer WebSocket pings by themselves but page code may never answer a JSON
+    # one, so by default both go out and either answer (any frame) keeps a client alive.
+    ws_ping: bool = attrs.field(
+        default=True,
+        metadata=_doc(
+            "also send a WebSocket-level ping at every keepalive cycle (behind the JSON "
+            "`ping`); any frame a client sends counts as alive, so a browser stays connected "
+            "without page code",
+            note="on by default; off (JSON ping only) with `TRIO_GATEWAY_WS_PING=0` or "
+            "`ws_ping = false`",
+        ),
+    )
+    # Spreads the reconnect wave of a shutdown over the other instances (Phoenix's drainer).
+    # Half the default drain_timeout: the last clients closed still have time to flush.
+    drain_window: float = attrs.field(
+        default=5.0,
+        validator=_not_negative,
+        metadata=_doc(
+            "graceful shutdown: close clients 1001 in jittered batches of 100 spread over this "
+            "long (one batch, at once, up to 100 clients); ends `close_timeout` before "
+            "`drain_timeout` at the latest; 0: all at once"
+        ),
+    )
+    # Seed 004's per-address limit. Clients behind one NAT or proxy share an address: raise it
+    # there (or 0) rather than refuse a whole office.
+    max_connections_per_ip: int = attrs.field(
+        default=100,
+        validator=_not_negative,
+        metadata=_doc(
+            "WebSockets one address may hold open; one more gets HTTP 503 at the upgrade; "
+            "0: no limit",
+            unit="connections",
+        ),
+    )
+    # About 10 KiB of memory each when idle: 100 MiB at the cap. Never more than the
+    # descriptor limit allows, less a reserve for HTTP (transport/limits.py).
+    max_connections: int = attrs.field(
+        default=10_000,
+        validator=_not_negative,
+        metadata=_doc(
+            "WebSockets this process holds open in all (and never more than `ulimit -n` "
+            "less 128 descriptors kept for HTTP); one more gets HTTP 503; 0: only the "
+            "descriptor bound",
+            unit="connections",
+        ),
+    )
+    max_handshakes: int = attrs.field(
+        default=256,
+        validator=_not_negative,
+        metadata=_doc(
+            "WebSockets past the 101 but not yet registered (waiting for `identify` or the "
+            "connect hook); one more upgrade gets HTTP 503; 0: no limit",
+            unit="connections",
+        ),
+    )
+    # Frames a second a client may send, pings included. Well-behaved clients send a few a
+    # minute (a pong, a subscribe, a typing start); a burst of 100 covers a page subscribing
+    # to everything it shows at once.
+    client_rate: float = attrs.field(
+        default=50.0,
+        validator=_not_negative,
+        metadata=_doc(
+            "frames a second one connection may send (every frame: messages, pings, pongs); "
+            "beyond `client_burst` the client gets an error and is closed 4008 "
+            "`Rate limited`; 0: no limit",
+            unit="frames/s",
+            metavar="RATE",
+        ),
+    )
+    client_burst: int = attrs.field(
+        default=100,
+        validator=_positive,
+        metadata=_doc(
+            "frames a connection may send at once before `client_rate` applies", unit="frames"
+        ),
+    )
+    # Publishes and commands reach the broker or a backend, so they get a budget of their own.
+    client_publish_rate: float = attrs.field(
+        default=20.0,
+        validator=_not_negative,
+        metadata=_doc(
+            "publishes and command calls a second one connection may make; beyond "
+            "`client_publish_burst` each is refused with code `rate_limited` (the connection "
+            "stays); 0: no limit",
+            unit="messages/s",
+            metavar="RATE",
+        ),
+    )
+    client_publish_burst: int = attrs.field(
+        default=50,
+        validator=_positive,
+        metadata=_doc(
+            "publishes and command calls a connection may make at once before "
+            "`client_publish_rate` applies",
+            unit="messages",
+        ),
     )
     # The echo endpoint sends every client message straight back through the same reader
     # and writer as real clients: for RFC 6455 conformance runs (Autobahn), not production,

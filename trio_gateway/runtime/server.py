@@ -18,8 +18,9 @@ as `serve` and is closed after every task has ended.
 
 Graceful shutdown (`Gateway.shutdown()`, also what SIGTERM does), in hypercorn's order:
 stop accepting; refuse new publications and let the publisher hand what is queued to the
-broker; ask every client to close with 1001 after flushing its queue; close idle HTTP
-keep-alive connections; give the connection nursery `drain_timeout` to finish, then cancel
+broker; close idle HTTP keep-alive connections; ask every client to close with 1001 after
+flushing its queue, in jittered batches over `drain_window` when there are many
+(session/drain.py); give the connection nursery `drain_timeout` to finish, then cancel
 what is left; with Redis, shorten this instance's presence lease to `presence_grace`.
 Cancelling `serve` from outside skips the draining but still sends every client 1001.
 """
@@ -27,7 +28,8 @@ Cancelling `serve` from outside skips the draining but still sends every client 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -58,14 +60,16 @@ from ..presence.handlers import install as install_presence
 from ..presence.redis_store import RedisStore
 from ..presence.service import Presence
 from ..presence.store import MemoryStore, PresenceStore
-from ..protocol.errors import SHUTTING_DOWN
 from ..session.auth import Authenticator, KeyFileError, verifier_key
 from ..session.context import GatewayContext
+from ..session.drain import drain
 from ..session.handlers import core_handlers
 from ..session.keepalive import run_keepalive
 from ..session.lifecycle import Lifecycle
+from ..session.ratelimit import limit_publishes
 from ..session.registry import Registry
-from ..transport.http import handle_stream
+from ..transport.http import OUT_OF_DESCRIPTORS_RESPONSE, handle_stream
+from ..transport.limits import ConnectionLimits
 from ..transport.listener import open_listeners, run_listeners
 from .config import Config, ConfigError
 from .ids import IdFactory, new_client_id
@@ -165,6 +169,7 @@ async def serve(
     handlers = core_handlers()
     # Outermost, so every message is counted, whatever a later middleware decides.
     handlers.use(metrics.count_message)
+    handlers.use(limit_publishes)
     runner = CommandRunner(
         commands,
         timeout=config.command_timeout,
@@ -194,6 +199,7 @@ async def serve(
             else None
         ),
         presence=presence,
+        limits=ConnectionLimits.from_config(config),
     )
     gateway = Gateway(
         config,
@@ -350,6 +356,8 @@ async def _supervise(
                     listeners,
                     partial(handle_stream, app),
                     connection_nursery,
+                    overflow=OUT_OF_DESCRIPTORS_RESPONSE,
+                    refused=_count_refusal(gateway.metrics),
                     task_status=task_status,
                 )
 
@@ -373,9 +381,18 @@ async def _supervise(
             await publisher_done.wait()
         publisher_scope.cancel()
         context.shutting_down.set()
-        for client in tuple(hub.clients.values()):
-            client.close(SHUTTING_DOWN, flush=True)
         app.begin_shutdown()
+        # The last batch gets close_timeout before the deadline to flush and close.
+        room = connection_nursery.cancel_scope.deadline - trio.current_time()
+        window = max(0.0, min(config.drain_window, room - config.close_timeout))
+        await drain(tuple(hub.clients.values()), window, random.Random())
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[str], None]:
+    def refused(reason: str) -> None:
+        metrics.refused[reason] += 1
+
+    return refused
 
 
 @asynccontextmanager

@@ -39,6 +39,7 @@ from ..observability.jsonlog import fields
 from ..protocol.codec import encode
 from ..protocol.errors import (
     INTERNAL_ERROR,
+    RATE_LIMITED,
     SESSION_EXPIRED,
     SHUTTING_DOWN,
     TRY_AGAIN_LATER,
@@ -49,7 +50,8 @@ from ..protocol.frames import text_frame
 from ..protocol.messages import Ready
 from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..runtime.config import Config
-from ..transport.websocket import ConnectionClosed, WebSocket, linger_close
+from ..transport.limits import Slot
+from ..transport.websocket import ConnectionClosed, FrameRefused, WebSocket, linger_close
 from .auth import AuthError, Credential, Identity, Pending
 from .context import GatewayContext
 from .expiry import set_expiry
@@ -57,6 +59,7 @@ from .handlers.identify import identify_handshake
 from .handlers.subscribe import when_live
 from .io import read_loop, write_loop
 from .pattern_quota import within_quota
+from .ratelimit import TokenBucket, frame_bucket, frames_refused_frame
 
 log = logging.getLogger("trio_gateway.connection")
 
@@ -130,6 +133,7 @@ async def serve_websocket(
     echo: bool = False,
     origin: str | None = None,
     remote: str | None = None,
+    slot: Slot | None = None,
 ) -> None:
     """Run one WebSocket client on `stream`, after transport/http.py has answered 101.
 
@@ -144,6 +148,8 @@ async def serve_websocket(
         echo: a diagnostics peer: every message it sends comes straight back through the
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
             the hub (so it never counts as a client or receives broadcasts).
+        slot: this WebSocket's place in the connection caps (transport/limits.py), told
+            when the client is registered: its handshake is over.
 
     Resource handling:
         Always closes `stream` before returning, lingering briefly so the peer reads our
@@ -153,6 +159,9 @@ async def serve_websocket(
     """
     config = context.config
     ws = WebSocket(stream, trailing, config.max_message_size, config.max_fragments)
+    # The budget holds from the first frame: the identify handshake is metered too.
+    frames = None if echo else frame_bucket(config, trio.current_time())
+    ws.gate = frames
     client: Client | None = None
     peer = _peer_fields(remote, origin)
     try:
@@ -168,6 +177,15 @@ async def serve_websocket(
                     "websocket closed before identify",
                     extra=fields(code=exc.closed.code, reason=exc.closed.reason, **peer),
                 )
+                return
+            except FrameRefused:
+                context.metrics.rate_limited["frames"] += 1
+                with (
+                    trio.move_on_after(config.close_timeout),
+                    contextlib.suppress(ConnectionClosed),
+                ):
+                    await ws.send_frames(frames_refused_frame(config))
+                await _refuse(ws, config, RATE_LIMITED)
                 return
         client_id = context.new_id()
         kind = "connect_hook" if isinstance(credential, Pending) else None
@@ -188,7 +206,10 @@ async def serve_websocket(
             context.metrics.refused["unauthorized"] += 1
             await _refuse(ws, config, UNAUTHORIZED)
             return
-        client = _register(context, client_id, credential, echo=echo, peer=peer)
+        client = _register(context, client_id, credential, frames, echo=echo, peer=peer)
+        if slot is not None:
+            slot.registered()
+        ws.gate = client
         if credential.subscriptions and not echo:
             await _bind(context, client)
         if context.shutting_down.is_set():
@@ -281,6 +302,7 @@ def _register(
     context: GatewayContext,
     client_id: str,
     identity: Identity,
+    frames: TokenBucket | None,
     *,
     echo: bool,
     peer: dict[str, str | None],
@@ -291,8 +313,9 @@ def _register(
         id=client_id,
         outbox=Outbox(config.queue_depth),
         connected_at=now,
-        last_pong=now,
+        last_seen=now,
         identity=identity,
+        frames=frames,
     )
     if identity.expires_at is not None:
         client.expiry = trio.CancelScope()

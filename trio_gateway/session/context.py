@@ -19,6 +19,7 @@ from ..fanout.broadcaster import Broadcaster
 from ..fanout.hub import Hub
 from ..runtime.config import Config
 from ..runtime.ids import IdFactory
+from ..transport.limits import ConnectionLimits
 from .auth import Authenticator
 from .lifecycle import Lifecycle
 from .registry import Registry
@@ -46,6 +47,8 @@ class GatewayContext:
     connect_hook: ConnectHook | None = None
     #: Presence and typing (presence/): the HTTP queries read it.
     presence: Presence | None = None
+    #: The connection caps (transport/limits.py) the upgrade checks; none by default.
+    limits: ConnectionLimits = attrs.field(factory=lambda: ConnectionLimits(0, 2**31, 0))
     # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
     # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)

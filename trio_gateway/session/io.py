@@ -7,8 +7,10 @@
 - The writer is the only task that writes data frames: it takes everything queued and writes
   it in order, in few writes. The fan-out may write for it while it is idle (fanout/outbox.py).
 
-Both turn a closed WebSocket into a close request on the client. Must not: decide close codes
-or run cleanup; session/connection.py does.
+Both turn a closed WebSocket into a close request on the client, and the reader a frame over
+the client's budget (session/ratelimit.py) into an error reply and close 4008, after which
+it reads nothing more. Must not: decide other close codes or run cleanup;
+session/connection.py does.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import trio
 
 from ..fanout.hub import Client
 from ..protocol.codec import decode
+from ..protocol.errors import RATE_LIMITED
 from ..protocol.frames import binary_frame, text_frame
 from ..protocol.replies import BINARY_ERROR_FRAME
-from ..transport.websocket import ConnectionClosed, WebSocket
+from ..transport.websocket import ConnectionClosed, FrameRefused, WebSocket
 from .context import GatewayContext
+from .ratelimit import frames_refused_frame
 
 # Most bytes one write may gather from a client's queue: enough to batch a burst of small
 # frames into one send_all, small enough not to copy large messages around needlessly.
@@ -43,6 +47,10 @@ async def read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo
                 await dispatch(client, context, decode(frame))
     except ConnectionClosed as exc:
         client.close(exc.closed)
+    except FrameRefused:
+        context.metrics.rate_limited["frames"] += 1
+        client.send(frames_refused_frame(context.config))
+        client.close(RATE_LIMITED, flush=True)
 
 
 async def write_loop(ws: WebSocket, client: Client) -> None:

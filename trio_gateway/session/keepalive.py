@@ -1,8 +1,17 @@
 """The one keepalive task for all connections: ping on a fixed cycle, reap the silent.
 
-Owns the ping schedule and the staleness rule. Must not close sockets itself: it asks a
-Client to close (session/connection.py carries it out). It reads time only from trio, so
-tests run whole cycles under the autojump clock.
+Owns the ping schedule and the staleness rule: a client that has sent no frame at all (no
+message, no ping or pong, JSON or WebSocket-level) for longer than `stale_after` at a cycle
+is closed 1008; every other client gets the JSON `ping` and, with `ws_ping`, a
+WebSocket-level ping ahead of it in the same write, which browsers answer by themselves.
+The WebSocket ping goes first so that a client library has answered it by the time its
+application sees the JSON ping: trio-websocket 0.12 fails if a ping arrives after it sent
+its own close (python-trio/trio-websocket#184), and an application often closes in
+response to a message. Liveness is a timestamp on the client (`Client.last_seen`), not a
+task or a timer each.
+
+Must not close sockets itself: it asks a Client to close (session/connection.py carries it
+out). It reads time only from trio, so tests run whole cycles under the autojump clock.
 """
 
 from __future__ import annotations
@@ -14,16 +23,23 @@ import trio
 from ..fanout.hub import Hub
 from ..observability.jsonlog import fields
 from ..protocol.errors import PONG_TIMEOUT
+from ..protocol.frames import WS_PING_FRAME
 from ..protocol.replies import PING_FRAME
 from ..runtime.config import Config
 
 log = logging.getLogger("trio_gateway.keepalive")
 
 
-def sweep(hub: Hub, now: float, stale_after: float) -> None:
-    """One keepalive cycle: reap clients silent for longer than `stale_after`, ping the rest."""
+def ping_frames(config: Config) -> bytes:
+    """What each live client is sent at a cycle: the WebSocket ping, then the JSON one."""
+    return WS_PING_FRAME + PING_FRAME if config.ws_ping else PING_FRAME
+
+
+def sweep(hub: Hub, now: float, stale_after: float, ping: bytes = PING_FRAME) -> None:
+    """One keepalive cycle: reap clients silent for longer than `stale_after`, send the
+    rest `ping`."""
     for client in tuple(hub.clients.values()):
-        silent_for = now - client.last_pong
+        silent_for = now - client.last_seen
         if silent_for > stale_after:
             log.info(
                 "client stale, closing",
@@ -31,7 +47,7 @@ def sweep(hub: Hub, now: float, stale_after: float) -> None:
             )
             client.close(PONG_TIMEOUT)
         else:
-            client.send(PING_FRAME)
+            client.send(ping)
 
 
 async def run_keepalive(
@@ -39,8 +55,9 @@ async def run_keepalive(
 ) -> None:
     """Every `ping_interval` seconds, run `sweep`. Cycles keep to a fixed grid (no drift)."""
     deadline = trio.current_time()
+    ping = ping_frames(config)
     task_status.started()
     while True:
         deadline += config.ping_interval
         await trio.sleep_until(deadline)
-        sweep(hub, trio.current_time(), config.stale_after)
+        sweep(hub, trio.current_time(), config.stale_after, ping)

@@ -41,6 +41,7 @@ from ..protocol.routing import ECHO_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
+from .limits import HANDSHAKES, PER_IP, TOTAL, Slot, host_of
 from .origins import cookie_usable
 from .websocket import (
     RECEIVE_SIZE,
@@ -57,6 +58,24 @@ log = logging.getLogger("trio_gateway.http")
 # Largest request head (request line + headers) in bytes; h11 answers 431 beyond it.
 MAX_HEAD_SIZE = 16 * 1024
 SERVER_HEADER = b"trio-gateway"
+# Seconds a client refused for a connection cap is told to wait (`Retry-After`): a handshake
+# slot frees within a second or two, a connection slot only when a client leaves.
+RETRY_HANDSHAKE = 1
+RETRY_CONNECTION = 5
+# What each cap's refusal says (HTTP 503), by reason (transport/limits.py).
+_CAP_ERRORS = {
+    PER_IP: "Too many connections from this address",
+    TOTAL: "Too many connections: try again later",
+    HANDSHAKES: "Too many handshakes in progress: try again later",
+}
+_OUT_OF_DESCRIPTORS_BODY = b'{"error":"Out of connections: try again later"}'
+#: The whole answer to a connection accepted only to be refused for want of descriptors
+#: (listener.py), written without reading its request.
+OUT_OF_DESCRIPTORS_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nserver: %s\r\nretry-after: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(_OUT_OF_DESCRIPTORS_BODY), SERVER_HEADER, RETRY_HANDSHAKE, _OUT_OF_DESCRIPTORS_BODY)
+)
 
 
 # --- the connection loop -------------------------------------------------------------------
@@ -256,6 +275,7 @@ def _log_request(
     started: float | None,
     remote: str | None,
     body: object = None,
+    **extra: str,
 ) -> None:
     """One line per answer; a refusal's line also has `error`, the text the client got."""
     duration = None if started is None else round((trio.current_time() - started) * 1000, 3)
@@ -265,6 +285,7 @@ def _log_request(
         "status": status,
         "duration_ms": duration,
         "remote": remote,
+        **extra,
     }
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         values["error"] = body["error"]
@@ -340,6 +361,8 @@ class _Handoff:
     echo: bool
     #: The request's Origin header (browsers), for the connect hook.
     origin: str | None
+    #: This WebSocket's place in the connection caps, given back when it ends.
+    slot: Slot
 
 
 async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
@@ -356,15 +379,17 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     handoff = await _serve_http(app, stream, remote)
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
-        await serve_websocket(
-            stream,
-            handoff.credential,
-            handoff.trailing,
-            app.context,
-            echo=handoff.echo,
-            origin=handoff.origin,
-            remote=remote,
-        )
+        with handoff.slot:
+            await serve_websocket(
+                stream,
+                handoff.credential,
+                handoff.trailing,
+                app.context,
+                echo=handoff.echo,
+                origin=handoff.origin,
+                remote=remote,
+                slot=handoff.slot,
+            )
 
 
 def _peer_address(stream: trio.abc.Stream) -> str | None:
@@ -457,23 +482,32 @@ async def _upgrade(
         # A browser page from another site (cross-site WebSocket hijacking would ride on the
         # user's cookie); clients without an Origin header are not browsers and pass.
         status, message, reason = 403, "Origin not allowed", "origin"
+    elif (cap := app.context.limits.refusal(host_of(remote))) is not None:
+        # Before the token is judged: a refused client costs no JWT check or backend call.
+        status, message, reason = 503, _CAP_ERRORS.get(cap, _CAP_ERRORS[TOTAL]), cap
     elif (credential := _credential(app, head, echo)) is REJECTED:
         status, message, reason = 401, "Invalid credentials", "unauthorized"
     else:
-        # Bounded like any request: a peer that does not take our 101 is dropped.
+        slot = app.context.limits.open(host_of(remote))
         switched = False
-        with trio.move_on_after(app.context.config.request_timeout):
-            # h11 lets the protocol switch only once the (empty) request body is consumed;
-            # handshake_problem refused any other, so this needs no more bytes.
-            while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
-                pass
-            response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
-            try:
-                await stream.send_all(conn.send(response))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _PeerGone from None
-            switched = True
+        try:
+            # Bounded like any request: a peer that does not take our 101 is dropped.
+            with trio.move_on_after(app.context.config.request_timeout):
+                # h11 lets the protocol switch only once the (empty) request body is
+                # consumed; handshake_problem refused any other, so this needs no more bytes.
+                while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
+                    pass
+                response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
+                try:
+                    await stream.send_all(conn.send(response))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise _PeerGone from None
+                switched = True
+        except BaseException:
+            slot.release()
+            raise
         if not switched:
+            slot.release()
             _log_request(
                 "websocket upgrade refused",
                 _method(head),
@@ -487,20 +521,35 @@ async def _upgrade(
         trailing, _closed = conn.trailing_data
         origin = header(head.headers, b"origin")
         return _Handoff(
-            credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
+            credential,
+            bytes(trailing),
+            echo,
+            origin.decode("latin-1") if origin else None,
+            slot,
         )
     app.context.metrics.refused[reason] += 1
-    headers = []
+    headers: list[tuple[bytes, bytes]] = []
     if status == 401:
         headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')]
     elif status == VERSION_STATUS:
-        headers = VERSION_HEADERS
+        headers = list(VERSION_HEADERS)
+    if reason == HANDSHAKES:
+        headers.append((b"retry-after", str(RETRY_HANDSHAKE).encode()))
+    elif status == 503 and reason != "shutting_down":
+        headers.append((b"retry-after", str(RETRY_CONNECTION).encode()))
     body = {"error": message}
     try:
         await _send_response(conn, stream, status, body, headers, True)
     finally:
         _log_request(
-            "websocket upgrade refused", _method(head), path, status, started, remote, body
+            "websocket upgrade refused",
+            _method(head),
+            path,
+            status,
+            started,
+            remote,
+            body,
+            reason=reason,
         )
     return None
 

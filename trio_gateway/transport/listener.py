@@ -3,18 +3,34 @@
 Owns accepting and the listeners' lifetime (closed when the task ends). Must not run
 connection code itself: a handler runs in `connection_nursery`, which the supervisor owns,
 so that stopping accepts (cancelling this task) leaves live connections untouched.
+
+Out of descriptors (EMFILE, ENFILE). trio's `serve_listeners`, and this loop before, log
+and sleep 100 ms, then try again: meanwhile the connections waiting in the kernel's backlog
+get nothing at all (a hang for their clients), and once the backlog is full the kernel drops
+new SYNs, which clients retry only after 1, 3 and 7 s: a gateway takes seconds to answer
+again after a flood ends. Here each loop holds one spare descriptor instead (libuv's trick):
+on EMFILE it closes the spare, accepts the waiting connection with it, writes it the
+prebuilt `overflow` answer (HTTP 503 with Retry-After) and closes it, then takes the spare
+back. So the backlog drains with answers, not silence. When even the spare cannot be taken
+back (another task got the descriptor first), the loop tries again every 10 ms, so
+accepting resumes as soon as a descriptor is free. (Polling, rather than an event from each
+connection that ends: that would cost every connection a coroutine frame, ~290 bytes.)
+The connection caps (limits.py) keep the WebSockets under the descriptor limit, so this is
+the last line, for floods of connections that never send a request.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from ..observability.jsonlog import fields
+from .limits import DESCRIPTORS
 from .sockets import reuse_port_socket
 
 log = logging.getLogger("trio_gateway.listener")
@@ -22,13 +38,31 @@ log = logging.getLogger("trio_gateway.listener")
 # accept() failures that mean "out of file descriptors or memory right now": wait, then retry
 # rather than spin or die (the same set trio.serve_listeners treats this way).
 CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-# Seconds to wait after such a failure before accepting again.
-CAPACITY_BACKOFF = 0.1
-# Seconds between two log lines about such failures: at the descriptor limit they come ten
-# times a second, and one line per failure would flood the log it is meant to inform.
+# Seconds between two log lines about such failures: at the descriptor limit they come a
+# hundred times a second, and one line per failure would flood the log it is meant to inform.
 ACCEPT_FAILURE_LOG_INTERVAL = 10.0
+# Seconds between tries while no descriptor is free: a failed accept costs a system call,
+# and a client waits at most this long once one frees up.
+CAPACITY_RETRY = 0.01
+# Seconds the accept of a connection known to be waiting may take (it returns at once).
+OVERFLOW_ACCEPT_TIMEOUT = 0.1
+# Seconds the overflow answer may take to write before the connection is just closed.
+OVERFLOW_WRITE_TIMEOUT = 0.1
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+#: Told of every connection refused at accept, with the reason.
+Refused = Callable[[str], None]
+
+
+def _ignore(reason: str) -> None:
+    pass
+
+
+def _take_spare() -> int:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return -1
 
 
 class _FailureLog:
@@ -56,19 +90,57 @@ async def _accept_loop(
     listener: trio.abc.Listener[trio.abc.Stream],
     handler: Handler,
     connection_nursery: trio.Nursery,
+    overflow: bytes,
+    refused: Refused,
 ) -> None:
+    spare = _take_spare()
     failures = _FailureLog()
-    async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in CAPACITY_ERRNOS:
-                    raise
-                failures.failed(exc)
-                await trio.sleep(CAPACITY_BACKOFF)
-            else:
-                connection_nursery.start_soon(handler, stream)
+    try:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in CAPACITY_ERRNOS:
+                        raise
+                    spare = await _overflow(listener, spare, overflow, refused, exc, failures)
+                else:
+                    connection_nursery.start_soon(handler, stream)
+    finally:
+        if spare >= 0:
+            os.close(spare)
+
+
+async def _overflow(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    spare: int,
+    overflow: bytes,
+    refused: Refused,
+    error: OSError,
+    failures: _FailureLog,
+) -> int:
+    """Answer one connection waiting in the backlog with `overflow`, using the spare
+    descriptor; without a spare, wait a little for one. Returns the spare (or -1)."""
+    if spare >= 0 and isinstance(listener, trio.SocketListener):
+        os.close(spare)
+        remote = None
+        # The failed accept means a connection is waiting: this returns at once.
+        with trio.move_on_after(OVERFLOW_ACCEPT_TIMEOUT):
+            sock, address = await listener.socket.accept()
+            with sock:
+                remote = f"{address[0]}:{address[1]}"
+                with trio.move_on_after(OVERFLOW_WRITE_TIMEOUT):
+                    await sock.send(overflow)
+        if remote is not None:
+            refused(DESCRIPTORS)
+            log.warning("connection refused", extra=fields(reason=DESCRIPTORS, remote=remote))
+        spare = _take_spare()
+        if spare >= 0:
+            return spare
+    # No spare to answer with (or a listener that is not a socket's): wait for a descriptor.
+    failures.failed(error)
+    await trio.sleep(CAPACITY_RETRY)
+    return spare if spare >= 0 else _take_spare()
 
 
 async def run_listeners(
@@ -76,12 +148,21 @@ async def run_listeners(
     handler: Handler,
     connection_nursery: trio.Nursery,
     *,
+    overflow: bytes = b"",
+    refused: Refused = _ignore,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept on every listener until cancelled; cancelling closes the listeners."""
+    """Accept on every listener until cancelled; cancelling closes the listeners.
+
+    Args:
+        overflow: written to a connection refused for want of descriptors, unread.
+        refused: told of each such refusal.
+    """
     async with trio.open_nursery() as accept_nursery:
         for listener in listeners:
-            accept_nursery.start_soon(_accept_loop, listener, handler, connection_nursery)
+            accept_nursery.start_soon(
+                _accept_loop, listener, handler, connection_nursery, overflow, refused
+            )
         task_status.started()
 
 

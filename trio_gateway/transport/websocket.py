@@ -30,6 +30,10 @@ lock is a flag with a waiting queue made only under contention, and the reader w
 socket itself rather than through trio's stream and socket layers, whose coroutine frames are
 held for as long as the connection is idle.
 
+Every frame the peer sends, control frames included, is shown to the connection's `gate`
+(`FrameGate`) before it is acted on: that is how the session knows the peer is alive (any
+frame counts) and limits its frame rate, since pings and pongs never reach the reader.
+
 Must not know about hubs, subscriptions, message types or credentials (session/auth.py).
 """
 
@@ -38,7 +42,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from typing import cast
+from typing import Protocol, cast
 
 import h11
 import trio
@@ -57,6 +61,19 @@ CONNECTION_LOST = CloseReason(WsCloseCode.ABNORMAL_CLOSURE, "connection lost")
 # Builds our pong and close frames. Control frames need no per-connection state (only data
 # messages carry fragmentation state on the sending side, and this module sends none).
 _CONTROL_FRAMES = FrameProtocol(client=False, extensions=[])
+
+
+class FrameGate(Protocol):
+    """Shown every frame the peer sends, as it is parsed: the session's `Client`, or its
+    frame bucket alone before it is registered (session/ratelimit.py)."""
+
+    def admit(self, now: float) -> bool:
+        """Note a frame received at `now`; False refuses it (the peer sends too fast)."""
+        ...
+
+
+class FrameRefused(Exception):
+    """The gate refused a frame: the connection is still open, for the caller to close."""
 
 
 class ConnectionClosed(Exception):
@@ -170,6 +187,7 @@ class WebSocket:
         "_write_queue",
         "_writing",
         "closed",
+        "gate",
         "incomplete",
         "stream",
     )
@@ -210,6 +228,8 @@ class WebSocket:
         self._writing = False
         self._write_queue: trio.lowlevel.ParkingLot | None = None
         self.closed: CloseReason | None = None
+        #: Shown every frame received; None: every frame is admitted.
+        self.gate: FrameGate | None = None
         #: True while a frame has been written only in part: the stream is unusable for
         #: anything but the rest of it (so, if cut off there, no close frame can follow).
         self.incomplete = False
@@ -222,6 +242,7 @@ class WebSocket:
                 protocol error (1002/1007, our close frame sent) or an oversize message
                 (1009, our close frame sent), or a message in more than `max_fragments`
                 frames (1009 likewise).
+            FrameRefused: the gate refused a frame; nothing was sent, the caller closes.
         """
         while True:
             if self._parser is not None:
@@ -284,7 +305,10 @@ class WebSocket:
         """The next whole message among the frames received so far; None when they hold no
         more (then `closed` says whether that is because the connection is closing)."""
         try:
+            gate = self.gate
             for frame in parser.received_frames():
+                if gate is not None and not gate.admit(trio.current_time()):
+                    raise FrameRefused
                 opcode = frame.opcode
                 if opcode is Opcode.PING:
                     assert isinstance(frame.payload, bytes)
