@@ -16,7 +16,8 @@ receiver drop duplicates by remembering only the last id it delivered.
 Subscribing: the hub reports the first local interest in a key (`want`) and the last one
 leaving (`unwant`). A reconcile task brings the subscriber connection's channels (and, for
 wildcard patterns, PSUBSCRIBE globs) in line with that set, so an instance receives only what
-its clients can match. Redis confirms each subscription in the same stream as the messages,
+its clients can match; it sends only the difference for the keys that changed, so a change
+costs the same however many keys are held. Redis confirms each subscription in the same stream as the messages,
 so `when_live` callbacks run before the first message the subscription brings.
 
 Resuming: `fetch` runs scripts.FETCH, one atomic read of a key's epoch, offset, the history
@@ -179,6 +180,37 @@ def _client(url: str, pool_size: int) -> coredis.Redis[bytes]:
     return client
 
 
+class _Needs:
+    """Which held keys need each Redis channel (or glob), and what to send to match.
+
+    Several pattern keys can share a glob, so a name goes only when its last key does.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[str, set[str]] = {}
+        self._sent: set[str] = set()
+        self._touched: set[str] = set()
+
+    def update(self, key: str, names: Sequence[str], *, wanted: bool) -> None:
+        self._touched.update(names)
+        for name in names:
+            if wanted:
+                self.keys.setdefault(name, set()).add(key)
+            elif (keys := self.keys.get(name)) is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.keys[name]
+
+    def changes(self) -> tuple[list[str], list[str]]:
+        """The names to subscribe and to unsubscribe since the last call; now counted sent."""
+        added = [name for name in self._touched if name in self.keys and name not in self._sent]
+        removed = [name for name in self._touched if name not in self.keys and name in self._sent]
+        self._touched = set()
+        self._sent.update(added)
+        self._sent.difference_update(removed)
+        return added, removed
+
+
 class RedisBroker:
     kind = "redis"
 
@@ -208,6 +240,11 @@ class RedisBroker:
         self._wanted: set[str] = set()
         self._active: set[str] = set()
         self._changed = trio.Event()
+        # Keys wanted or unwanted since the reconcile task last looked.
+        self._dirty: set[str] = set()
+        # The current subscriber connection's channels and globs, with the keys needing each.
+        self._channel_needs = _Needs()
+        self._glob_needs = _Needs()
         # Callbacks waiting for their key to go live (`when_live`).
         self._waiting: dict[str, list[Callable[[], None]]] = {}
         self._connected = False
@@ -236,10 +273,12 @@ class RedisBroker:
 
     def want(self, key: str) -> None:
         self._wanted.add(key)
+        self._dirty.add(key)
         self._changed.set()
 
     def unwant(self, key: str) -> None:
         self._wanted.discard(key)
+        self._dirty.add(key)
         self._changed.set()
         self._release(key)
 
@@ -253,11 +292,13 @@ class RedisBroker:
         for callback in self._waiting.pop(key, ()):
             callback()
 
-    def _confirmed(self, name: str) -> None:
+    def _confirmed(self, name: str, *, glob: bool) -> None:
         """Redis confirmed a channel or glob: release the keys it completes."""
         self._active.add(name)
-        for key in [key for key in self._waiting if self._is_live(key)]:
-            self._release(key)
+        needs = self._glob_needs if glob else self._channel_needs
+        for key in [key for key in needs.keys.get(name, ()) if key in self._waiting]:
+            if self._is_live(key):
+                self._release(key)
 
     async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
         publisher = self._usable_publisher()
@@ -553,7 +594,7 @@ class RedisBroker:
                             await deliver(round_)
                             round_ = []
                         name = message["pattern"] if kind == "psubscribe" else message["channel"]
-                        self._confirmed(_named(name))
+                        self._confirmed(_named(name), glob=kind == "psubscribe")
                         if kind == "subscribe" and (raw := self._raw.get(_named(name))):
                             # From here on nothing on that channel is missed.
                             raw[1]()
@@ -577,35 +618,45 @@ class RedisBroker:
     async def _reconcile(
         self, pubsub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Keep this connection's channels and globs equal to what the wanted keys need."""
-        channels: set[str] = set()
-        globs: set[str] = set()
+        """Keep this connection's channels and globs equal to what the wanted keys need.
+
+        Incremental: each round looks only at the keys whose interest changed since the last
+        one and sends SUBSCRIBE/UNSUBSCRIBE for the difference, so one more subscription costs
+        the same whether the instance holds ten keys or fifty thousand. A fresh connection
+        starts with every wanted key changed.
+        """
+        channels, globs = self._channel_needs, self._glob_needs = _Needs(), _Needs()
+        held: set[str] = set()
+        self._dirty = set(self._wanted)
         started = False
         while True:
             self._changed = trio.Event()
-            keys = set(self._wanted)
-            wanted_channels = {channel(self._prefix, k) for k in keys if not is_pattern_key(k)}
-            wanted_globs = {
-                g for k in keys if is_pattern_key(k) for g in redis_globs(self._prefix, k)
-            }
+            dirty, self._dirty = self._dirty, set()
+            for key in dirty:
+                wanted = key in self._wanted
+                if wanted == (key in held):
+                    continue
+                if wanted:
+                    held.add(key)
+                else:
+                    held.discard(key)
+                needs = globs if is_pattern_key(key) else channels
+                needs.update(key, self._subscriptions(key), wanted=wanted)
+            added_channels, removed_channels = channels.changes()
+            added_globs, removed_globs = globs.changes()
             # The message loop marks each name live as Redis confirms it.
-            if added := wanted_channels - channels:
-                await pubsub.subscribe(*added)
-                channels |= added
-            if added := wanted_globs - globs:
-                await pubsub.psubscribe(*added)
-                globs |= added
+            if added_channels:
+                await pubsub.subscribe(*added_channels)
+            if added_globs:
+                await pubsub.psubscribe(*added_globs)
             # Not live from the moment the unsubscribe is sent: a key wanted again meanwhile
             # must wait for the next subscribe's confirmation, not be acked on a channel that
             # is about to go.
-            if removed := channels - wanted_channels:
-                self._active -= removed
-                channels -= removed
-                await pubsub.unsubscribe(*removed)
-            if removed := globs - wanted_globs:
-                self._active -= removed
-                globs -= removed
-                await pubsub.punsubscribe(*removed)
+            self._active.difference_update(removed_channels, removed_globs)
+            if removed_channels:
+                await pubsub.unsubscribe(*removed_channels)
+            if removed_globs:
+                await pubsub.punsubscribe(*removed_globs)
             if not started:
                 started = True
                 task_status.started()

@@ -1,0 +1,103 @@
+"""The Redis broker at its limits and under faults, on a real redis-server.
+
+Many keys held, a hung or dropped Redis, publishes whose outcome is unknown, retried
+publishes. Clients are real WebSocket clients and what Redis receives is read with MONITOR;
+bounded with `fail_after`, nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from trio_gateway import Config, open_gateway
+
+from .helpers import ready, receive_json, send_json, subscribe, tcp_client
+from .redis_server import RedisServer
+from .test_redis_broker import PREFIX, TIMEOUT, next_event, post_event
+from .test_redis_broker import redis_config as redis_config  # the fixture
+
+PUBSUB_COMMANDS = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe")
+
+
+class Monitor:
+    """A MONITOR connection: the commands Redis runs, each as its list of arguments."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            data = await self._stream.receive_some()
+            assert data, "MONITOR connection closed"
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        return line
+
+    async def next_pubsub(self) -> list[str]:
+        """The next (P)(UN)SUBSCRIBE, its name lowered; anything else is skipped."""
+        while True:
+            line = await self._line()
+            # +1733312345.123456 [0 127.0.0.1:5000] "SUBSCRIBE" "tg-test:workspace:W"
+            _, _, quoted = line.decode().partition("] ")
+            command = [part.strip('"') for part in quoted.split('" "')]
+            if command[0].lower() in PUBSUB_COMMANDS:
+                return [command[0].lower(), *command[1:]]
+
+
+@asynccontextmanager
+async def monitor(server: RedisServer) -> AsyncIterator[Monitor]:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(b"MONITOR\r\n")
+        watcher = Monitor(stream)
+        assert await watcher._line() == b"+OK"
+        yield watcher
+
+
+# --- subscribing with many keys held -----------------------------------------------------------
+
+HELD = 300
+
+
+async def test_one_more_subscription_sends_redis_only_that_channel(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT * 3):
+        async with open_gateway(redis_config) as gateway, tcp_client(gateway.port) as ws:
+            await ready(ws)
+            for n in range(HELD):
+                await send_json(ws, {"type": "subscribe", "workspace_id": f"W{n}"})
+            for _ in range(HELD):
+                assert (await receive_json(ws))["type"] == "subscribed"
+            async with monitor(redis_server) as redis:
+                await subscribe(ws, workspace_id="new")
+                assert await redis.next_pubsub() == ["subscribe", PREFIX + "workspace:new"]
+                await send_json(ws, {"type": "unsubscribe", "workspace_id": "W7"})
+                assert (await receive_json(ws))["type"] == "unsubscribed"
+                assert await redis.next_pubsub() == ["unsubscribe", PREFIX + "workspace:W7"]
+            await post_event(gateway, workspace_id="new", n=1)
+            assert (await next_event(ws))["n"] == 1
+
+
+async def test_a_glob_two_patterns_share_stays_until_the_last_one_goes(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    # "chat.*" needs the glob "chat.*"; "chat.**" needs "chat" and "chat.*".
+    with trio.fail_after(TIMEOUT):
+        async with open_gateway(redis_config) as gateway, tcp_client(gateway.port) as ws:
+            await ready(ws)
+            async with monitor(redis_server) as redis:
+                await subscribe(ws, topic="chat.*")
+                assert await redis.next_pubsub() == ["psubscribe", PREFIX + "chat.*"]
+                await subscribe(ws, topic="chat.**")
+                assert await redis.next_pubsub() == ["psubscribe", PREFIX + "chat"]
+                await send_json(ws, {"type": "unsubscribe", "topic": "chat.**"})
+                assert (await receive_json(ws))["type"] == "unsubscribed"
+                assert await redis.next_pubsub() == ["punsubscribe", PREFIX + "chat"]
+                await send_json(ws, {"type": "unsubscribe", "topic": "chat.*"})
+                assert (await receive_json(ws))["type"] == "unsubscribed"
+                assert await redis.next_pubsub() == ["punsubscribe", PREFIX + "chat.*"]
