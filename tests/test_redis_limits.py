@@ -7,17 +7,37 @@ bounded with `fail_after`, nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
-from trio_gateway import Config, open_gateway
+from trio_gateway import Config, Gateway, open_gateway
+from trio_gateway.client.http import http_request
 
-from .helpers import ready, receive_json, send_json, subscribe, tcp_client
+from .helpers import API_KEY, ready, receive_json, send_json, subscribe, tcp_client
 from .redis_server import RedisServer
-from .test_redis_broker import PREFIX, TIMEOUT, next_event, post_event
+from .test_redis_broker import PREFIX, TIMEOUT, base, eventually, next_event, post_event
 from .test_redis_broker import redis_config as redis_config  # the fixture
+
+
+async def ready_is(gateway: Gateway, expected: int) -> bool:
+    status, _, _ = await http_request("GET", base(gateway) + "/api/ready")
+    return status == expected
+
+
+async def post_raw(
+    gateway: Gateway, body: object, path: str = "/api/events"
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    status, headers, raw = await http_request(
+        "POST",
+        base(gateway) + path,
+        body=json.dumps(body).encode(),
+        headers={"authorization": f"Bearer {API_KEY}"},
+    )
+    return status, headers, raw
+
 
 PUBSUB_COMMANDS = ("subscribe", "unsubscribe", "psubscribe", "punsubscribe")
 
@@ -101,3 +121,31 @@ async def test_a_glob_two_patterns_share_stays_until_the_last_one_goes(
                 await send_json(ws, {"type": "unsubscribe", "topic": "chat.*"})
                 assert (await receive_json(ws))["type"] == "unsubscribed"
                 assert await redis.next_pubsub() == ["punsubscribe", PREFIX + "chat.*"]
+
+
+# --- a hung Redis ------------------------------------------------------------------------------
+
+# OPERATIONS.md, "When Redis goes away": a Redis that stops answering is noticed within 5 s.
+HUNG_NOTICED_WITHIN = 5.0
+
+
+async def test_a_hung_redis_is_noticed_within_the_documented_time(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT * 3):
+        async with open_gateway(redis_config) as gateway, tcp_client(gateway.port) as ws:
+            await ready(ws)
+            await subscribe(ws, workspace_id="W")
+            redis_server.pause()
+            hung_at = trio.current_time()
+            with trio.fail_after(HUNG_NOTICED_WITHIN):
+                await eventually(lambda: ready_is(gateway, 503))
+            status, _, body = await post_raw(gateway, {"workspace_id": "W", "n": 1})
+            assert status == 503
+            assert json.loads(body)["error"].startswith("Broker unavailable")
+            assert trio.current_time() - hung_at < HUNG_NOTICED_WITHIN
+
+            redis_server.resume()
+            await eventually(lambda: ready_is(gateway, 200))
+            await post_event(gateway, workspace_id="W", n=2)
+            assert (await next_event(ws))["n"] == 2

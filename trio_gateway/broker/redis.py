@@ -17,8 +17,9 @@ Subscribing: the hub reports the first local interest in a key (`want`) and the 
 leaving (`unwant`). A reconcile task brings the subscriber connection's channels (and, for
 wildcard patterns, PSUBSCRIBE globs) in line with that set, so an instance receives only what
 its clients can match; it sends only the difference for the keys that changed, so a change
-costs the same however many keys are held. Redis confirms each subscription in the same stream as the messages,
-so `when_live` callbacks run before the first message the subscription brings.
+costs the same however many keys are held. Redis confirms each subscription in the same
+stream as the messages, so `when_live` callbacks run before the first message the
+subscription brings.
 
 Resuming: `fetch` runs scripts.FETCH, one atomic read of a key's epoch, offset, the history
 after a client's offset, and the retained state. The caller has made the key live first, so
@@ -29,9 +30,10 @@ publishes a marker on this instance's own channel, and `fetch` returns only once
 subscriber has come to it, that is, once everything published before the read has reached
 the hub (where the caller's recovery keeps it aside and drops what the replay holds).
 
-Faults: when the subscriber connection drops, the broker reports not ok (health 503, and
-publishes are refused rather than pretend), renews its publisher pool, then reconnects with
-jittered exponential backoff and subscribes every channel still wanted. Clients stay
+Faults: when the subscriber connection drops, or a probe published every second does not
+come back through it in time (a hung Redis closes nothing), the broker reports not ok
+(health 503, and publishes are refused rather than pretend), renews its publisher pool, then
+reconnects with jittered exponential backoff and subscribes every channel still wanted. Clients stay
 connected throughout. What is published while an instance is cut off does not reach its
 clients live; a client that resumes gets it from history.
 """
@@ -75,9 +77,15 @@ COMMAND_TIMEOUT = 5.0
 # half so that instances cut off together do not come back in lockstep.
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
-# The subscriber connection is idle when nobody publishes; a PING after this many idle seconds
-# notices a Redis that vanished without closing the connection.
-SUBSCRIBER_IDLE_PING = 5.0
+# A Redis that hangs (stopped, swapping, partitioned) closes nothing. Every LIVENESS_PERIOD
+# seconds a probe is published on the instance's own channel and must come back through the
+# subscriber connection within LIVENESS_TIMEOUT, so a hung Redis is noticed within their sum
+# (4 s; OPERATIONS.md promises 5) and not after coredis's idle PING plus its reply timeout.
+LIVENESS_PERIOD = 1.0
+LIVENESS_TIMEOUT = 3.0
+# coredis's own idle PING: the probes keep the connection busy, so it never fires; it is
+# bounded by what the probes already notice.
+SUBSCRIBER_IDLE_PING = LIVENESS_PERIOD + LIVENESS_TIMEOUT
 # Seconds between renewals of the logs of held keys (their TTL is at least a day).
 LOG_RENEW_PERIOD = 3600.0
 # Publisher connections: publishing is one round at a time, the rest serve probes.
@@ -98,7 +106,8 @@ _ERRORS = (
 def _is_redis_failure(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_redis_failure(inner) for inner in exc.exceptions)
-    return isinstance(exc, _ERRORS)
+    # BrokerUnavailable: the liveness probe's verdict, raised beside coredis's tasks.
+    return isinstance(exc, (*_ERRORS, BrokerUnavailable))
 
 
 @contextmanager
@@ -560,6 +569,7 @@ class RedisBroker:
             await pubsub.subscribe(own_markers, *self._raw)
             await nursery.start(self._reconcile, pubsub)
             connected()
+            nursery.start_soon(self._watch_liveness)
             while True:
                 first = await pubsub.get_message()
                 # Everything already received joins this round: the hub then writes each
@@ -600,6 +610,33 @@ class RedisBroker:
                             raw[1]()
                 if round_:
                     await deliver(round_)
+
+    async def _watch_liveness(self) -> None:
+        """Fail the subscriber connection once a probe does not come back in time.
+
+        The probe crosses what a publication crosses: a publisher connection, Redis, and the
+        subscriber connection behind everything already published.
+
+        Raises:
+            BrokerUnavailable: Redis did not echo the probe within LIVENESS_TIMEOUT.
+        """
+        while True:
+            await trio.sleep(LIVENESS_PERIOD)
+            publisher = self._publisher
+            if publisher is None:
+                # Being replaced after a failed publish; the next round probes the new pool.
+                continue
+            marker = next(self._marker_ids)
+            arrived = self._markers[marker] = trio.Event()
+            try:
+                with trio.move_on_after(LIVENESS_TIMEOUT):
+                    with _as_unavailable("Redis liveness probe failed"):
+                        await publisher.publish(self._marker_channel, marker)
+                    await arrived.wait()
+            finally:
+                del self._markers[marker]
+            if not arrived.is_set():
+                raise BrokerUnavailable(f"Redis did not answer within {LIVENESS_TIMEOUT:g} s")
 
     def _receive(self, data: Any, round_: list[Delivery]) -> None:
         try:
