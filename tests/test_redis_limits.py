@@ -16,7 +16,7 @@ import trio
 from trio_gateway import Config, Gateway, open_gateway
 from trio_gateway.client.http import http_request
 
-from .helpers import API_KEY, ready, receive_json, send_json, subscribe, tcp_client
+from .helpers import API_KEY, ready, receive_json, request, send_json, subscribe, tcp_client
 from .redis_server import RedisServer
 from .test_redis_broker import PREFIX, TIMEOUT, base, eventually, next_event, post_event
 from .test_redis_broker import redis_config as redis_config  # the fixture
@@ -149,3 +149,76 @@ async def test_a_hung_redis_is_noticed_within_the_documented_time(
             await eventually(lambda: ready_is(gateway, 200))
             await post_event(gateway, workspace_id="W", n=2)
             assert (await next_event(ws))["n"] == 2
+
+
+# --- idempotent publishing and publishes whose outcome is unknown ------------------------------
+
+
+async def test_a_retry_with_the_same_idempotency_key_on_another_instance_is_not_delivered_twice(
+    redis_config: Config,
+) -> None:
+    message = {"topic": "orders", "data": {"n": 1}, "idempotency_key": "order-1"}
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_gateway(redis_config) as a,
+            open_gateway(redis_config) as b,
+            tcp_client(a.port) as ws,
+        ):
+            await ready(ws)
+            await subscribe(ws, topic="orders")
+            status, _, body = await post_raw(a, message, "/api/publish")
+            assert (status, json.loads(body)) == (
+                202,
+                {"accepted": 1, "duplicates": 0, "offsets": [1]},
+            )
+            status, _, body = await post_raw(b, [message, {**message, "data": 2}], "/api/publish")
+            # Both are repeats of order-1: answered with its offset, not published.
+            assert (status, json.loads(body)) == (
+                202,
+                {"accepted": 2, "duplicates": 2, "offsets": [1, 1]},
+            )
+            status, _, body = await post_raw(
+                b, {"topic": "orders", "data": {"n": 2}}, "/api/publish"
+            )
+            assert json.loads(body) == {"accepted": 1, "offsets": [2]}
+            assert [(await receive_json(ws))["data"] for _ in range(2)] == [{"n": 1}, {"n": 2}]
+
+
+async def test_a_publish_redis_did_not_confirm_is_504_and_its_retry_lands_once(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    event = {"workspace_id": "W", "n": 1, "idempotency_key": "evt-1"}
+    with trio.fail_after(TIMEOUT * 3):
+        async with open_gateway(redis_config) as gateway, tcp_client(gateway.port) as ws:
+            await ready(ws)
+            ack = await request(ws, type="subscribe", workspace_id="W", recover=True)
+            redis_server.pause()
+            status, _, body = await post_raw(gateway, event)
+            assert status == 504
+            assert json.loads(body) == {
+                "error": "Publish outcome unknown: the broker did not confirm it; retry with "
+                "the same idempotency_key to publish it at most once",
+                "code": "outcome_unknown",
+            }
+            # Redis runs what it had already received when it wakes up.
+            redis_server.resume()
+            await eventually(lambda: ready_is(gateway, 200))
+            status, _, body = await post_raw(gateway, event)
+            # It was: the retry is its duplicate.
+            assert (status, json.loads(body)) == (202, {"accepted": 1, "duplicates": 1})
+            await post_event(gateway, workspace_id="W", n=2)
+            # What the key holds since the subscribe: the event once, then the next one.
+            await send_json(ws, {"type": "unsubscribe", "workspace_id": "W"})
+            while (await receive_json(ws))["type"] != "unsubscribed":
+                pass
+            resumed = await request(
+                ws,
+                type="subscribe",
+                workspace_id="W",
+                since={"offset": ack["offset"], "epoch": ack["epoch"]},
+            )
+            assert resumed["recovered"] is True
+            replay = [await receive_json(ws) for _ in range(2)]
+            assert [frame["event"]["n"] for frame in replay] == [1, 2]
+            assert [frame["offsets"]["workspace:W"] for frame in replay] == [1, 2]
+            assert "idempotency_key" not in replay[0]["event"]

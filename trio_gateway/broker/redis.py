@@ -55,13 +55,13 @@ from coredis.retry import NoRetryPolicy
 
 from ..common.backoff import backoff_delays
 from ..common.groups import first_leaf
-from ..fanout.publication import Delivery, Extra, OffsetFrame, Position, Publication
+from ..fanout.publication import Assigned, Delivery, Extra, OffsetFrame, Position, Publication
 from ..observability.jsonlog import fields
 from ..protocol.messages import Since
 from ..protocol.routing import is_pattern_key
 from ..protocol.topics import redis_globs
 from ..runtime.config import Config, redact_url
-from . import BrokerUnavailable, Deliver, history_window, scripts
+from . import BrokerUnavailable, Deliver, PublishOutcomeUnknown, history_window, scripts
 from .envelope import channel, decode, log_name
 from .memory import LOG_IDLE_LIMIT, new_epoch
 
@@ -154,10 +154,30 @@ def _named(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _ints(reply: Any) -> list[int]:
-    if not isinstance(reply, list) or not all(isinstance(item, int) for item in reply):
-        raise BrokerUnavailable(f"unexpected reply from the publish script: {reply!r:.100}")
-    return reply
+# How coredis 6.x words the failures that come before a command is written: only these say
+# for certain that nothing reached Redis. Any other failure of a publish (a timeout, a
+# connection lost while sending or waiting) leaves its outcome unknown.
+_UNSENT = ("Unable to establish a connection", "Connection not usable")
+
+
+def _unsent(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_unsent(inner) for inner in exc.exceptions)
+    return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(_UNSENT)
+
+
+def _assigned(reply: Any, count: int) -> list[Assigned]:
+    if (
+        not isinstance(reply, list)
+        or len(reply) != count
+        or not all(
+            isinstance(entry, list) and entry and all(isinstance(n, int) for n in entry)
+            for entry in reply
+        )
+    ):
+        # The script ran (or Redis answered something else): what was published is unknown.
+        raise PublishOutcomeUnknown(f"unexpected reply from the publish script: {reply!r:.100}")
+    return [Assigned(tuple(entry[1:]), duplicate=entry[0] == 1) for entry in reply]
 
 
 def _fetch_reply(reply: Any) -> tuple[bytes, int, int, list[bytes], bytes | None]:
@@ -232,6 +252,7 @@ class RedisBroker:
         self._history_ttl_ms = round(config.history_ttl * 1000)
         self._log_ttl = max(round(LOG_IDLE_LIMIT), math.ceil(config.history_ttl))
         self._state_ttl_ms = round(config.state_ttl * 1000)
+        self._idempotency_ttl_ms = round(config.idempotency_ttl * 1000)
         # Most messages handed to the hub in one round, as in the memory broker: writers run
         # between rounds, and two rounds must fit in a client's queue.
         self._round_size = max(1, config.queue_depth // 4)
@@ -309,7 +330,7 @@ class RedisBroker:
             if self._is_live(key):
                 self._release(key)
 
-    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
+    async def publish(self, publications: Sequence[Publication]) -> list[Assigned]:
         publisher = self._usable_publisher()
         args: list[str | int] = [
             self._prefix,
@@ -320,10 +341,12 @@ class RedisBroker:
             new_epoch(),
             next(self._round_ids),
             len(publications),
+            self._idempotency_ttl_ms,
         ]
         for publication in publications:
             retain = publication.retain
-            args += [len(publication.keys), *publication.keys, publication.topic or ""]
+            args += [publication.idempotency_key or "", len(publication.keys), *publication.keys]
+            args.append(publication.topic or "")
             if retain is None:
                 args += ["", "", ""]
             elif retain.state is None:
@@ -335,12 +358,19 @@ class RedisBroker:
             args.append(publication.body)
         try:
             with _as_unavailable("publish to Redis failed"):
-                flat = await publisher.eval(scripts.PUBLISH, args=args)
+                try:
+                    reply = await publisher.eval(scripts.PUBLISH, args=args)
+                except BaseException as exc:
+                    if _is_redis_failure(exc) and not _unsent(exc):
+                        leaf = first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                        raise PublishOutcomeUnknown(
+                            f"publish to Redis not confirmed: {leaf}"
+                        ) from None
+                    raise
         except BrokerUnavailable:
             self._publisher_broken.set()
             raise
-        offsets = iter(_ints(flat))
-        return [tuple(next(offsets) for _ in publication.keys) for publication in publications]
+        return _assigned(reply, len(publications))
 
     async def fetch(self, key: str, since: Since | None, *, state: bool) -> Position:
         publisher = self._usable_publisher()
