@@ -222,3 +222,26 @@ async def test_a_publish_redis_did_not_confirm_is_504_and_its_retry_lands_once(
             assert [frame["event"]["n"] for frame in replay] == [1, 2]
             assert [frame["offsets"]["workspace:W"] for frame in replay] == [1, 2]
             assert "idempotency_key" not in replay[0]["event"]
+
+
+async def test_a_client_publish_redis_did_not_confirm_is_told_its_outcome_is_unknown(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT * 2):
+        async with open_gateway(redis_config) as gateway, tcp_client(gateway.port) as ws:
+            await ready(ws)
+            redis_server.pause()
+            reply = await request(ws, type="publish", topic="chat", data=1)
+            assert reply == {
+                "type": "error",
+                "message": "Publish outcome unknown: the broker did not confirm it",
+                "code": "outcome_unknown",
+            }
+            redis_server.resume()
+            await eventually(lambda: ready_is(gateway, 200))
+            # Redis ran it when it woke up: the next publish on the topic is its second.
+            assert await request(ws, type="publish", topic="chat", data=2) == {
+                "type": "published",
+                "topic": "chat",
+                "offset": 2,
+            }

@@ -65,6 +65,8 @@ def message_too_big(limit: int) -> CloseReason:
 # Error reply codes: machine-readable reasons on `{"type":"error"}` replies.
 FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"
+# A publish sent to the broker and not confirmed: it may have been published.
+OUTCOME_UNKNOWN = "outcome_unknown"
 UNAUTHORIZED_CODE = "unauthorized"
 
 
