@@ -16,7 +16,6 @@ Must not: know any page or endpoint beyond `/api/health`, the readiness probe.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import attrs
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from .helpers import debian_program
 from .redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +51,7 @@ def child_env() -> dict[str, str]:
 @contextmanager
 def chromium() -> Iterator[Browser]:
     """Headless Chromium (Debian's), closed on exit."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail(
-            "chromium is not installed: run `make test` as root (it installs Debian's chromium) "
-            "or `apt-get install chromium`",
-            pytrace=False,
-        )
+    executable = debian_program("chromium", "the browser tests")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True)
         try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 import trio_websocket
@@ -44,6 +46,18 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     async def aclose(self) -> None:
         self._receive.close()
         await trio.lowlevel.checkpoint()
+
+
+def debian_program(name: str, what: str) -> str:
+    """The path of `name`, a Debian package's program the suite needs; fails, never skips."""
+    executable = shutil.which(name)
+    if executable is None:
+        pytest.fail(
+            f"{name} is not installed: run `make test` as root (it installs Debian's {name} "
+            f"for {what}) or `apt-get install {name}`",
+            pytrace=False,
+        )
+    return executable
 
 
 def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ package) when it can, and the broker tests are part of what the suite promises.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from .helpers import debian_program
 
 # How long a fresh redis-server may take to answer PING before the fixture gives up.
 START_TIMEOUT = 10.0
@@ -39,14 +40,7 @@ class RedisServer:
     """One redis-server on 127.0.0.1, with no persistence (a restart loses everything)."""
 
     def __init__(self, workdir: Path) -> None:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            pytest.fail(
-                "redis-server is not installed: run `make test` as root (it installs Debian's "
-                "redis-server) or `apt-get install redis-server`",
-                pytrace=False,
-            )
-        self.executable = executable
+        self.executable = debian_program("redis-server", "the broker tests")
         self.workdir = workdir
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None

@@ -78,13 +78,18 @@ test("answers the server's pings without page code", async () => {
   assert.deepEqual(states, ["connected"]);
 });
 
-test("survives a gateway restart and resumes with nothing lost or repeated", async () => {
+// Gateways A (on a port it can be restarted on) and B, sharing a fresh redis-server.
+async function twoGatewaysOnRedis() {
   const redis = await startRedis();
   running.push(redis);
   const port = await freePort();
   const args = ["--redis-url", redis.url];
-  let a = await gateway({ port, args });
-  const b = await gateway({ args });
+  return { port, args, a: await gateway({ port, args }), b: await gateway({ args }) };
+}
+
+test("survives a gateway restart and resumes with nothing lost or repeated", async () => {
+  const { port, args, b, a: first } = await twoGatewaysOnRedis();
+  let a = first;
   let tokens = 0;
   const c = client(a.ws, {
     getToken: () => (tokens++, API_KEY),
@@ -113,12 +118,8 @@ test("survives a gateway restart and resumes with nothing lost or repeated", asy
 });
 
 test("a replay through several keys delivers each event once", async () => {
-  const redis = await startRedis();
-  running.push(redis);
-  const port = await freePort();
-  const args = ["--redis-url", redis.url];
-  let a = await gateway({ port, args });
-  const b = await gateway({ args });
+  const { port, args, b, a: first } = await twoGatewaysOnRedis();
+  let a = first;
   const c = client(a.ws, {
     token: API_KEY, subscriptions: ["all", "workspace:W", "session:S"], backoffInitial: 100,
   });
