@@ -11,14 +11,24 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import coredis
 import trio
 
 from trio_gateway import Config, Gateway, open_gateway
+from trio_gateway.client import open_client
 from trio_gateway.client.http import http_request
 
 from .helpers import API_KEY, ready, receive_json, request, send_json, subscribe, tcp_client
 from .redis_server import RedisServer
-from .test_redis_broker import PREFIX, TIMEOUT, base, eventually, next_event, post_event
+from .test_redis_broker import (
+    PREFIX,
+    TIMEOUT,
+    base,
+    eventually,
+    next_event,
+    post_event,
+    redis_probe,
+)
 from .test_redis_broker import redis_config as redis_config  # the fixture
 
 
@@ -245,3 +255,111 @@ async def test_a_client_publish_redis_did_not_confirm_is_told_its_outcome_is_unk
                 "topic": "chat",
                 "offset": 2,
             }
+
+
+# --- a subscriber cut off while another instance publishes -------------------------------------
+
+
+async def _subscriber_id(probe: coredis.Redis[bytes], gateway: Gateway) -> int:
+    name = f"{PREFIX}subscriber:{gateway.instance}"
+    for client in await probe.client_list():
+        if client["name"] == name:
+            return int(client["id"])
+    raise AssertionError(f"no subscriber connection named {name!r}")
+
+
+@asynccontextmanager
+async def subscriber_cut_off(probe: coredis.Redis[bytes], gateway: Gateway) -> AsyncIterator[None]:
+    """Drop `gateway`'s subscriber connection and keep it out (no room for a new connection)
+    for the block; the other connections stay."""
+    connected = len(await probe.client_list())
+    await probe.config_set({"maxclients": connected - 1})
+    try:
+        await probe.client_kill(identifier=await _subscriber_id(probe, gateway))
+        await eventually(lambda: ready_is(gateway, 503))
+        yield
+    finally:
+        await probe.config_set({"maxclients": 10000})
+
+
+async def test_clients_of_an_instance_whose_subscriber_was_cut_off_are_told_of_the_gap(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT * 3):
+        async with (
+            redis_probe(redis_server) as probe,
+            open_gateway(redis_config) as a,
+            open_gateway(redis_config) as b,
+            tcp_client(a.port) as plain,
+            tcp_client(a.port) as tracked,
+            tcp_client(b.port) as elsewhere,
+        ):
+            for ws in (plain, tracked, elsewhere):
+                await ready(ws)
+            await subscribe(plain, workspace_id="W")
+            await subscribe(plain, topic="chat.*")
+            ack = await request(tracked, type="subscribe", workspace_id="W", recover=True)
+            await subscribe(elsewhere, workspace_id="W")
+            await post_event(b, workspace_id="W", n=1)
+            for ws in (plain, tracked, elsewhere):
+                assert (await next_event(ws))["n"] == 1
+            async with subscriber_cut_off(probe, a):
+                status, _, body = await post_raw(b, {"workspace_id": "W", "n": 2})
+                assert (status, json.loads(body)) == (202, {"accepted": 1})
+                assert (await next_event(elsewhere))["n"] == 2
+            await eventually(lambda: ready_is(a, 200))
+            # What A's clients missed is named: up to offset 2 of workspace:W; a pattern has
+            # no offsets, so its subscribers are told whenever the subscriber was cut off.
+            assert {json.dumps(await receive_json(plain)) for _ in range(2)} == {
+                json.dumps(
+                    {
+                        "type": "gap",
+                        "subscription": "workspace:W",
+                        "epoch": ack["epoch"],
+                        "offset": 2,
+                    }
+                ),
+                json.dumps({"type": "gap", "subscription": "chat.*"}),
+            }
+            gap = await receive_json(tracked)
+            assert gap == {
+                "type": "gap",
+                "subscription": "workspace:W",
+                "epoch": ack["epoch"],
+                "offset": 2,
+            }
+            resumed = await request(
+                tracked,
+                type="subscribe",
+                workspace_id="W",
+                since={"offset": 1, "epoch": ack["epoch"]},
+            )
+            assert resumed["recovered"] is True
+            assert (await next_event(tracked))["n"] == 2
+            await post_event(b, workspace_id="W", n=3)
+            for ws in (plain, tracked, elsewhere):
+                assert (await next_event(ws))["n"] == 3
+
+
+async def test_the_client_library_fetches_what_a_gap_names(
+    redis_config: Config, redis_server: RedisServer
+) -> None:
+    with trio.fail_after(TIMEOUT * 3):
+        async with (
+            redis_probe(redis_server) as probe,
+            open_gateway(redis_config) as a,
+            open_gateway(redis_config) as b,
+            open_client(
+                f"ws://127.0.0.1:{a.port}/api/ws", API_KEY, subscriptions=["workspace:W"]
+            ) as client,
+        ):
+            await post_event(b, workspace_id="W", n=1)
+            async with subscriber_cut_off(probe, a):
+                await post_event(b, workspace_id="W", n=2)
+            await eventually(lambda: ready_is(a, 200))
+            received = []
+            async for message in client:
+                received.append((message["event"]["n"], message["offsets"]["workspace:W"]))
+                if len(received) == 2:
+                    break
+            assert received == [(1, 1), (2, 2)]

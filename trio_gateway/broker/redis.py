@@ -194,10 +194,20 @@ def _fetch_reply(reply: Any) -> tuple[bytes, int, int, list[bytes], bytes | None
     return epoch, offset, now_ms, entries, state if isinstance(state, bytes) else None
 
 
-def _client(url: str, pool_size: int) -> coredis.Redis[bytes]:
+def _no_gaps(key: str, epoch: str | None, offset: int | None) -> None:
+    pass
+
+
+# Keys per POSITIONS script call: a bounded script run, however many keys are held.
+POSITIONS_CHUNK = 1000
+
+
+def _client(url: str, pool_size: int, name: str | None = None) -> coredis.Redis[bytes]:
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         url,
         max_connections=pool_size,
+        # CLIENT LIST shows which instance a subscriber connection belongs to.
+        client_name=name,
         connect_timeout=CONNECT_TIMEOUT,
         stream_timeout=COMMAND_TIMEOUT,
         # Waiting for a pool connection is bounded like any command.
@@ -278,8 +288,19 @@ class RedisBroker:
         # Callbacks waiting for their key to go live (`when_live`).
         self._waiting: dict[str, list[Callable[[], None]]] = {}
         self._connected = False
+        # Set while connected; a fresh one after each drop.
+        self._up = trio.Event()
+        # A subscriber connection was up before: the next one follows a drop.
+        self._was_connected = False
         self.reconnects = 0
         self._last_id: str | None = None
+        self._subscriber_name = f"{self._prefix}subscriber:{instance_id}"
+        # Held keys -> the highest offset this instance has delivered or read for them, to
+        # tell after a reconnect what was published while the subscriber was cut off.
+        self._last_offsets: dict[str, int] = {}
+        #: Told (key, epoch, offset) when publications on a held key up to `offset` may not
+        #: have reached this instance's clients live (the server points it at Hub.gap).
+        self.gaps: Callable[[str, str | None, int | None], None] = _no_gaps
         # Channels of other features on the subscriber connection (`listen`), by name.
         self._raw: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
 
@@ -308,6 +329,7 @@ class RedisBroker:
 
     def unwant(self, key: str) -> None:
         self._wanted.discard(key)
+        self._last_offsets.pop(key, None)
         self._dirty.add(key)
         self._changed.set()
         self._release(key)
@@ -575,7 +597,7 @@ class RedisBroker:
             try:
                 with _as_unavailable("Redis subscriber connection lost"):
                     # A fresh one-connection pool each time, for the reason in _keep_publisher.
-                    async with _client(self._url, 1) as subscriber:
+                    async with _client(self._url, 1, self._subscriber_name) as subscriber:
                         await self._subscribe_once(subscriber, deliver, connected)
             except BrokerUnavailable as exc:
                 self._set_connected(False)
@@ -597,7 +619,8 @@ class RedisBroker:
         markers, own_markers = self._marker_channels, self._marker_channel
         async with pubsub, trio.open_nursery() as nursery:
             await pubsub.subscribe(own_markers, *self._raw)
-            await nursery.start(self._reconcile, pubsub)
+            # After a drop, what was published meanwhile is found by comparing offsets.
+            await nursery.start(self._reconcile, pubsub, nursery, self._was_connected)
             connected()
             nursery.start_soon(self._watch_liveness)
             while True:
@@ -641,6 +664,79 @@ class RedisBroker:
                 if round_:
                     await deliver(round_)
 
+    async def _check_positions(self, keys: list[str], compare: bool) -> None:
+        """Read where `keys` stand once they are live; with `compare`, report the keys that
+        moved past what this instance delivered (published while it was cut off).
+
+        Without `compare` the read is the starting point a later comparison needs. Patterns
+        have no offsets: after a drop their subscribers are told unconditionally.
+        """
+        await self._up.wait()
+        await self._until_live(keys)
+        if compare:
+            for key in keys:
+                if is_pattern_key(key) and key in self._wanted:
+                    self.gaps(key, None, None)
+        held = [key for key in keys if not is_pattern_key(key)]
+        for start in range(0, len(held), POSITIONS_CHUNK):
+            chunk = held[start : start + POSITIONS_CHUNK]
+            try:
+                positions = await self._positions(chunk)
+            except BrokerUnavailable as exc:
+                # The connection is going down; the next one compares again.
+                log.warning("could not read key positions", extra=fields(error=str(exc)))
+                return
+            for key, (epoch, offset) in zip(chunk, positions, strict=True):
+                if key not in self._wanted:
+                    continue
+                last = self._last_offsets.get(key)
+                if compare and last is not None and offset > last:
+                    self.gaps(key, epoch, offset)
+                if last is None or offset > last:
+                    self._last_offsets[key] = offset
+
+    async def _until_live(self, keys: Sequence[str]) -> None:
+        pending = len(keys)
+        live = trio.Event()
+
+        def one_live() -> None:
+            nonlocal pending
+            pending -= 1
+            if pending == 0:
+                live.set()
+
+        for key in keys:
+            self.when_live(key, one_live)
+        await live.wait()
+
+    async def _positions(self, keys: list[str]) -> list[tuple[str | None, int]]:
+        """Each key's (epoch, offset), once everything published before the read has been
+        handed to the hub (the marker, as in `fetch`).
+
+        Raises:
+            BrokerUnavailable: Redis did not answer, or the subscriber did not catch up.
+        """
+        publisher = self._usable_publisher()
+        marker = next(self._marker_ids)
+        arrived = self._markers[marker] = trio.Event()
+        try:
+            with _as_unavailable("reading key positions failed"):
+                reply = await publisher.eval(
+                    scripts.POSITIONS, args=[self._prefix, self._marker_channel, marker, *keys]
+                )
+            with trio.move_on_after(COMMAND_TIMEOUT):
+                await arrived.wait()
+        finally:
+            del self._markers[marker]
+        if not arrived.is_set():
+            raise BrokerUnavailable("the Redis subscriber did not catch up with a position read")
+        if not isinstance(reply, list) or len(reply) != len(keys):
+            raise BrokerUnavailable(f"unexpected reply from the positions script: {reply!r:.100}")
+        return [
+            (epoch.decode() if isinstance(epoch, bytes) else None, offset)
+            for epoch, offset in reply
+        ]
+
     async def _watch_liveness(self) -> None:
         """Fail the subscriber connection once a probe does not come back in time.
 
@@ -680,10 +776,19 @@ class RedisBroker:
         if envelope.id == self._last_id:
             return
         self._last_id = envelope.id
+        last = self._last_offsets
+        for key, offset in zip(envelope.keys, envelope.offsets, strict=True):
+            if key in self._wanted and offset > last.get(key, 0):
+                last[key] = offset
         round_.append(envelope.delivery())
 
     async def _reconcile(
-        self, pubsub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        pubsub: Any,
+        nursery: trio.Nursery,
+        resumed: bool,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Keep this connection's channels and globs equal to what the wanted keys need.
 
@@ -699,12 +804,14 @@ class RedisBroker:
         while True:
             self._changed = trio.Event()
             dirty, self._dirty = self._dirty, set()
+            joined: list[str] = []
             for key in dirty:
                 wanted = key in self._wanted
                 if wanted == (key in held):
                     continue
                 if wanted:
                     held.add(key)
+                    joined.append(key)
                 else:
                     held.discard(key)
                 needs = globs if is_pattern_key(key) else channels
@@ -724,6 +831,10 @@ class RedisBroker:
                 await pubsub.unsubscribe(*removed_channels)
             if removed_globs:
                 await pubsub.punsubscribe(*removed_globs)
+            if joined:
+                # Only the first round of a connection after a drop holds keys that were
+                # held while it was down.
+                nursery.start_soon(self._check_positions, joined, resumed and not started)
             if not started:
                 started = True
                 task_status.started()
@@ -732,7 +843,12 @@ class RedisBroker:
 
     def _set_connected(self, connected: bool) -> None:
         self._connected = connected
-        if not connected:
+        if connected:
+            self._was_connected = True
+            self._up.set()
+        else:
+            if self._up.is_set():
+                self._up = trio.Event()
             # The publisher's pooled connections went down with Redis too: start afresh.
             self._publisher_broken.set()
             self._active = set()

@@ -127,6 +127,20 @@ redis.call('PUBLISH', ARGV[8], ARGV[9])
 return {epoch, offset, now, entries, state}
 """
 
+# ARGV: prefix, marker channel, marker, key... Returns {epoch or false, offset} per key, without
+# creating a log, then PUBLISHes the marker as FETCH does.
+POSITIONS = """
+local prefix = ARGV[1]
+local result = {}
+for n = 4, #ARGV do
+  local log = prefix .. 'log:' .. ARGV[n]
+  local epoch = redis.call('HGET', log, 'epoch')
+  result[#result + 1] = {epoch, tonumber(redis.call('HGET', log, 'offset') or '0')}
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return result
+"""
+
 # ARGV: prefix, key. Returns the retained state or nil.
 STATE = """
 return redis.call('GET', ARGV[1] .. 'state:' .. ARGV[2])
