@@ -30,8 +30,8 @@ publishes a marker on this instance's own channel, and `fetch` returns only once
 subscriber has come to it, that is, once everything published before the read has reached
 the hub (where the caller's recovery keeps it aside and drops what the replay holds).
 
-Faults: when the subscriber connection drops, or a probe published every second does not
-come back through it in time (a hung Redis closes nothing), the broker reports not ok
+Faults: when the subscriber connection drops, or a PING sent every second is not answered
+in time (a hung Redis closes nothing), the broker reports not ok
 (health 503, and publishes are refused rather than pretend), renews its publisher pool, then
 reconnects with jittered exponential backoff and subscribes every channel still wanted. Clients stay
 connected throughout. What is published while an instance is cut off does not reach its
@@ -78,13 +78,13 @@ COMMAND_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 # A Redis that hangs (stopped, swapping, partitioned) closes nothing. Every LIVENESS_PERIOD
-# seconds a probe is published on the instance's own channel and must come back through the
-# subscriber connection within LIVENESS_TIMEOUT, so a hung Redis is noticed within their sum
-# (4 s; OPERATIONS.md promises 5) and not after coredis's idle PING plus its reply timeout.
+# seconds a PING goes out on a publisher connection and must be answered within
+# LIVENESS_TIMEOUT, so a hung Redis is noticed within their sum (4 s; OPERATIONS.md promises
+# 5) and not after coredis's idle PING plus its reply timeout (10 s).
 LIVENESS_PERIOD = 1.0
 LIVENESS_TIMEOUT = 3.0
-# coredis's own idle PING: the probes keep the connection busy, so it never fires; it is
-# bounded by what the probes already notice.
+# coredis's own idle PING on the subscriber connection, which may sit silent when nobody
+# publishes; what it would notice, the probes notice first.
 SUBSCRIBER_IDLE_PING = LIVENESS_PERIOD + LIVENESS_TIMEOUT
 # Seconds between renewals of the logs of held keys (their TTL is at least a day).
 LOG_RENEW_PERIOD = 3600.0
@@ -738,13 +738,14 @@ class RedisBroker:
         ]
 
     async def _watch_liveness(self) -> None:
-        """Fail the subscriber connection once a probe does not come back in time.
+        """Fail the subscriber connection once Redis does not answer a PING in time.
 
-        The probe crosses what a publication crosses: a publisher connection, Redis, and the
-        subscriber connection behind everything already published.
+        On a publisher connection, not through the subscriber's stream: the subscriber
+        legitimately stops reading while this instance's clients are behind (backpressure,
+        e.g. thousands of clients resuming at once), and that lag is not Redis's.
 
         Raises:
-            BrokerUnavailable: Redis did not echo the probe within LIVENESS_TIMEOUT.
+            BrokerUnavailable: Redis did not answer within LIVENESS_TIMEOUT, or failed.
         """
         while True:
             await trio.sleep(LIVENESS_PERIOD)
@@ -752,16 +753,10 @@ class RedisBroker:
             if publisher is None:
                 # Being replaced after a failed publish; the next round probes the new pool.
                 continue
-            marker = next(self._marker_ids)
-            arrived = self._markers[marker] = trio.Event()
-            try:
-                with trio.move_on_after(LIVENESS_TIMEOUT):
-                    with _as_unavailable("Redis liveness probe failed"):
-                        await publisher.publish(self._marker_channel, marker)
-                    await arrived.wait()
-            finally:
-                del self._markers[marker]
-            if not arrived.is_set():
+            with trio.move_on_after(LIVENESS_TIMEOUT) as probe:
+                with _as_unavailable("Redis liveness probe failed"):
+                    await publisher.ping()
+            if probe.cancelled_caught:
                 raise BrokerUnavailable(f"Redis did not answer within {LIVENESS_TIMEOUT:g} s")
 
     def _receive(self, data: Any, round_: list[Delivery]) -> None:
