@@ -271,9 +271,10 @@ async def _subscriber_id(probe: coredis.Redis[bytes], gateway: Gateway) -> int:
 @asynccontextmanager
 async def subscriber_cut_off(probe: coredis.Redis[bytes], gateway: Gateway) -> AsyncIterator[None]:
     """Drop `gateway`'s subscriber connection and keep it out (no room for a new connection)
-    for the block; the other connections stay."""
+    for the block; the other connections stay, but for its liveness probe's, which goes with
+    the subscriber."""
     connected = len(await probe.client_list())
-    await probe.config_set({"maxclients": connected - 1})
+    await probe.config_set({"maxclients": connected - 2})
     try:
         await probe.client_kill(identifier=await _subscriber_id(probe, gateway))
         await eventually(lambda: ready_is(gateway, 503))

@@ -78,7 +78,7 @@ COMMAND_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 # A Redis that hangs (stopped, swapping, partitioned) closes nothing. Every LIVENESS_PERIOD
-# seconds a PING goes out on a publisher connection and must be answered within
+# seconds a PING goes out on a connection of its own and must be answered within
 # LIVENESS_TIMEOUT, so a hung Redis is noticed within their sum (4 s; OPERATIONS.md promises
 # 5) and not after coredis's idle PING plus its reply timeout (10 s).
 LIVENESS_PERIOD = 1.0
@@ -295,6 +295,7 @@ class RedisBroker:
         self.reconnects = 0
         self._last_id: str | None = None
         self._subscriber_name = f"{self._prefix}subscriber:{instance_id}"
+        self._probe_name = f"{self._prefix}probe:{instance_id}"
         # Held keys -> the highest offset this instance has delivered or read for them, to
         # tell after a reconnect what was published while the subscriber was cut off.
         self._last_offsets: dict[str, int] = {}
@@ -740,24 +741,24 @@ class RedisBroker:
     async def _watch_liveness(self) -> None:
         """Fail the subscriber connection once Redis does not answer a PING in time.
 
-        On a publisher connection, not through the subscriber's stream: the subscriber
-        legitimately stops reading while this instance's clients are behind (backpressure,
-        e.g. thousands of clients resuming at once), and that lag is not Redis's.
+        On a connection of its own: the subscriber legitimately stops reading while this
+        instance's clients are behind (backpressure), and the publisher pool may be queued
+        up with thousands of history fetches (clients resuming at once); neither lag is
+        Redis's.
 
         Raises:
             BrokerUnavailable: Redis did not answer within LIVENESS_TIMEOUT, or failed.
         """
-        while True:
-            await trio.sleep(LIVENESS_PERIOD)
-            publisher = self._publisher
-            if publisher is None:
-                # Being replaced after a failed publish; the next round probes the new pool.
-                continue
-            with trio.move_on_after(LIVENESS_TIMEOUT) as probe:
-                with _as_unavailable("Redis liveness probe failed"):
-                    await publisher.ping()
-            if probe.cancelled_caught:
-                raise BrokerUnavailable(f"Redis did not answer within {LIVENESS_TIMEOUT:g} s")
+        with _as_unavailable("Redis liveness probe failed"):
+            async with _client(self._url, 1, self._probe_name) as probe:
+                while True:
+                    await trio.sleep(LIVENESS_PERIOD)
+                    with trio.move_on_after(LIVENESS_TIMEOUT) as waited:
+                        await probe.ping()
+                    if waited.cancelled_caught:
+                        raise BrokerUnavailable(
+                            f"Redis did not answer within {LIVENESS_TIMEOUT:g} s"
+                        )
 
     def _receive(self, data: Any, round_: list[Delivery]) -> None:
         try:
