@@ -47,10 +47,11 @@ test: $(STAMP) redis-server chromium
 conformance: $(STAMP)
 	bash scripts/conformance.sh
 
-# Benchmark against the naive trio and aiohttp baselines (needs 2 cores; a full run takes
-# about 15 minutes, BENCH_ARGS=--quick about 2).
+# Benchmark against the peer servers (naive trio, aiohttp, websockets, Node ws) and the write
+# floor (needs 2 cores; a full run takes about 25 minutes, BENCH_ARGS=--quick about 4).
 bench: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
+	npm ci --prefix scripts/bench_peers/node_ws --no-audit --no-fund --silent
 	$(VENV)/bin/python scripts/bench.py $(BENCH_ARGS)
 
 # ruff over everything; strict mypy over trio_gateway/ and tests/ (pyproject.toml).

@@ -1,9 +1,17 @@
-"""Benchmark trio_gateway against two baselines and a floor, side by side, on loopback.
+"""Benchmark trio_gateway against four peer servers and a floor, side by side, on loopback.
 
-    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P,R]
-        [--targets gateway,naive_trio,aiohttp,write_floor] [--json bench-results.json]
-        [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps] [--x-rate 200] [--members 5000]
-    make bench BENCH_ARGS=--quick
+    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P,R] [--repeat N]
+        [--targets gateway,naive_trio,aiohttp,websockets,node_ws,write_floor]
+        [--json bench-results.json] [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps]
+        [--x-rate 200] [--members 5000]
+    make bench BENCH_ARGS="--quick --repeat 3"
+
+The peers (scripts/bench_peers/) speak the protocol subset the load generator uses, each
+written as that library's experienced user would: naive_trio (trio-websocket, awaiting each
+send), aiohttp, websockets (its `broadcast()`), and node_ws (Node's `ws`; its packages are
+installed in its own folder by `make bench`, `npm ci --prefix scripts/bench_peers/node_ws`).
+With --repeat N every cell runs N times, interleaved (each target once per round), and the
+table shows the median with the (min-max) spread; lost and duplicates are summed.
 
 Owns the orchestration and the report. For every scenario and every target (the gateway as
 a subprocess, `python -m trio_gateway serve`, and the baseline servers in
@@ -35,8 +43,9 @@ Scenarios (defaults; --quick scales them down):
      when the next is due goes out on another connection, so events may overlap and be
      "reordered" across requests; that is not an error.
   C  idle: 5,000 subscribed connections held 20 s. The gateway pings every 5 s instead of 30
-     (--ping-interval 5) and the aiohttp peer heartbeats every 5 s, so the window holds four
-     keepalive cycles; the naive peer has no keepalive at all. RSS per connection is
+     (--ping-interval 5) and the aiohttp, websockets and node_ws peers ping every 5 s, so the
+     window holds four keepalive cycles; the naive peer has no keepalive at all. Connects
+     run 100 at a time; connect->ready percentiles are over them. RSS per connection is
      (RSS after the hold - RSS before connecting, after a 10-connection warm-up) /
      connections. An event published after the hold must reach every connection.
   D  connect storm: 5,000 connects, opened as fast as the load generator can; connect() ->
@@ -86,6 +95,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -102,12 +112,22 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 LOADGEN = str(ROOT / "scripts" / "bench_loadgen.py")
 PEERS = ROOT / "scripts" / "bench_peers"
 TOKEN = "bench-key"
-TARGETS = ("gateway", "naive_trio", "aiohttp", "write_floor")
+TARGETS = ("gateway", "naive_trio", "aiohttp", "websockets", "node_ws", "write_floor")
 # With --parent-src, "parent" is a second gateway (another source tree, e.g. the parent commit)
 # run right after "gateway" in every scenario but X, so a change is measured against its
 # parent in one invocation, interleaved.
-COLUMNS = ("gateway", "parent", "naive_trio", "aiohttp", "write_floor")
-SHORT = {"parent": "parent", "naive_trio": "naive", "aiohttp": "aiohttp", "write_floor": "floor"}
+COLUMNS = ("gateway", "parent", "naive_trio", "aiohttp", "websockets", "node_ws", "write_floor")
+SHORT = {
+    "parent": "parent",
+    "naive_trio": "naive",
+    "aiohttp": "aiohttp",
+    "websockets": "wsockets",
+    "node_ws": "node",
+    "write_floor": "floor",
+}
+# The peers a gateway figure is held against ("the best peer"): servers, not the floor.
+PEERS_COMPARED = ("naive_trio", "aiohttp", "websockets", "node_ws")
+NODE_PEER = PEERS / "node_ws"
 # The scenarios the write floor takes part in (it has no keepalive and no limits).
 FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
@@ -156,15 +176,11 @@ def server_command(
         return [PYTHON, str(PEERS / "naive_trio.py"), "--api-key", TOKEN]
     if target == "write_floor":
         return [PYTHON, str(PEERS / "write_floor.py"), "--api-key", TOKEN]
-    heartbeat = IDLE_PING_INTERVAL if scenario == "C" else 30
-    return [
-        PYTHON,
-        str(PEERS / "aiohttp_peer.py"),
-        "--api-key",
-        TOKEN,
-        "--heartbeat",
-        str(heartbeat),
-    ]
+    heartbeat = ["--heartbeat", str(IDLE_PING_INTERVAL if scenario == "C" else 30)]
+    if target == "node_ws":
+        return ["node", str(NODE_PEER / "server.mjs"), "--api-key", TOKEN, *heartbeat]
+    script = "websockets_peer.py" if target == "websockets" else "aiohttp_peer.py"
+    return [PYTHON, str(PEERS / script), "--api-key", TOKEN, *heartbeat]
 
 
 def loadgen_arguments(scenario: str, args: argparse.Namespace) -> tuple[list[str], float]:
@@ -409,6 +425,11 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def progress(what: str, repetition: int, repeat: int) -> None:
+    of = f" (run {repetition + 1} of {repeat})" if repeat > 1 else ""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}{of} ...", file=sys.stderr, flush=True)
+
+
 def least_disturbed(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`run()`, repeated (RETRIES times at most) while other processes took more than
     DISTURBED_PCT of a core during it; the least disturbed attempt, with `attempts`."""
@@ -443,10 +464,13 @@ ROWS = [
     ("L", "p50 ms", "p50_ms", False),
     ("L", "p99 ms", "p99_ms", False),
     ("L", "max ms", "max_ms", False),
+    ("L", "server us/delivery", "server_us_per_delivery", False),
     ("L", "server CPU %", "server_cpu_pct", None),
     ("L", "loadgen busy %", "loadgen_busy_pct", None),
     ("L", "late publishes", "late_publishes", None),
     ("C", "RSS KiB/conn", "rss_per_conn_kib", False),
+    ("C", "connect->ready p50 ms", "connect_p50_ms", False),
+    ("C", "connect->ready p99 ms", "connect_p99_ms", False),
     ("C", "server CPU % idle", "server_cpu_pct", False),
     ("C", "pings/conn in the hold", "pings_per_conn", None),
     ("C", "server us per ping+pong", "server_us_per_ping", False),
@@ -474,6 +498,47 @@ CHECKS = [
     ("duplicates", "duplicates"),
     ("reordered", "reordered"),
 ]
+
+
+# Summed over repeated runs of a cell (every run must have none); other numbers take the median.
+SUMMED = ("lost", "duplicates", "reordered", "late_publishes", "error_frames", "attempts")
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one cell as one result: the median of every number, with its spread
+    (`KEY_spread`: [min, max]) when there are several runs; checks summed; `runs` kept."""
+    if len(runs) == 1:
+        return runs[0]
+    combined: dict[str, Any] = {"runs": runs, "repeat": len(runs)}
+    for key in dict.fromkeys(k for run in runs for k in run):
+        values = [run[key] for run in runs if key in run]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if key in SUMMED and len(numbers) == len(values):
+            combined[key] = sum(numbers)
+        elif numbers and len(numbers) == len(values):
+            combined[key] = statistics.median(numbers)
+            combined[f"{key}_spread"] = [min(numbers), max(numbers)]
+        elif all(isinstance(v, bool) for v in values):
+            combined[key] = all(values)
+        elif key == "closed_by_server":
+            codes: dict[str, int] = {}
+            for closes in values:
+                for code, count in (closes or {}).items():
+                    codes[code] = codes.get(code, 0) + count
+            combined[key] = codes
+        elif key == "server_complaints":
+            combined[key] = [line for lines in values for line in lines][:20]
+        else:
+            combined[key] = next((v for v in values if v), values[0])
+    return combined
+
+
+def cell(result: dict[str, Any], key: str) -> str:
+    """A value, with the spread of repeated runs after it: `4.6 (4.4-4.9)`."""
+    spread = result.get(f"{key}_spread")
+    if spread is None:
+        return fmt(result.get(key))
+    return f"{fmt(result.get(key))} ({fmt(spread[0])}-{fmt(spread[1])})"
 
 
 def ratio(a: Any, b: Any) -> float | None:
@@ -517,12 +582,14 @@ def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -
     for scenario, label, key, better in ROWS:
         if scenario not in scenarios:
             continue
-        values = [results.get(t, {}).get(scenario, {}).get(key) for t in columns]
+        cells = [results.get(t, {}).get(scenario, {}) for t in columns]
+        values = [result.get(key) for result in cells]
         arrow = {True: " (up)", False: " (down)", None: ""}[better]
         ratios = [ratio(values[0], value) for value in values[1:]] if others else []
         if better is None:
             ratios = [None] * len(others)
-        rows.append([f"{scenario} {label}{arrow}", *map(fmt, values), *map(fmt, ratios)])
+        shown = [cell(result, key) for result in cells]
+        rows.append([f"{scenario} {label}{arrow}", *shown, *map(fmt, ratios)])
     for scenario in scenarios:
         for label, key in CHECKS:
             values = [results.get(t, {}).get(scenario, {}).get(key) for t in columns]
@@ -553,7 +620,7 @@ def cross_table(variants: dict[str, dict[str, Any]]) -> str:
     head = ["X metric", *(key for key, *_ in CROSS_VARIANTS)]
     rows = [["", *(description for _, description, *_ in CROSS_VARIANTS)]]
     for label, field in CROSS_ROWS:
-        rows.append([label, *(fmt(variants.get(k, {}).get(field)) for k, *_ in CROSS_VARIANTS)])
+        rows.append([label, *(cell(variants.get(k, {}), field) for k, *_ in CROSS_VARIANTS)])
     each = []
     for key, *_ in CROSS_VARIANTS:
         result = variants.get(key, {})
@@ -573,43 +640,79 @@ def cross_table(variants: dict[str, dict[str, Any]]) -> str:
 def targets_met(
     results: dict[str, dict[str, dict[str, Any]]],
 ) -> list[tuple[str, bool | None, str]]:
-    """The issue's targets: (description, met or None when not measured, measured value)."""
+    """The performance targets: (description, met or None when not measured, measured value).
+
+    "Best peer" is the best of the server peers that ran (PEERS_COMPARED), not the floor.
+    """
     gw = results.get("gateway", {})
-    naive = results.get("naive_trio", {})
-    aio = results.get("aiohttp", {})
     checks: list[tuple[str, bool | None, str]] = []
 
     def add(label: str, value: float | None, ok: Callable[[float], bool]) -> None:
         checks.append((label, None if value is None else ok(value), fmt(value)))
 
-    a = gw.get("A", {})
+    def best_peer(scenario: str, key: str, lower: bool = True) -> tuple[str, float] | None:
+        found = [
+            (target, value)
+            for target in PEERS_COMPARED
+            if isinstance(value := results.get(target, {}).get(scenario, {}).get(key), int | float)
+        ]
+        if not found:
+            return None
+        return (min if lower else max)(found, key=lambda pair: pair[1])
+
+    def against_best(scenario: str, key: str, label: str) -> None:
+        best = best_peer(scenario, key)
+        mine = gw.get(scenario, {}).get(key)
+        name = f"{scenario} {label} <= best peer" + (f" ({best[0]} {fmt(best[1])})" if best else "")
+        add(name, ratio(mine, best[1]) if best else None, lambda r: r <= 1.0)
+
+    against_best("L", "p50_ms", "p50 gw/best")
+    against_best("L", "p99_ms", "p99 gw/best")
+    against_best("L", "server_us_per_delivery", "server us/delivery gw/best")
+    floor = results.get("write_floor", {}).get("L", {}).get("p99_ms")
+    mine = gw.get("L", {}).get("p99_ms")
     add(
-        "A throughput >= 3x naive_trio",
-        ratio(a.get("deliveries_per_s"), naive.get("A", {}).get("deliveries_per_s")),
+        "L p99 within 1 ms of the write floor (gw - floor, ms)",
+        mine - floor if isinstance(mine, int | float) and isinstance(floor, int | float) else None,
+        lambda d: d <= 1.0,
+    )
+    add(
+        "C RSS <= 6 KiB per idle connection",
+        gw.get("C", {}).get("rss_per_conn_kib"),
+        lambda v: v <= 6.0,
+    )
+    aio = results.get("aiohttp", {})
+    for scenario, key in (("D", "p99_ms"), ("C", "connect_p99_ms")):
+        add(
+            f"{scenario} connect->ready p99 <= aiohttp's (gw/aiohttp)",
+            ratio(gw.get(scenario, {}).get(key), aio.get(scenario, {}).get(key)),
+            lambda r: r <= 1.0,
+        )
+    add(
+        "A throughput >= 3x node_ws",
+        ratio(
+            gw.get("A", {}).get("deliveries_per_s"),
+            results.get("node_ws", {}).get("A", {}).get("deliveries_per_s"),
+        ),
         lambda r: r >= 3.0,
     )
+    cross = gw.get("X", {})
     add(
-        "A throughput >= 1.0x aiohttp",
-        ratio(a.get("deliveries_per_s"), aio.get("A", {}).get("deliveries_per_s")),
-        lambda r: r >= 1.0,
+        "X p99 through Redis, two instances <= 1.5x single-instance memory broker",
+        ratio(cross.get("cross", {}).get("p99_ms"), cross.get("single_memory", {}).get("p99_ms")),
+        lambda r: r <= 1.5,
     )
-    lat = gw.get("L", {})
-    add("L p99 <= 10 ms", lat.get("p99_ms"), lambda v: v <= 10.0)
-    add(
-        "C RSS <= 14 KiB per idle connection",
-        gw.get("C", {}).get("rss_per_conn_kib"),
-        lambda v: v <= 14.0,
-    )
-    for scenario, result in sorted(gw.items()):
-        runs = result.items() if scenario == "X" else [("", result)]
-        for variant, run in runs:
-            if "lost" in run:
-                add(
-                    f"{scenario}{' ' + variant if variant else ''} gateway lost = 0,"
-                    " duplicates = 0",
-                    run["lost"] + run["duplicates"],
-                    lambda v: v == 0,
-                )
+    for target, scenarios in results.items():
+        for scenario, result in sorted(scenarios.items()):
+            runs = result.items() if scenario == "X" else [("", result)]
+            for variant, run in runs:
+                if "lost" in run:
+                    add(
+                        f"{scenario}{' ' + variant if variant else ''} {target} lost = 0,"
+                        " duplicates = 0",
+                        run["lost"] + run["duplicates"],
+                        lambda v: v == 0,
+                    )
     return checks
 
 
@@ -655,6 +758,12 @@ def main() -> None:
         type=float,
         help="(A) seconds after which no further batch is posted; what was posted is still"
         " delivered and counted [120, quick: 30]",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="interleaved runs of every cell; the table shows their median and (min-max)",
     )
     parser.add_argument("--json", default="bench-results.json", help="where to write results")
     parser.add_argument(
@@ -715,33 +824,42 @@ def main() -> None:
         targets.insert(1, "parent")
     if "gateway" not in targets:
         scenarios = [s for s in scenarios if s not in GATEWAY_ONLY]
+    if args.repeat < 1:
+        sys.exit("--repeat: at least 1")
+    if "node_ws" in targets and not (NODE_PEER / "node_modules" / "ws").is_dir():
+        sys.exit(f"node_ws needs its packages: npm ci --prefix {NODE_PEER} (make bench does it)")
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
 
     results: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in COLUMNS}
     for scenario in scenarios:
         if scenario == "X":
-            variants = {}
-            for key, description, instances, with_redis in CROSS_VARIANTS:
-                print(f"[{time.strftime('%H:%M:%S')}] X {description} ...", file=sys.stderr)
-                variants[key] = least_disturbed(partial(run_cross, instances, with_redis, args))
-            results["gateway"]["X"] = variants
+            variants: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in CROSS_VARIANTS}
+            for repetition in range(args.repeat):
+                for key, description, instances, with_redis in CROSS_VARIANTS:
+                    progress(f"X {description}", repetition, args.repeat)
+                    run = partial(run_cross, instances, with_redis, args)
+                    variants[key].append(least_disturbed(run))
+            results["gateway"]["X"] = {key: combine(runs) for key, runs in variants.items()}
             continue
         if scenario == "R":
             print(f"[{time.strftime('%H:%M:%S')}] R storm ...", file=sys.stderr, flush=True)
             results["gateway"]["R"] = run_storm(args)
             continue
-        for target in targets:
-            if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
-                continue
-            if scenario in GATEWAY_ONLY and target != "gateway":
-                continue
-            print(
-                f"[{time.strftime('%H:%M:%S')}] {scenario} {target} ...",
-                file=sys.stderr,
-                flush=True,
-            )
-            results[target][scenario] = least_disturbed(partial(run_one, target, scenario, args))
+        cell_targets = [
+            target
+            for target in targets
+            if (target != "write_floor" or scenario in FLOOR_SCENARIOS)
+            and (scenario not in GATEWAY_ONLY or target == "gateway")
+        ]
+        # Interleaved: every target once per repetition, so drift on the machine falls on all.
+        cells: dict[str, list[dict[str, Any]]] = {target: [] for target in cell_targets}
+        for repetition in range(args.repeat):
+            for target in cell_targets:
+                progress(f"{scenario} {target}", repetition, args.repeat)
+                cells[target].append(least_disturbed(partial(run_one, target, scenario, args)))
+        for target, runs in cells.items():
+            results[target][scenario] = combine(runs)
 
     print()
     if tabled := [s for s in scenarios if s not in ("X", "R")]:
@@ -782,8 +900,8 @@ def main() -> None:
         )
     if "C" in scenarios:
         notes.append(
-            f"C: gateway --ping-interval {IDLE_PING_INTERVAL}, aiohttp heartbeat"
-            f" {IDLE_PING_INTERVAL} s, naive_trio has no keepalive."
+            f"C: gateway --ping-interval {IDLE_PING_INTERVAL}, aiohttp, websockets and node_ws"
+            f" ping every {IDLE_PING_INTERVAL} s, naive_trio has no keepalive."
         )
     print("\n".join(notes))
     for target in targets:

@@ -73,6 +73,8 @@ TILDES = b"~" * RECV_BUFFER.nbytes
 STALL_TIMEOUT = 30.0
 # Connections being opened at once outside the connect storm, so set-up is not a storm too.
 SETUP_CONCURRENCY = 256
+# Scenario C's connects in flight: its connect->ready percentiles compare servers at this load.
+IDLE_CONCURRENCY = 100
 # New connects started per loop turn in the storm, so that early connections are serviced
 # while later ones are still being opened (the loop's delay stays out of their timings).
 STORM_CONNECTS_PER_TURN = 64
@@ -896,6 +898,7 @@ def latency(s: Scenario) -> dict[str, object]:
         p50_ms=round(percentile(ms, 50), 3),
         p99_ms=round(percentile(ms, 99), 3),
         max_ms=round(ms[-1], 3) if ms else None,
+        server_us_per_delivery=round(1e6 * result["server_cpu_s"] / max(len(samples), 1), 3),
         publishers_used=len(publishers),
         late_publishes=late,
     )
@@ -916,8 +919,9 @@ def idle(s: Scenario) -> dict[str, object]:
     s.loop.sleep(1.0)
     rss_before = server_rss_kib(pid)
     ok, setup = s.connect(
-        args.clients, subscribe=True, concurrency=SETUP_CONCURRENCY, per_turn=64, timeout=180
+        args.clients, subscribe=True, concurrency=IDLE_CONCURRENCY, per_turn=64, timeout=180
     )
+    connects = sorted((c.t_ready - c.t_start) / 1e6 for c in s.clients if c.t_ready)
     s.loop.sleep(1.0)
     rss_connected = server_rss_kib(pid)
     pings_before = sum(c.pings for c in s.clients)
@@ -943,6 +947,8 @@ def idle(s: Scenario) -> dict[str, object]:
         rss_connected_kib=rss_connected,
         rss_held_kib=rss_held,
         rss_per_conn_kib=round((rss_held - rss_before) / max(held, 1), 2),
+        connect_p50_ms=round(percentile(connects, 50), 3),
+        connect_p99_ms=round(percentile(connects, 99), 3),
         pings_per_conn=round(pings / max(held, 1), 2),
         server_us_per_ping=round(1e6 * result["server_cpu_s"] / pings, 1) if pings else None,
     )

@@ -519,7 +519,10 @@ async def test_http_request_statuses(gateway: Gateway) -> None:
         assert (status, json.loads(body)) == (405, {"error": "Method DELETE not allowed"})
         assert ("allow", "POST") in headers
         status, headers, body = await http_request(
-            "POST", base + "/api/events", body=b"x" * (gateway.config.max_body_size + 1)
+            "POST",
+            base + "/api/events",
+            body=b"x" * (gateway.config.max_body_size + 1),
+            headers={"authorization": f"Bearer {API_KEY}"},
         )
         assert status == 413
         status, headers, body = await http_request(

@@ -43,9 +43,10 @@ async def closed_without_frames(ws: trio_websocket.WebSocketConnection) -> tuple
 
 
 def sized_subscribe(size: int) -> str:
-    """A valid subscribe frame exactly `size` characters long (ASCII, so also bytes)."""
-    head, tail = '{"type":"subscribe","workspace_id":"', '"}'
-    text = head + "w" * (size - len(head) - len(tail)) + tail
+    """A valid subscribe frame exactly `size` characters long (ASCII, so also bytes), padded
+    with a field subscribe ignores (an id that long would be refused)."""
+    head, tail = '{"type":"subscribe","workspace_id":"w","pad":"', '"}'
+    text = head + "p" * (size - len(head) - len(tail)) + tail
     assert len(text) == size
     return text
 
@@ -235,7 +236,11 @@ async def test_too_many_subscriptions(nursery: trio.Nursery, config: Config) -> 
             too_many = "Too many subscriptions: at most 3 per connection"
             for extra in ({"workspace_id": "W2"}, {"session_id": "S2"}):
                 await send_json(ws, {"type": "subscribe", **extra})
-                assert await receive_json(ws) == {"type": "error", "message": too_many}
+                assert await receive_json(ws) == {
+                    "type": "error",
+                    "message": too_many,
+                    "code": "too_many",
+                }
             # Re-subscribing to a held key is not a new subscription.
             assert await subscribe(ws, workspace_id="W1") == "workspace:W1"
             # Dropping one makes room for another.

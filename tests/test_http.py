@@ -352,11 +352,11 @@ async def test_upgrade_on_wrong_path_is_404(gateway: Gateway) -> None:
     assert response.startswith(b"HTTP/1.1 404 ")
 
 
-async def test_broken_upgrade_request_is_400(gateway: Gateway) -> None:
+async def test_upgrade_without_a_version_is_426(gateway: Gateway) -> None:
     head = b"GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     response = await raw_exchange(gateway, head)
-    assert response.startswith(b"HTTP/1.1 400 ")
-    assert b"Sec-WebSocket-Version" in response
+    assert response.startswith(b"HTTP/1.1 426 ")
+    assert b"sec-websocket-version: 13" in response
 
 
 # --- limits and garbage --------------------------------------------------------------------
@@ -425,7 +425,10 @@ async def test_stalled_request_gets_408(gateway: Gateway) -> None:
 
 
 async def test_stalled_body_gets_408(gateway: Gateway) -> None:
-    head = b"POST /api/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    head = (
+        b"POST /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
     response = await raw_exchange(gateway, head)
     assert response.startswith(b"HTTP/1.1 408 ")
 

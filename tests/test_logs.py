@@ -214,7 +214,9 @@ async def test_each_http_answer_is_one_line_without_the_query_string(
             # A head still unfinished at 16 KiB (h11 judges only what is incomplete).
             await http_exchange(port, b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000),
             await http_exchange(
-                port, b"POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: 9999999\r\n\r\n"
+                port,
+                b"POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-key\r\n"
+                b"Content-Length: 9999999\r\n\r\n",
             ),
             await http_exchange(port, b"GET /api/ws?token=hunter2 HTTP/1.1\r\nHost: t\r\n\r\n"),
         ]
@@ -239,7 +241,10 @@ async def test_requests_that_time_out_are_logged_408_with_their_duration(
     port = gateway.port
     with trio.fail_after(TIMEOUT):
         # A body that stops short, then a head that never ends: request_timeout (2 s) each.
-        body = b"POST /api/events HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{}"
+        body = (
+            b"POST /api/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer test-key\r\n"
+            b"Content-Length: 10\r\n\r\n{}"
+        )
         assert (await http_exchange(port, body))[0] == 408
         assert (await http_exchange(port, b"GET /api/health HTTP/1.1\r\n"))[0] == 408
     first, second = info_lines.events("http request")

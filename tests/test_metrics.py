@@ -139,7 +139,11 @@ async def test_refused_handshakes_and_commands_are_counted_by_reason_and_outcome
         status, _, _ = await http_request(
             "GET",
             f"http://127.0.0.1:{port}/api/ws",
-            headers={"connection": "Upgrade", "upgrade": "websocket"},
+            headers={
+                "connection": "Upgrade",
+                "upgrade": "websocket",
+                "sec-websocket-version": "13",
+            },
         )
         assert status == 400
         async with tcp_client(port, token="wrong") as ws:

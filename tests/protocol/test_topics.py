@@ -1,18 +1,24 @@
-"""Sync tests of topic/pattern syntax, Redis globs and the pattern trie (pure, no I/O)."""
+"""Sync tests of topic/pattern syntax, Redis globs and the pattern index (pure, no I/O)."""
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_gateway.protocol.topics import (
     MAX_SEGMENTS,
     MAX_TOPIC_LENGTH,
+    ONE,
+    REST,
     PatternIndex,
     is_pattern,
     pattern_problem,
     redis_globs,
+    shape,
     topic_problem,
 )
 
@@ -209,7 +215,7 @@ def test_add_refuses_invalid_patterns() -> None:
         with pytest.raises(ValueError, match=r"."):
             index.add(bad)
     assert len(index) == 0
-    assert index.node_count() == 1
+    assert index.shape_count() == 0
 
 
 def test_contains_and_len() -> None:
@@ -248,16 +254,18 @@ def test_discard_keeps_shared_nodes() -> None:
     index.add("a.b.c")
     index.add("a.b.**")
     index.add("a.*")
-    nodes = index.node_count()  # root, a, a.b, a.b.c, a.*
-    assert nodes == 5
+    index.add("x.y.z")  # the shape of a.b.c
+    assert index.shape_count() == 3
     index.discard("a.b.c")
-    assert index.node_count() == 4  # a.b still holds a.b.**
+    assert index.shape_count() == 3  # x.y.z still has it
     assert sorted(index.match("a.b")) == ["a.*", "a.b.**"]
+    assert index.match("x.y.z") == ["x.y.z"]
     index.discard("a.b.**")
-    assert index.node_count() == 3
+    assert index.shape_count() == 2
     assert index.match("a.b") == ["a.*"]
     index.discard("a.*")
-    assert index.node_count() == 1
+    index.discard("x.y.z")
+    assert index.shape_count() == 0
     assert len(index) == 0
 
 
@@ -271,33 +279,120 @@ def test_discard_prunes_after_churn() -> None:
     for pattern in patterns:
         index.discard(pattern)
     assert len(index) == 0
-    assert not index._root.children
-    assert index.node_count() == 1
+    assert not index._shapes
+    assert index.shape_count() == 0
 
 
 # --- match cost ----------------------------------------------------------------------------
 
 
-def test_match_cost_does_not_grow_with_non_matching_patterns() -> None:
+def test_match_cost_does_not_grow_with_patterns_of_one_shape() -> None:
     index = PatternIndex()
     for n in range(100_000):
         index.add(f"room.{n}.*")
+    assert index.shape_count() == 1
     assert index.match("chat.x") == []
-    assert index.visits == 1  # the root; no child is "chat" or "*"
+    assert index.lookups == 0  # no shape of two segments
     assert index.match("room.5.x") == ["room.5.*"]
-    assert index.visits <= 4  # root, room, room.5, room.5.*
-    assert index.match("room.5") == []
-    assert index.visits <= 3
+    assert index.lookups == 1
+    assert index.match("chat.x.y") == []
+    assert index.lookups == 1
 
 
-def test_match_cost_with_wildcards_is_bounded_by_the_topic() -> None:
+def test_match_cost_is_one_lookup_per_shape_that_fits_the_topic() -> None:
     index = PatternIndex()
     for n in range(100_000):
         index.add(f"room.{n}.*")
     index.add("*.x")
     index.add("**")
     assert sorted(index.match("chat.x")) == ["**", "*.x"]
-    assert index.visits <= 3  # root, *, *.x
+    assert index.lookups == 2  # "*.x"'s shape and "**"'s; "room.N.*" has three segments
+    assert sorted(index.match("room.7.x")) == ["**", "room.7.*"]
+    assert index.lookups == 2
+
+
+def test_match_cost_against_the_doubling_shapes_is_the_shape_count() -> None:
+    # Every mix of "x" and "*" over 15 segments then "z": each segment doubled a trie's
+    # frontier (2^15 nodes walked for a topic that matches none of them).
+    index = PatternIndex()
+    for mix in itertools.product(("x", ONE), repeat=15):
+        index.add(".".join((*mix, "z")))
+    assert len(index) == index.shape_count() == 2**15
+    assert index.match(".".join(["x"] * 15 + ["y"])) == []
+    assert index.lookups == 2**15
+    # The same count of patterns over one shape costs one lookup.
+    one_shape = PatternIndex()
+    for n in range(2**15):
+        one_shape.add(f"x.*.{n}")
+    assert one_shape.match("x.y.7") == ["x.*.7"]
+    assert one_shape.lookups == 1
+
+
+# --- PatternIndex against a brute-force reference --------------------------------------------
+
+
+def _reference_match(pattern: str, topic: str) -> bool:
+    """The matching rule as PROTOCOL.md states it, written independently of the index."""
+    wanted, segments = pattern.split("."), topic.split(".")
+    if wanted[-1] == REST:
+        head = wanted[:-1]
+        if len(segments) < len(head):
+            return False
+        segments = segments[: len(head)]
+        wanted = head
+    return len(wanted) == len(segments) and all(
+        want in (ONE, have) for want, have in zip(wanted, segments, strict=True)
+    )
+
+
+# A small alphabet, so that patterns share literals, shapes and prefixes with the topics.
+_literal = st.sampled_from(["a", "b", "c"])
+_topics = st.lists(_literal, min_size=1, max_size=6).map(".".join)
+_patterns = st.builds(
+    lambda head, rest: ".".join([*head, REST] if rest else head) or REST,
+    st.lists(st.one_of(_literal, st.just(ONE)), min_size=0, max_size=6),
+    st.booleans(),
+).filter(lambda pattern: pattern_problem(pattern) is None)
+_long_topics = st.lists(_literal, min_size=1, max_size=MAX_SEGMENTS).map(".".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_patterns, max_size=40), st.lists(_topics, min_size=1, max_size=10))
+def test_match_is_the_brute_force_answer(patterns: list[str], topics: list[str]) -> None:
+    index = PatternIndex()
+    for pattern in patterns:
+        index.add(pattern)
+    assert len(index) == len(set(patterns))
+    for topic in topics:
+        found = index.match(topic)
+        assert len(found) == len(set(found))
+        assert set(found) == {p for p in patterns if _reference_match(p, topic)}
+        assert index.lookups <= index.shape_count()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(_patterns, max_size=40),
+    st.data(),
+    st.lists(st.one_of(_topics, _long_topics), min_size=1, max_size=10),
+)
+def test_match_after_discards_is_the_brute_force_answer(
+    patterns: list[str], data: st.DataObject, topics: list[str]
+) -> None:
+    index = PatternIndex()
+    for pattern in patterns:
+        index.add(pattern)
+    dropped = data.draw(st.sets(st.sampled_from(patterns)) if patterns else st.just(set()))
+    for pattern in dropped:
+        index.discard(pattern)
+        index.discard(pattern)  # twice is a no-op
+    kept = set(patterns) - dropped
+    assert len(index) == len(kept)
+    assert all(pattern in index for pattern in kept)
+    assert not any(pattern in index for pattern in dropped)
+    assert index.shape_count() == len({shape(pattern) for pattern in kept})
+    for topic in topics:
+        assert sorted(index.match(topic)) == sorted(p for p in kept if _reference_match(p, topic))
 
 
 # --- redis_globs ---------------------------------------------------------------------------

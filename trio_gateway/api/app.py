@@ -87,6 +87,9 @@ class HttpApp:
     # Cancel scopes of keep-alive connections waiting idle for their next request; shutdown
     # cancels them so drain does not wait out the idle timeout.
     idle_scopes: set[trio.CancelScope] = attrs.field(factory=set)
+    #: Bytes all HTTP request bodies being read hold now, against `max_body_memory`
+    #: (transport/http.py).
+    body_bytes: int = 0
 
     def begin_shutdown(self) -> None:
         for scope in tuple(self.idle_scopes):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..broker import BrokerUnavailable
 from ..protocol.presence import ONLINE
+from ..protocol.routing import id_problem
 from ..protocol.topics import is_pattern, topic_problem
 from .app import HttpApp, HttpError, Request
 
@@ -42,6 +43,9 @@ async def get_topic_presence(app: HttpApp, request: Request) -> tuple[int, objec
 
 async def get_user_presence(app: HttpApp, request: Request) -> tuple[int, object]:
     user_id = request.params["user_id"]
+    problem = id_problem("user_id", user_id)
+    if problem is not None:
+        raise HttpError(400, problem)
     try:
         status, topics = await _presence(app).store.user(user_id)
     except BrokerUnavailable:

@@ -1,7 +1,8 @@
 """The route table: every endpoint on one line, with its methods, handler and policy.
 
 A policy is what must hold before the handler runs, declared per route and applied once by
-`respond`, never inside a handler: `PUBLIC`; `API_KEY` (the first `Authorization` header
+`resolve`, never inside a handler, on the request head alone, so that transport/http.py can
+refuse a request before reading its body: `PUBLIC`; `API_KEY` (the first `Authorization` header
 is `Bearer <key>`, 401 with `WWW-Authenticate` otherwise); `METRICS` (an API key or the
 `metrics_token`, or nothing at all with `metrics_public`); `ADMIN` (public, but 404, as if
 the path did not exist, unless the `admin` setting is on). A new kind of check (a rate
@@ -91,6 +92,17 @@ async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
     Raises:
         HttpError: 404, 405, the policy's refusal, or the handler's own error.
     """
+    route, request = resolve(app, request)
+    return await route.handler(app, request)
+
+
+def resolve(app: HttpApp, request: Request) -> tuple[Route, Request]:
+    """The route `request` is for, once its policy holds, and the request with the path's
+    parameters. Reads only the head (method, path, headers): `request.body` may be unread.
+
+    Raises:
+        HttpError: 404, 405, or the policy's refusal (401, or 404 for `ADMIN` when off).
+    """
     methods, params = _methods(request.path)
     if methods is None and request.path in app.context.config.ws_paths:
         methods = _WEBSOCKET
@@ -107,7 +119,7 @@ async def respond(app: HttpApp, request: Request) -> tuple[int, object]:
     _enforce(app, request, route.policy)
     if params:
         request = attrs.evolve(request, params=params)
-    return await route.handler(app, request)
+    return route, request
 
 
 def _methods(path: str) -> tuple[dict[str, Route] | None, dict[str, str]]:

@@ -9,7 +9,7 @@ from ..fanout.broadcaster import (
     login_expiry_publication,
     user_message_publication,
 )
-from .app import HttpApp, Request
+from .app import HttpApp, HttpError, Request
 from .publish import publish, publish_one
 
 
@@ -21,10 +21,18 @@ async def post_user_message(app: HttpApp, request: Request) -> tuple[int, object
 
 
 async def post_user_disconnect(app: HttpApp, request: Request) -> tuple[int, object]:
-    await publish(app, [expiry_publication(request.params["user_id"])])
+    try:
+        publication = expiry_publication(request.params["user_id"])
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    await publish(app, [publication])
     return 202, {"accepted": 1}
 
 
 async def post_session_expire(app: HttpApp, request: Request) -> tuple[int, object]:
-    await publish(app, [login_expiry_publication(request.params["session_id"])])
+    try:
+        publication = login_expiry_publication(request.params["session_id"])
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
+    await publish(app, [publication])
     return 202, {"accepted": 1}

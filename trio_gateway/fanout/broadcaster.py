@@ -33,6 +33,7 @@ from ..protocol.messages import (
 from ..protocol.routing import (
     encodable,
     event_problem,
+    id_problem,
     login_key,
     route_keys,
     session_key,
@@ -91,8 +92,17 @@ class Batch:
 def _encode(message: ServerMessage) -> str:
     try:
         return encode(message)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+    except (TypeError, ValueError):
+        # Not the exception's text: it may quote the payload, and it reaches clients.
+        raise ValueError("payload is not JSON-serialisable") from None
+
+
+def _require_id(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    problem = id_problem(name, value)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _require_text(name: str, value: object, *, optional: bool = False) -> None:
@@ -125,8 +135,8 @@ def session_update_publication(
     summary: str | None = None,
     stats: Mapping[str, Any] | None = None,
 ) -> Publication:
-    _require_text("session_id", session_id)
-    _require_text("workspace_id", workspace_id)
+    _require_id("session_id", session_id)
+    _require_id("workspace_id", workspace_id)
     _require_text("lifecycle", lifecycle)
     if summary is not None and not isinstance(summary, str):
         raise ValueError("summary must be a string")
@@ -146,8 +156,8 @@ def session_update_publication(
 def session_deleted_publication(session_id: str, workspace_id: str) -> Publication:
     """A `session.deleted` message; it also clears the session's retained state and closes
     the connections bound to the session by the connect hook."""
-    _require_text("session_id", session_id)
-    _require_text("workspace_id", workspace_id)
+    _require_id("session_id", session_id)
+    _require_id("workspace_id", workspace_id)
     return Publication(
         _encode(SessionDeleted(session_id)),
         route_keys(workspace_id, session_id),
@@ -184,8 +194,8 @@ def topic_publication(
 
 
 def _exclusions(user_id: str | None, client_id: str | None) -> Extra | None:
-    _require_text("exclude_user_id", user_id, optional=True)
-    _require_text("exclude_client_id", client_id, optional=True)
+    _require_id("exclude_user_id", user_id, optional=True)
+    _require_id("exclude_client_id", client_id, optional=True)
     if user_id is None and client_id is None:
         return None
     return Extra(exclude_user=user_id, exclude_client=client_id)
@@ -195,7 +205,7 @@ def user_message_publication(
     user_id: str, data: Any, exclude_client_id: str | None = None
 ) -> Publication:
     """A `user.message` for every connection of `user_id`, on every instance."""
-    _require_text("user_id", user_id)
+    _require_id("user_id", user_id)
     return Publication(
         _encode(UserMessage(data)),
         (user_key(user_id),),
@@ -205,14 +215,14 @@ def user_message_publication(
 
 def expiry_publication(user_id: str) -> Publication:
     """Ends every session of `user_id` (session.expired, then close 4002), on every instance."""
-    _require_text("user_id", user_id)
+    _require_id("user_id", user_id)
     return Publication(_encode(SessionExpired()), (user_key(user_id),), extra=Extra(control=EXPIRE))
 
 
 def login_expiry_publication(session_id: str) -> Publication:
     """Ends every connection of the backend session `session_id` (the connect hook's), as
     `expiry_publication` does for a user."""
-    _require_text("session_id", session_id)
+    _require_id("session_id", session_id)
     return Publication(
         _encode(SessionExpired()), (login_key(session_id),), extra=Extra(control=EXPIRE)
     )
@@ -221,8 +231,8 @@ def login_expiry_publication(session_id: str) -> Publication:
 def remote_update_publication(
     remote_env_id: str, workspace_id: str, status: str, public_ip: str | None = None
 ) -> Publication:
-    _require_text("remote_env_id", remote_env_id)
-    _require_text("workspace_id", workspace_id)
+    _require_id("remote_env_id", remote_env_id)
+    _require_id("workspace_id", workspace_id)
     _require_text("status", status)
     _require_text("public_ip", public_ip, optional=True)
     message = RemoteUpdate(remote_env_id, status, public_ip)

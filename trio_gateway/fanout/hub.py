@@ -1,6 +1,6 @@
 """The subscription index, recovery, and the non-blocking fan-out into clients' outboxes.
 
-Owns: which clients exist, what each is subscribed to (a dict per key, a trie for patterns),
+Owns: which clients exist, what each is subscribed to (a dict per key, patterns by shape),
 recovery buffers, and queuing a publication's frame into each matching client's bounded
 outbox. Must not: await (writing is flusher.py's task), or decide how a close is carried out
 (session/connection.py does that when a Client asks to close).
@@ -115,9 +115,9 @@ class Hub:
     recovering it) and `on_last(key)` when the last one goes: that is how the broker learns
     which keys this instance needs (broker/).
 
-    Wildcard subscriptions are keys too ("chat.*"), indexed by a trie (protocol/topics.py):
-    a topic message also reaches every pattern that matches its topic, at a cost that depends
-    on the topic's segments, not on how many patterns exist.
+    Wildcard subscriptions are keys too ("chat.*"), indexed by shape (protocol/topics.py):
+    a topic message also reaches every pattern that matches its topic, at a cost of one
+    lookup per pattern shape held, not per pattern.
 
     Recovery (a subscribe that fetches its key's position or history from the broker): until
     `end_recovery`, what is published on the key for that client is kept aside with its
@@ -177,6 +177,12 @@ class Hub:
         subscribers, and `on_unsubscribe` when it stops being one (unsubscribe, disconnect),
         after the index has changed. Watchers must not block or raise."""
         self._watchers.append((on_subscribe, on_unsubscribe))
+
+    @property
+    def patterns(self) -> PatternIndex:
+        """The patterns subscribed here, for the limits on them; the caller must not change
+        it (subscribe and unsubscribe do)."""
+        return self._patterns
 
     def subscribers(self, key: str) -> Collection[Client]:
         """The clients subscribed to `key` right now (not those still recovering it); the

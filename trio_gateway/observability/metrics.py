@@ -195,6 +195,14 @@ class _Collector:
             "Subscriptions clients hold (one per client and key)",
             sum(len(client.subscriptions) for client in hub.clients.values()),
         )
+        yield _gauge(
+            "patterns", "Distinct wildcard patterns with a subscriber here", len(hub.patterns)
+        )
+        yield _gauge(
+            "pattern_shapes",
+            "Distinct pattern shapes held here: a topic publication costs one lookup per shape",
+            hub.patterns.shape_count(),
+        )
         yield _labelled(
             "messages_received",
             "Client messages read, by type ('invalid': not a valid message)",

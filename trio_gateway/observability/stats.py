@@ -118,6 +118,8 @@ class Stats:
             "subscriptions": {
                 "keys": hub.subscription_count(),
                 "total": sum(len(client.subscriptions) for client in clients),
+                "patterns": len(hub.patterns),
+                "pattern_shapes": hub.patterns.shape_count(),
             },
             "top_keys": self.top_keys(top),
             "rates": self.rates(),

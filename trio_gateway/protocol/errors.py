@@ -62,12 +62,20 @@ def message_too_big(limit: int) -> CloseReason:
     return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes")
 
 
+def too_many_fragments(limit: int) -> CloseReason:
+    """The 1009 close for a message sent in more than `limit` frames."""
+    return CloseReason(CloseCode.MESSAGE_TOO_BIG, f"Exceeded maximum fragments: {limit} frames")
+
+
 # Error reply codes: machine-readable reasons on `{"type":"error"}` replies.
 FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"
 # A publish sent to the broker and not confirmed: it may have been published.
 OUTCOME_UNKNOWN = "outcome_unknown"
 UNAUTHORIZED_CODE = "unauthorized"
+# A cap on what a client may hold (subscriptions, patterns, pattern shapes) is reached; the
+# connection stays open.
+TOO_MANY = "too_many"
 
 
 class ProtocolError(Exception):
@@ -79,5 +87,5 @@ class ProtocolError(Exception):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        #: A machine-readable reason ("forbidden", "unavailable"), sent as `code` when set.
+        #: A machine-readable reason ("forbidden", "too_many"), sent as `code` when set.
         self.code = code

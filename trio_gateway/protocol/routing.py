@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from .errors import ProtocolError
 from .messages import Subscribe, Unsubscribe
 from .topics import ALL as ALL
-from .topics import is_pattern, pattern_problem
+from .topics import MAX_TOPIC_LENGTH, is_pattern, pattern_problem
 
 # The WebSocket endpoint, and the diagnostics echo endpoint (served only with `enable_echo`).
 WS_PATH = "/api/ws"
@@ -25,6 +25,21 @@ LOGIN_PREFIX = "login:"
 
 
 SUBSCRIBE_HINT = "Invalid subscribe: must provide scope, workspace_id, or session_id"
+
+# Characters in a workspace, session, user, client or remote id. Ids become subscription keys
+# and Redis channel names, so they are bounded like topics, on the socket and over HTTP.
+MAX_ID_LENGTH = MAX_TOPIC_LENGTH
+
+
+def id_problem(name: str, value: object) -> str | None:
+    """Why `value` cannot be the id `name`, or None. The reason never quotes the value."""
+    if not isinstance(value, str) or not value:
+        return f"{name} must be a non-empty string"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{name} must be at most {MAX_ID_LENGTH} characters"
+    if not encodable(value):
+        return f"{name} must be valid Unicode text"
+    return None
 
 
 def workspace_key(workspace_id: str) -> str:
@@ -49,6 +64,10 @@ def _requested_key(message: Subscribe | Unsubscribe) -> str | None:
     for name in given:
         if not encodable(getattr(message, name)):
             raise ProtocolError(f"Invalid {verb}: {name} must be valid Unicode text")
+        if name != "topic" and len(getattr(message, name)) > MAX_ID_LENGTH:
+            raise ProtocolError(
+                f"Invalid {verb}: {name} must be at most {MAX_ID_LENGTH} characters"
+            )
     if message.topic is not None:
         problem = pattern_problem(message.topic)
         if problem is not None:
@@ -162,4 +181,8 @@ def event_problem(event: object) -> str | None:
         return "session_id must be a string or null"
     if not encodable(workspace_id) or (session_id is not None and not encodable(session_id)):
         return "workspace_id and session_id must be valid Unicode text"
+    if len(workspace_id) > MAX_ID_LENGTH or (
+        session_id is not None and len(session_id) > MAX_ID_LENGTH
+    ):
+        return f"workspace_id and session_id must be at most {MAX_ID_LENGTH} characters"
     return None

@@ -586,6 +586,48 @@ class Config:
             "(what `workers` uses)"
         ),
     )
+    # Wildcard patterns (limits-patterns): what one publication may cost the pattern matcher.
+    # A connection's patterns are within `max_subscriptions` too, with a lower cap of their
+    # own: every pattern takes part in matching each topic publication, a plain key does not.
+    max_patterns: int = attrs.field(
+        default=16,
+        validator=_positive,
+        metadata=_doc(
+            "most wildcard patterns one connection may hold (within `max_subscriptions`); "
+            "beyond it subscribe gets an error",
+            unit="patterns",
+        ),
+    )
+    # Matching a topic costs one lookup per shape held (protocol/topics.py), whatever the
+    # number of patterns; 256 lookups take under 0.1 ms of a publication (docs/PERFORMANCE.md).
+    max_pattern_shapes: int = attrs.field(
+        default=256,
+        validator=_positive,
+        metadata=_doc(
+            "most distinct pattern shapes (`chat.*.x` and `news.*.y` share one) held on the "
+            "instance; a pattern of a new shape beyond it is refused with an error",
+            unit="shapes",
+        ),
+    )
+    # --- HTTP and handshake hardening (issue 18): what one client may make the server hold ---
+    max_fragments: int = attrs.field(
+        default=1024,
+        validator=_positive,
+        metadata=_doc(
+            "most frames one client message may be fragmented into; more closes with 1009",
+            unit="frames",
+        ),
+    )
+    max_body_memory: int = attrs.field(
+        default=64 * 1024 * 1024,
+        validator=_positive,
+        metadata=_doc(
+            "what all HTTP request bodies being read may hold together; a body that would "
+            "exceed it gets 503 with `Retry-After`",
+            unit="bytes",
+            note="at least `max_body_size`",
+        ),
+    )
     # --- broker under faults (limits-broker) ---
     # Centrifugo keeps idempotency keys 5 minutes: a publisher retrying within that window
     # after a 504 (outcome unknown) or a lost response is never delivered twice.
@@ -603,6 +645,11 @@ class Config:
             raise ConfigError(
                 "jwt_secret: set either jwt_secret (HS256) or jwt_public_key (RS256/ES256), "
                 "not both"
+            )
+        if self.max_body_memory < self.max_body_size:
+            raise ConfigError(
+                f"max_body_memory: must be at least max_body_size ({self.max_body_size} "
+                f"bytes), got {self.max_body_memory}"
             )
         if self.workers > 1 and self.redis_url is None:
             raise ConfigError(

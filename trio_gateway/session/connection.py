@@ -56,6 +56,7 @@ from .expiry import set_expiry
 from .handlers.identify import identify_handshake
 from .handlers.subscribe import when_live
 from .io import read_loop, write_loop
+from .pattern_quota import within_quota
 
 log = logging.getLogger("trio_gateway.connection")
 
@@ -151,7 +152,7 @@ async def serve_websocket(
         Never raises except `Cancelled`: a failure is logged and closed with 1011.
     """
     config = context.config
-    ws = WebSocket(stream, trailing, config.max_message_size)
+    ws = WebSocket(stream, trailing, config.max_message_size, config.max_fragments)
     client: Client | None = None
     peer = _peer_fields(remote, origin)
     try:
@@ -160,7 +161,13 @@ async def serve_websocket(
             via = "identify"
             try:
                 credential = await identify_handshake(ws, context)
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                # A framing error, an oversize message or the peer leaving: one line, as
+                # for every connection that ends before it is a client.
+                log.info(
+                    "websocket closed before identify",
+                    extra=fields(code=exc.closed.code, reason=exc.closed.reason, **peer),
+                )
                 return
         client_id = context.new_id()
         kind = "connect_hook" if isinstance(credential, Pending) else None
@@ -291,8 +298,10 @@ def _register(
         client.expiry = trio.CancelScope()
         set_expiry(client, identity)
     if not echo:
-        # The backend's subscriptions are held whatever the grants say, up to the limit.
-        bound = list(identity.subscriptions[: config.max_subscriptions])
+        # The backend's subscriptions are held whatever the grants say, up to the limits.
+        bound = within_quota(
+            config, context.hub.patterns, identity.subscriptions[: config.max_subscriptions]
+        )
         ready = Ready(
             client.id,
             round(config.ping_interval * 1000),

@@ -9,10 +9,14 @@ on. Every other request is read whole and handed to the route table (api/routes.
 answer is written back as one response: JSON, or a `RawBody` with its own headers.
 
 Limits: a request (head and body) must arrive within `request_timeout` or it gets 408; an idle
-keep-alive connection is closed after the same time; a body over `max_body_size` gets 413 and
-the connection is closed (the unread rest cannot be skipped safely). Once shutdown begins,
-responses carry `Connection: close` and idle connections are closed at once. Every answer,
-these included, is one info log line, with the path but never the query string.
+keep-alive connection is closed after the same time; a head over 16 KiB gets 431 and one with
+both Content-Length and Transfer-Encoding 400 (request smuggling). Routing and credentials are
+judged on the head, so a refused request's body is never read; a body over `max_body_size`
+gets 413, and one that would take all bodies in flight past `max_body_memory` 503. Each of
+those closes the connection (the unread rest cannot be skipped safely). An upgrade may not
+announce a body. Once shutdown begins, responses carry `Connection: close` and idle
+connections are closed at once. Every answer, these included, is one info log line, with the
+path but never the query string, and a refusal's error text.
 
 Must not: parse HTTP by hand, know any endpoint (api/ does), or block a publisher on a client.
 """
@@ -29,7 +33,7 @@ import h11
 import trio
 
 from ..api.app import HttpApp, HttpError, RawBody, Request
-from ..api.routes import respond
+from ..api.routes import resolve
 from ..observability.jsonlog import fields
 from ..protocol.headers import header
 from ..protocol.jsontext import dumps
@@ -37,8 +41,11 @@ from ..protocol.routing import ECHO_PATH
 from ..runtime.config import Config
 from ..session.auth import AuthError, Credential, token_from_request
 from ..session.connection import serve_websocket
+from .origins import cookie_usable
 from .websocket import (
     RECEIVE_SIZE,
+    VERSION_HEADERS,
+    VERSION_STATUS,
     accept_headers,
     handshake_problem,
     is_upgrade,
@@ -71,7 +78,46 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         conn.receive_data(bytes(data))
 
 
-async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) -> bytes:
+# Seconds a client refused for want of body memory should wait: bodies in flight last a
+# request at most, usually far less.
+BODY_MEMORY_RETRY_AFTER = b"1"
+
+
+class _BodyMemory:
+    """One request's share of `max_body_memory`: what every body being read holds at once
+    (`HttpApp.body_bytes`), so that many slow bodies cannot add up to the host's memory."""
+
+    def __init__(self, app: HttpApp) -> None:
+        self._app = app
+        self._held = 0
+
+    def need(self, size: int) -> None:
+        """Hold `size` bytes in all for this body.
+
+        Raises:
+            HttpError: 503 (connection closed) when the bodies in flight would exceed it.
+        """
+        extra = size - self._held
+        if extra <= 0:
+            return
+        if self._app.body_bytes + extra > self._app.context.config.max_body_memory:
+            raise HttpError(
+                503,
+                "Too many request bodies in flight; retry later",
+                headers=[(b"retry-after", BODY_MEMORY_RETRY_AFTER)],
+                close=True,
+            )
+        self._app.body_bytes += extra
+        self._held = size
+
+    def release(self) -> None:
+        self._app.body_bytes -= self._held
+        self._held = 0
+
+
+async def _read_body(
+    conn: h11.Connection, stream: trio.abc.Stream, limit: int, memory: _BodyMemory
+) -> bytes:
     body = bytearray()
     while True:
         event = await _next_event(conn, stream)
@@ -79,10 +125,16 @@ async def _read_body(conn: h11.Connection, stream: trio.abc.Stream, limit: int) 
             body += event.data
             if len(body) > limit:
                 raise HttpError(413, f"Body larger than {limit} bytes", close=True)
+            memory.need(len(body))
         elif isinstance(event, h11.EndOfMessage):
             return bytes(body)
         else:
             raise _PeerGone
+
+
+def _announces_body(head: h11.Request) -> bool:
+    length = header(head.headers, b"content-length")
+    return header(head.headers, b"transfer-encoding") is not None or length not in (None, b"0")
 
 
 def _declared_length(head: h11.Request) -> int | None:
@@ -134,32 +186,57 @@ async def _answer(
     head: h11.Request,
     remote: str | None,
 ) -> bool:
-    """Read the body, run the handler and respond. Returns False when the connection must end."""
+    """Route and check the head, read the body, run the handler and respond. Returns False
+    when the connection must end."""
     config = app.context.config
     started = trio.current_time()
     method, path = _method(head), _path(head)
+    memory = _BodyMemory(app)
     try:
+        # Routing and credentials need only the head: a request refused (401, 404, 405) is
+        # answered before any of its body is read, and, if it has one, the connection closed
+        # (the unread rest cannot be skipped safely). One without a body stays reusable.
+        try:
+            route, request = resolve(app, Request(method, path, head, b""))
+        except HttpError as exc:
+            if _announces_body(head):
+                exc.close = True
+            else:
+                # Its end of message, which h11 has without another byte.
+                await _read_body(conn, stream, 0, memory)
+            raise
         declared = _declared_length(head)
         if declared is not None and declared > config.max_body_size:
             raise HttpError(413, f"Body larger than {config.max_body_size} bytes", close=True)
-        # The body is read before routing so that even a 404 leaves the connection reusable.
+        memory.need(declared or 0)
         with trio.move_on_after(config.request_timeout) as body_scope:
-            body = await _read_body(conn, stream, config.max_body_size)
+            body = await _read_body(conn, stream, config.max_body_size, memory)
         if body_scope.cancelled_caught:
             raise HttpError(408, "Request body not received in time", close=True)
-        status, payload = await respond(app, Request(method, path, head, body))
+        status, payload = await route.handler(app, attrs.evolve(request, body=body))
         headers: list[tuple[bytes, bytes]] = []
         close = False
     except HttpError as exc:
         status, payload, headers, close = exc.status, exc.body, exc.headers, exc.close
+    finally:
+        memory.release()
     close = close or app.context.shutting_down.is_set() or conn.their_state is not h11.DONE
     try:
         await _send_response(
             conn, stream, status, payload, headers, close, head_only=method == "HEAD"
         )
     finally:
-        _log_request("http request", method, path, status, started, remote)
+        _log_request("http request", method, path, status, started, remote, payload)
     return not close and conn.our_state is h11.DONE
+
+
+# Our texts for the heads h11 refuses: its own messages describe its parser, and quote
+# what the client sent.
+_HEAD_ERRORS = {431: "Request head too large"}
+
+
+def _head_error(status: int) -> str:
+    return _HEAD_ERRORS.get(status, "Malformed HTTP request")
 
 
 def _method(head: h11.Request) -> str:
@@ -175,15 +252,23 @@ def _log_request(
     event: str,
     method: str | None,
     path: str | None,
-    status: int,
+    status: int | None,
     started: float | None,
     remote: str | None,
+    body: object = None,
 ) -> None:
+    """One line per answer; a refusal's line also has `error`, the text the client got."""
     duration = None if started is None else round((trio.current_time() - started) * 1000, 3)
-    log.info(
-        event,
-        extra=fields(method=method, path=path, status=status, duration_ms=duration, remote=remote),
-    )
+    values: dict[str, object] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration,
+        "remote": remote,
+    }
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        values["error"] = body["error"]
+    log.info(event, extra=fields(**values))
 
 
 async def _next_request(
@@ -209,6 +294,41 @@ async def _next_request(
     if isinstance(event, h11.Request):
         return event
     return None
+
+
+# RFC 9112 6.1: a request with both may be read one way here and another way by a proxy in
+# front (request smuggling), so it is refused and the connection closed, its body unread.
+AMBIGUOUS_LENGTH = "Request has both Content-Length and Transfer-Encoding"
+
+
+def _head_size(head: h11.Request) -> int:
+    # h11 bounds only a head still incomplete; one that arrived whole in a read (up to
+    # RECEIVE_SIZE) is measured here, as the bytes it took less optional whitespace.
+    size = len(head.method) + len(head.target) + len(b" HTTP/1.1\r\n\r\n")
+    return size + sum(len(name) + len(value) + 4 for name, value in head.headers)
+
+
+def _ambiguous_length(head: h11.Request) -> bool:
+    names = {name for name, _ in head.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+async def _refuse_head(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    head: h11.Request,
+    remote: str | None,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer a request from its head alone and end the connection (the body is not read)."""
+    started = trio.current_time()
+    body = {"error": message}
+    try:
+        await _send_response(conn, stream, status, body, headers or [], True)
+    finally:
+        _log_request("http request", _method(head), _path(head), status, started, remote, body)
 
 
 @attrs.frozen
@@ -262,41 +382,57 @@ def _peer_address(stream: trio.abc.Stream) -> str | None:
 async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None) -> _Handoff | None:
     """Answer HTTP requests until the connection ends; a `_Handoff` once an upgrade is
     accepted (then the stream is the WebSocket side's to close)."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
     try:
-        while not app.context.shutting_down.is_set():
-            try:
-                head = await _next_request(app, conn, stream)
-            except h11.RemoteProtocolError as exc:
-                # No head to name (400, 431): the line has the status and the peer only.
-                status = exc.error_status_hint
-                _log_request("http request", None, None, status, None, remote)
-                await _send_response(
-                    conn, stream, status, {"error": f"Bad request: {exc}"}, [], True
-                )
-                break
-            except HttpError as exc:
-                # A head that did not arrive in time (408).
-                _log_request("http request", None, None, exc.status, None, remote)
-                await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
-                break
-            if head is None:
-                break
-            if is_upgrade(head):
-                handoff = await _upgrade(app, conn, stream, head, remote)
-                if handoff is not None:
-                    return handoff
-                break
-            if not await _answer(app, conn, stream, head, remote):
-                break
-            conn.start_next_cycle()
+        handoff = await _serve_requests(app, stream, remote)
     except _PeerGone:
-        pass
+        handoff = None
     except h11.RemoteProtocolError:
-        pass
+        handoff = None
     except Exception:
         log.exception("http connection failed")
-    await linger_close(stream, app.context.config.close_timeout)
+        handoff = None
+    if handoff is None:
+        # The h11 connection, and what its buffer held, is gone by now: a connection closed
+        # after refusing a body holds none of it while it lingers.
+        await linger_close(stream, app.context.config.close_timeout)
+    return handoff
+
+
+async def _serve_requests(
+    app: HttpApp, stream: trio.abc.Stream, remote: str | None
+) -> _Handoff | None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+    while not app.context.shutting_down.is_set():
+        try:
+            head = await _next_request(app, conn, stream)
+        except h11.RemoteProtocolError as exc:
+            # No head to name (400, 431): the line has the status and the peer only.
+            status = exc.error_status_hint
+            body = {"error": _head_error(status)}
+            _log_request("http request", None, None, status, None, remote, body)
+            await _send_response(conn, stream, status, body, [], True)
+            break
+        except HttpError as exc:
+            # A head that did not arrive in time (408).
+            _log_request("http request", None, None, exc.status, None, remote, exc.body)
+            await _send_response(conn, stream, exc.status, exc.body, exc.headers, True)
+            break
+        if head is None:
+            break
+        if _head_size(head) > MAX_HEAD_SIZE:
+            await _refuse_head(conn, stream, head, remote, 431, _head_error(431))
+            break
+        if _ambiguous_length(head):
+            await _refuse_head(conn, stream, head, remote, 400, AMBIGUOUS_LENGTH)
+            break
+        if is_upgrade(head):
+            handoff = await _upgrade(app, conn, stream, head, remote)
+            if handoff is not None:
+                return handoff
+            break
+        if not await _answer(app, conn, stream, head, remote):
+            break
+        conn.start_next_cycle()
     return None
 
 
@@ -316,7 +452,7 @@ async def _upgrade(
     elif app.context.shutting_down.is_set():
         status, message, reason = 503, "Server shutting down", "shutting_down"
     elif (problem := handshake_problem(head)) is not None:
-        status, message, reason = 400, problem, "bad_handshake"
+        (status, message), reason = problem, "bad_handshake"
     elif not _origin_allowed(app.context.config, head):
         # A browser page from another site (cross-site WebSocket hijacking would ride on the
         # user's cookie); clients without an Origin header are not browsers and pass.
@@ -324,25 +460,48 @@ async def _upgrade(
     elif (credential := _credential(app, head, echo)) is REJECTED:
         status, message, reason = 401, "Invalid credentials", "unauthorized"
     else:
-        # h11 lets the protocol switch only once the (empty) request body is consumed.
-        while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
-            pass
-        response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
-        try:
-            await stream.send_all(conn.send(response))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _PeerGone from None
+        # Bounded like any request: a peer that does not take our 101 is dropped.
+        switched = False
+        with trio.move_on_after(app.context.config.request_timeout):
+            # h11 lets the protocol switch only once the (empty) request body is consumed;
+            # handshake_problem refused any other, so this needs no more bytes.
+            while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
+                pass
+            response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
+            try:
+                await stream.send_all(conn.send(response))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _PeerGone from None
+            switched = True
+        if not switched:
+            _log_request(
+                "websocket upgrade refused",
+                _method(head),
+                path,
+                None,
+                started,
+                remote,
+                {"error": "101 not taken within request_timeout"},
+            )
+            return None
         trailing, _closed = conn.trailing_data
         origin = header(head.headers, b"origin")
         return _Handoff(
             credential, bytes(trailing), echo, origin.decode("latin-1") if origin else None
         )
     app.context.metrics.refused[reason] += 1
-    headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
+    headers = []
+    if status == 401:
+        headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')]
+    elif status == VERSION_STATUS:
+        headers = VERSION_HEADERS
+    body = {"error": message}
     try:
-        await _send_response(conn, stream, status, {"error": message}, headers, True)
+        await _send_response(conn, stream, status, body, headers, True)
     finally:
-        _log_request("websocket upgrade refused", _method(head), path, status, started, remote)
+        _log_request(
+            "websocket upgrade refused", _method(head), path, status, started, remote, body
+        )
     return None
 
 
@@ -352,7 +511,11 @@ REJECTED = AuthError("rejected at the upgrade")
 
 def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
     config = app.context.config
-    token = token_from_request(head.target, head.headers, config.auth_cookie)
+    cookie = config.auth_cookie
+    if cookie is not None and not _cookie_usable(config, head):
+        # A cross-origin page: the browser's cookie is not the page's credential.
+        cookie = None
+    token = token_from_request(head.target, head.headers, cookie)
     if token is None:
         # The echo peer is a diagnostics tool: no identify handshake, a key is required.
         return AuthError("no credentials") if echo else None
@@ -360,6 +523,15 @@ def _credential(app: HttpApp, head: h11.Request, echo: bool) -> Credential:
     if isinstance(credential, AuthError) and config.reject_at_upgrade:
         return REJECTED
     return credential
+
+
+def _cookie_usable(config: Config, head: h11.Request) -> bool:
+    origin, host = header(head.headers, b"origin"), header(head.headers, b"host")
+    return cookie_usable(
+        origin.decode("latin-1") if origin is not None else None,
+        host.decode("latin-1") if host is not None else None,
+        config.allowed_origins,
+    )
 
 
 def _origin_allowed(config: Config, head: h11.Request) -> bool:

@@ -24,8 +24,32 @@ log = logging.getLogger("trio_gateway.listener")
 CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 # Seconds to wait after such a failure before accepting again.
 CAPACITY_BACKOFF = 0.1
+# Seconds between two log lines about such failures: at the descriptor limit they come ten
+# times a second, and one line per failure would flood the log it is meant to inform.
+ACCEPT_FAILURE_LOG_INTERVAL = 10.0
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+class _FailureLog:
+    """Logs the first accept failure, then at most one line per interval, counting the ones
+    it left out."""
+
+    def __init__(self) -> None:
+        self._next_line_at = float("-inf")
+        self._suppressed = 0
+
+    def failed(self, exc: OSError) -> None:
+        now = trio.current_time()
+        if now < self._next_line_at:
+            self._suppressed += 1
+            return
+        log.error(
+            "accept failed, backing off",
+            extra=fields(error=str(exc), suppressed=self._suppressed),
+        )
+        self._next_line_at = now + ACCEPT_FAILURE_LOG_INTERVAL
+        self._suppressed = 0
 
 
 async def _accept_loop(
@@ -33,6 +57,7 @@ async def _accept_loop(
     handler: Handler,
     connection_nursery: trio.Nursery,
 ) -> None:
+    failures = _FailureLog()
     async with listener:
         while True:
             try:
@@ -40,7 +65,7 @@ async def _accept_loop(
             except OSError as exc:
                 if exc.errno not in CAPACITY_ERRNOS:
                     raise
-                log.error("accept failed, backing off", extra=fields(error=str(exc)))
+                failures.failed(exc)
                 await trio.sleep(CAPACITY_BACKOFF)
             else:
                 connection_nursery.start_soon(handler, stream)

@@ -9,7 +9,8 @@ and keeps the connection state itself:
 
 - `receive()` is called by one task, the connection's reader. It reads the socket, lets
   wsproto parse and validate frames (masking, opcodes, UTF-8, fragmentation), answers pings
-  with pongs, enforces the message size limit (close 1009), answers a peer's close frame, and
+  with pongs, enforces the message size and fragment count limits (close 1009), answers a
+  peer's close frame, and
   fails the connection with the close code wsproto chose on a protocol error (1002/1007).
 - `send_frames()` writes data frames built once by protocol/frames.py: a broadcast frame is
   the same bytes for every recipient (no extension is ever negotiated), so nothing is framed
@@ -34,6 +35,8 @@ Must not know about hubs, subscriptions, message types or credentials (session/a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from typing import cast
 
@@ -44,8 +47,8 @@ from wsproto.frame_protocol import CloseReason as WsCloseCode
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode, ParseFailed
 from wsproto.utilities import generate_accept_token
 
-from ..protocol.errors import CloseReason, framing_failure, message_too_big
-from ..protocol.headers import header, header_tokens
+from ..protocol.errors import CloseReason, framing_failure, message_too_big, too_many_fragments
+from ..protocol.headers import header, header_tokens, header_values
 
 # Bytes read from the socket per receive call.
 RECEIVE_SIZE = 64 * 1024
@@ -72,17 +75,38 @@ def is_upgrade(request: h11.Request) -> bool:
     return b"websocket" in header_tokens(request.headers, b"upgrade")
 
 
-def handshake_problem(request: h11.Request) -> str | None:
-    """Why an upgrade request is not a valid RFC 6455 opening handshake, or None."""
+# RFC 6455 4.2.2: a server that does not speak the client's version answers 426 with the
+# versions it does speak.
+VERSION_STATUS = 426
+VERSION_HEADERS = [(b"sec-websocket-version", b"13")]
+# Bytes a Sec-WebSocket-Key decodes to (RFC 6455 4.1: a random 16-byte nonce, base64).
+KEY_BYTES = 16
+
+
+def handshake_problem(request: h11.Request) -> tuple[int, str] | None:
+    """The status and reason to refuse an upgrade request that is not a valid RFC 6455
+    opening handshake with (400, or 426 for another protocol version), or None."""
     if request.method != b"GET":
-        return "WebSocket handshake must use GET"
+        return 400, "WebSocket handshake must use GET"
     if b"upgrade" not in header_tokens(request.headers, b"connection"):
-        return "WebSocket handshake needs Connection: Upgrade"
-    if header(request.headers, b"sec-websocket-version") != b"13":
-        return "WebSocket handshake needs Sec-WebSocket-Version: 13"
-    if not header(request.headers, b"sec-websocket-key"):
-        return "WebSocket handshake needs Sec-WebSocket-Key"
+        return 400, "WebSocket handshake needs Connection: Upgrade"
+    # Refused rather than waited for: a body that never comes would hold the connection.
+    length = header(request.headers, b"content-length")
+    if header(request.headers, b"transfer-encoding") is not None or length not in (None, b"0"):
+        return 400, "WebSocket handshake must not have a body"
+    if list(header_values(request.headers, b"sec-websocket-version")) != [b"13"]:
+        return VERSION_STATUS, "WebSocket handshake needs Sec-WebSocket-Version: 13"
+    keys = list(header_values(request.headers, b"sec-websocket-key"))
+    if len(keys) != 1 or not _valid_key(keys[0]):
+        return 400, "WebSocket handshake needs one Sec-WebSocket-Key: 16 bytes in base64"
     return None
+
+
+def _valid_key(key: bytes) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == KEY_BYTES
+    except binascii.Error:
+        return False
 
 
 def accept_headers(request: h11.Request) -> list[tuple[bytes, bytes]]:
@@ -135,6 +159,7 @@ class WebSocket:
     __slots__ = (
         "_fd",
         "_limit",
+        "_max_fragments",
         "_parser",
         "_parser_disposable",
         "_parts",
@@ -149,7 +174,13 @@ class WebSocket:
         "stream",
     )
 
-    def __init__(self, stream: trio.abc.Stream, trailing: bytes, max_message_size: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        trailing: bytes,
+        max_message_size: int,
+        max_fragments: int = 1024,
+    ) -> None:
         self.stream = stream
         # The socket, for the read and write fast paths; None for other streams (tests run
         # over in-memory streams, which always take the general path).
@@ -160,6 +191,9 @@ class WebSocket:
         # (session/connection.py).
         self._fd = -1 if self._socket is None else self._socket.fileno()
         self._limit = max_message_size
+        # Frames one message may span. The size limit alone lets empty continuation frames
+        # pile up forever: each costs a list slot (and a wsproto frame) but no payload byte.
+        self._max_fragments = max_fragments
         self._state = ConnectionState.OPEN
         # Made when data arrives, and dropped once its messages are all taken if that data
         # held nothing but whole messages (`_parser_disposable`): an idle connection then
@@ -167,7 +201,8 @@ class WebSocket:
         self._parser: FrameProtocol | None = None
         self._parser_disposable = False
         self._pending = trailing
-        # Fragments of a message still being received (None: not inside a fragmented one).
+        # Fragments of a message still being received (None: not inside a fragmented one);
+        # its length is the count of fragments so far, at most `max_fragments`.
         self._parts: list[str | bytes] | None = None
         self._size = 0
         # The send lock: held while `_writing`; tasks waiting for it park in `_write_queue`
@@ -185,7 +220,8 @@ class WebSocket:
         Raises:
             ConnectionClosed: the peer closed (its code), the transport ended (1006), a
                 protocol error (1002/1007, our close frame sent) or an oversize message
-                (1009, our close frame sent).
+                (1009, our close frame sent), or a message in more than `max_fragments`
+                frames (1009 likewise).
         """
         while True:
             if self._parser is not None:
@@ -193,6 +229,9 @@ class WebSocket:
                 if message is not None:
                     return message
             if self.closed is not None:
+                # Nothing more is read: the parser's buffer (up to a read's worth of
+                # unparsed frames) goes now, not whenever the connection's objects do.
+                self._parser = None
                 raise ConnectionClosed(self.closed)
             data, self._pending = self._pending, b""
             sock = self._socket
@@ -278,6 +317,11 @@ class WebSocket:
         size = self._size + len(data)
         if size > self._limit:
             self.closed = message_too_big(self._limit)
+            self._parts, self._size = None, 0
+            return None
+        if self._parts is not None and len(self._parts) >= self._max_fragments:
+            # This frame would be one more than a message may span, final or not.
+            self.closed = too_many_fragments(self._max_fragments)
             self._parts, self._size = None, 0
             return None
         if not frame.message_finished:

@@ -19,7 +19,7 @@ from ...fanout.hub import Client
 from ...fanout.publication import Position
 from ...observability.jsonlog import fields
 from ...protocol.codec import ECHO_LIMIT, encode
-from ...protocol.errors import FORBIDDEN, ProtocolError
+from ...protocol.errors import FORBIDDEN, TOO_MANY, ProtocolError
 from ...protocol.frames import text_frame
 from ...protocol.messages import Since, Subscribe, Subscribed, Unsubscribe, Unsubscribed
 from ...protocol.routing import (
@@ -31,6 +31,7 @@ from ...protocol.routing import (
 )
 from ..auth import may_subscribe
 from ..context import GatewayContext
+from ..pattern_quota import check_pattern
 from ..registry import Registry
 
 log = logging.getLogger("trio_gateway.session")
@@ -43,8 +44,10 @@ async def subscribe(client: Client, context: GatewayContext, message: Subscribe)
         raise ProtocolError(f"Forbidden: may not subscribe to {key[:ECHO_LIMIT]}", FORBIDDEN)
     if key not in client.subscriptions and len(client.subscriptions) >= config.max_subscriptions:
         raise ProtocolError(
-            f"Too many subscriptions: at most {config.max_subscriptions} per connection"
+            f"Too many subscriptions: at most {config.max_subscriptions} per connection",
+            TOO_MANY,
         )
+    check_pattern(config, hub.patterns, client.subscriptions, key)
     recover = message.recover or message.since is not None
     if is_pattern_key(key) and recover:
         raise ProtocolError(
