@@ -1,6 +1,6 @@
 """Benchmark trio_gateway against four peer servers and a floor, side by side, on loopback.
 
-    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P] [--repeat N]
+    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P,R] [--repeat N]
         [--targets gateway,naive_trio,aiohttp,websockets,node_ws,write_floor]
         [--json bench-results.json] [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps]
         [--x-rate 200] [--members 5000]
@@ -66,6 +66,15 @@ Scenarios (defaults; --quick scales them down):
      (each member gets the state once and every diff after it), and then the round trip of
      --gets presence.get calls, one at a time, with every member there.
 
+  R  reconnect storm (the gateway only, not in the default set; scripts/bench_storm.py):
+     3,000 clients (--storm-clients) of the Python client library on gateway A, subscribed
+     to a topic with recovery, while gateway B (same private redis-server) takes
+     --storm-rate publications/s; A is killed (SIGKILL) and restarted on its port, every
+     client reconnects with its jittered backoff and resumes from its offset. Reported:
+     seconds until all are back and until all have caught up, lost, duplicates, resumes not
+     recovered, and the machine's busy time over the storm. The storm script runs on core 1,
+     the servers on core 0.
+
 write_floor (scripts/bench_peers/write_floor.py) is a reference, not a baseline: a bare
 selector loop whose fan-out is one send() of a prebuilt frame per subscriber. It runs L only;
 its latency is what the kernel and this machine cost at the time, so "gw/floor" says how much
@@ -125,7 +134,8 @@ SERVER_CORE, LOADGEN_CORE = "0", "1"
 # Scenario P's presence topic (the load generator's too).
 PRESENCE_TOPIC = "bench.presence"
 # The scenarios only the gateway runs (the peers have no such feature).
-GATEWAY_ONLY = ("X", "P")
+GATEWAY_ONLY = ("X", "P", "R")
+STORM = str(ROOT / "scripts" / "bench_storm.py")
 # Seconds between keepalive pings in scenario C (gateway and aiohttp).
 IDLE_PING_INTERVAL = 5
 LISTENING = re.compile(
@@ -398,6 +408,24 @@ def run_cross(instances: int, with_redis: bool, args: argparse.Namespace) -> dic
     result["server_complaints"] = [line for s in servers for line in s.complaints()][:20]
     names = ["gateway A", "gateway B"] if instances == 2 else ["gateway"]
     result["processes"] = names + (["redis-server"] if redis is not None else [])
+    return result
+
+
+def run_storm(args: argparse.Namespace) -> dict[str, Any]:
+    """Scenario R: scripts/bench_storm.py on LOADGEN_CORE (it starts its servers on
+    SERVER_CORE); its JSON, or {"error": ...}."""
+    busy_before = quiet_before_run(args)
+    command = ["taskset", "-c", LOADGEN_CORE, PYTHON, STORM, "--clients", str(args.storm_clients)]
+    command += ["--rate", str(args.storm_rate), "--during", str(args.storm_during)]
+    command += ["--gateway-src", str(args.gateway_src)]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=900, cwd=ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": "storm killed after 900 s"}
+    if done.returncode != 0:
+        return {"error": done.stderr.decode(errors="replace").strip()[-2000:]}
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    result["machine_busy_before_pct"] = busy_before
     return result
 
 
@@ -707,7 +735,7 @@ def gateway_revision(source: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenarios", default="A,L,C,D,X,P", help="comma-separated, from A,L,C,D,X,P"
+        "--scenarios", default="A,L,C,D,X,P", help="comma-separated, from A,L,C,D,X,P,R"
     )
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument(
@@ -724,6 +752,11 @@ def main() -> None:
     parser.add_argument("--connects", type=int, help="(D) connections in the storm [5000]")
     parser.add_argument("--members", type=int, help="(P) users joining the topic [5000]")
     parser.add_argument("--gets", type=int, default=100, help="(P) presence.get round trips")
+    parser.add_argument("--storm-clients", type=int, help="(R) clients dropped at once [3000]")
+    parser.add_argument("--storm-rate", type=float, default=5.0, help="(R) publications/s")
+    parser.add_argument(
+        "--storm-during", type=float, default=10.0, help="(R) seconds of publishing from the kill"
+    )
     parser.add_argument(
         "--a-budget",
         type=float,
@@ -773,6 +806,7 @@ def main() -> None:
         "connects": 500,
         "members": 500,
         "a_budget": 30.0,
+        "storm_clients": 300,
     }
     full = {
         "clients": 1000,
@@ -783,11 +817,12 @@ def main() -> None:
         "connects": 5000,
         "members": 5000,
         "a_budget": 120.0,
+        "storm_clients": 3000,
     }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    scenarios = [s for s in "ALCDXP" if s in args.scenarios.upper().split(",")]
+    scenarios = [s for s in "ALCDXPR" if s in args.scenarios.upper().split(",")]
     targets = [t for t in TARGETS if t in args.targets.split(",")]
     if args.parent_src is not None and "gateway" in targets:
         targets.insert(1, "parent")
@@ -811,6 +846,10 @@ def main() -> None:
                     variants[key].append(least_disturbed(run))
             results["gateway"]["X"] = {key: combine(runs) for key, runs in variants.items()}
             continue
+        if scenario == "R":
+            print(f"[{time.strftime('%H:%M:%S')}] R storm ...", file=sys.stderr, flush=True)
+            results["gateway"]["R"] = run_storm(args)
+            continue
         cell_targets = [
             target
             for target in targets
@@ -827,8 +866,17 @@ def main() -> None:
             results[target][scenario] = combine(runs)
 
     print()
-    if scenarios != ["X"]:
-        print(table(results, [s for s in scenarios if s != "X"]))
+    if tabled := [s for s in scenarios if s not in ("X", "R")]:
+        print(table(results, tabled))
+        print()
+    if "R" in scenarios and "error" not in (storm := results["gateway"]["R"]):
+        print(
+            f"R: {storm['clients']:,} clients dropped at once: all back {storm['all_back_s']} s,"
+            f" caught up {storm['caught_up_s']} s after the kill; {storm['published']} published"
+            f" at {storm['rate']:g}/s, lost {storm['lost']}, duplicates {storm['duplicates']},"
+            f" not recovered {storm['not_recovered']}; machine busy"
+            f" {storm['machine_busy_pct']}% of a core (both cores: 200%)"
+        )
         print()
     if "X" in scenarios:
         print(

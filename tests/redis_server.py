@@ -6,6 +6,7 @@ package) when it can, and the broker tests are part of what the suite promises.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -78,8 +79,19 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis hangs with every connection open, as when its host stalls."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            # A paused server would not act on SIGTERM.
+            self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)

@@ -1,15 +1,23 @@
 """The publish endpoints: seed 000's events, session and remote updates, and generic topics.
 
 Each builds publications from the body (fanout/broadcaster.py validates) and answers 202 once
-the broker has accepted them. Must not: check credentials (the route's policy does).
+the broker has accepted them. A publication may carry an `idempotency_key`: a repeat within
+`idempotency_ttl` is answered 202 again, counted in `duplicates`, and not delivered twice.
+When the broker did not confirm a publish (it may or may not have gone out) the answer is 504
+`outcome_unknown`, which a publisher retries with the same keys. Must not: check credentials
+(the route's policy does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from ..broker import BrokerUnavailable
+import attrs
+
+from ..broker import BrokerUnavailable, PublishOutcomeUnknown
 from ..fanout.broadcaster import (
+    Assigned,
     GatewayClosed,
     Publication,
     event_publication,
@@ -23,20 +31,59 @@ from .app import HttpApp, HttpError, Request, json_body, object_body, required_f
 # Seconds a publisher should wait after a 503 for an unavailable broker: about one reconnect
 # attempt of the subscriber's backoff.
 BROKER_RETRY_AFTER = b"1"
+IDEMPOTENCY_FIELD = "idempotency_key"
+# Characters: room for a UUID or a hash with a namespace, little enough to keep in Redis.
+IDEMPOTENCY_KEY_LIMIT = 200
+OUTCOME_UNKNOWN = "outcome_unknown"
 
 
-async def publish(app: HttpApp, publications: list[Publication]) -> list[tuple[int, ...]]:
-    """Hand `publications` to the broadcaster; their offsets once the broker accepted them."""
+def idempotency_key(value: object) -> str | None:
+    """A body's `idempotency_key`, checked; None when absent or null.
+
+    Raises:
+        ValueError: not a non-empty string of at most IDEMPOTENCY_KEY_LIMIT characters.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= IDEMPOTENCY_KEY_LIMIT:
+        raise ValueError(
+            f"{IDEMPOTENCY_FIELD} must be a non-empty string of at most "
+            f"{IDEMPOTENCY_KEY_LIMIT} characters"
+        )
+    return value
+
+
+def keyed(publication: Publication, key: str | None) -> Publication:
+    return publication if key is None else attrs.evolve(publication, idempotency_key=key)
+
+
+async def publish(app: HttpApp, publications: list[Publication]) -> list[Assigned]:
+    """Hand `publications` to the broadcaster; what the broker did with each."""
     try:
-        return await app.broadcaster.send(*publications)
+        return await app.broadcaster.send_assigned(*publications)
     except GatewayClosed:
         raise HttpError(503, "Server shutting down", close=True) from None
+    except PublishOutcomeUnknown:
+        raise HttpError(
+            504,
+            "Publish outcome unknown: the broker did not confirm it; retry with the same "
+            f"{IDEMPOTENCY_FIELD} to publish it at most once",
+            code=OUTCOME_UNKNOWN,
+        ) from None
     except BrokerUnavailable:
         raise HttpError(
             503,
             "Broker unavailable: nothing was published; retry later",
             headers=[(b"retry-after", BROKER_RETRY_AFTER)],
         ) from None
+
+
+def accepted(publications: list[Publication], assigned: list[Assigned]) -> dict[str, Any]:
+    """The 202 body: `accepted`, and `duplicates` when any publication carried a key."""
+    body: dict[str, Any] = {"accepted": len(publications)}
+    if any(publication.idempotency_key is not None for publication in publications):
+        body["duplicates"] = sum(each.duplicate for each in assigned)
+    return body
 
 
 async def publish_one(
@@ -49,13 +96,14 @@ async def publish_one(
 ) -> tuple[int, object]:
     """The endpoints that take one object: its fields (after `leading` arguments taken from
     the path) build one publication, published before the 202."""
-    values = required_fields(object_body(request), required, optional)
+    body = object_body(request)
+    values = required_fields(body, required, optional)
     try:
-        publication = build(*leading, *values)
+        publication = keyed(build(*leading, *values), idempotency_key(body.get(IDEMPOTENCY_FIELD)))
     except ValueError as exc:
         raise HttpError(400, str(exc)) from None
-    await publish(app, [publication])
-    return 202, {"accepted": 1}
+    publications = [publication]
+    return 202, accepted(publications, await publish(app, publications))
 
 
 async def post_events(app: HttpApp, request: Request) -> tuple[int, object]:
@@ -64,14 +112,18 @@ async def post_events(app: HttpApp, request: Request) -> tuple[int, object]:
     publications = []
     for index, event in enumerate(events):
         try:
-            publications.append(event_publication(event))
+            key = None
+            if isinstance(event, dict) and IDEMPOTENCY_FIELD in event:
+                # The publisher's, not part of the event clients receive.
+                event = {name: value for name, value in event.items() if name != IDEMPOTENCY_FIELD}
+                key = idempotency_key(events[index][IDEMPOTENCY_FIELD])
+            publications.append(keyed(event_publication(event), key))
         except ValueError as exc:
             if isinstance(body, list):
                 raise HttpError(400, f"events[{index}]: {exc}", index=index) from None
             raise HttpError(400, str(exc)) from None
-    if publications:
-        await publish(app, publications)
-    return 202, {"accepted": len(publications)}
+    assigned = await publish(app, publications) if publications else []
+    return 202, accepted(publications, assigned)
 
 
 async def post_session_update(app: HttpApp, request: Request) -> tuple[int, object]:
@@ -109,18 +161,21 @@ async def post_publish(app: HttpApp, request: Request) -> tuple[int, object]:
         try:
             if not isinstance(item, dict):
                 raise ValueError("message must be a JSON object")
-            topic, data, exclude_user, exclude_client = required_fields(
-                item, ("topic", "data"), ("exclude_user_id", "exclude_client_id")
+            topic, data, exclude_user, exclude_client, key = required_fields(
+                item,
+                ("topic", "data"),
+                ("exclude_user_id", "exclude_client_id", IDEMPOTENCY_FIELD),
             )
-            publications.append(
-                topic_publication(
-                    topic, data, exclude_user_id=exclude_user, exclude_client_id=exclude_client
-                )
+            publication = topic_publication(
+                topic, data, exclude_user_id=exclude_user, exclude_client_id=exclude_client
             )
+            publications.append(keyed(publication, idempotency_key(key)))
         except (ValueError, HttpError) as exc:
             message = exc.body["error"] if isinstance(exc, HttpError) else str(exc)
             if isinstance(body, list):
                 raise HttpError(400, where + message, index=index) from None
             raise HttpError(400, message) from None
-    offsets = await publish(app, publications) if publications else []
-    return 202, {"accepted": len(publications), "offsets": [each[0] for each in offsets]}
+    assigned = await publish(app, publications) if publications else []
+    reply = accepted(publications, assigned)
+    reply["offsets"] = [each.offsets[0] for each in assigned]
+    return 202, reply

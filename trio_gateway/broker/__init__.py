@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from ..fanout.publication import Delivery, OffsetFrame, Position, Publication
+from ..fanout.publication import Assigned, Delivery, OffsetFrame, Position, Publication
 from ..protocol.messages import Since
 
 #: Hands publications, in order, to the local hub (Hub.deliver); awaiting it is the
@@ -25,6 +25,15 @@ Deliver = Callable[[Sequence[Delivery]], Awaitable[None]]
 
 class BrokerUnavailable(Exception):
     """The broker cannot take publications right now (Redis unreachable); nothing was sent."""
+
+
+class PublishOutcomeUnknown(BrokerUnavailable):
+    """A publish was sent but not confirmed (Redis hung or dropped the connection after the
+    request went out): it may or may not have been published. Retry it with the same
+    idempotency keys, which makes the retry safe.
+
+    A BrokerUnavailable, so that callers that only know "not confirmed" still handle it.
+    """
 
 
 class Broker(Protocol):
@@ -55,12 +64,16 @@ class Broker(Protocol):
         """
         ...
 
-    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
+    async def publish(self, publications: Sequence[Publication]) -> list[Assigned]:
         """Assign offsets and send publications, in order, to every instance; all or nothing.
+
+        A publication whose idempotency key was published within `idempotency_ttl` is not
+        sent again: its entry says duplicate, with the first one's offsets.
 
         Returns:
             Each publication's offsets, aligned with its keys.
         Raises:
+            PublishOutcomeUnknown: sent, but not confirmed; they may have been published.
             BrokerUnavailable: none of them was sent.
         """
         ...

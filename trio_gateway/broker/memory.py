@@ -1,7 +1,8 @@
 """The in-memory broker: one process; offsets, history and retained state live here.
 
-Owns each key's log (epoch, latest offset, the last `history_size` frames) and the retained
-session states, and the sweep that forgets what has expired. Must not be used by several
+Owns each key's log (epoch, latest offset, the last `history_size` frames), the retained
+session states, the idempotency keys seen within `idempotency_ttl`, and the sweep that
+forgets what has expired. Must not be used by several
 processes: there is no shared state, which is exactly why `--workers` refuses it.
 
 A log is created by the first publication on its key, or by the first subscriber asking for
@@ -19,7 +20,14 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from ..fanout.publication import Delivery, OffsetFrame, Position, Publication, delivery
+from ..fanout.publication import (
+    Assigned,
+    Delivery,
+    OffsetFrame,
+    Position,
+    Publication,
+    delivery,
+)
 from ..protocol.messages import Since
 from ..runtime.config import Config
 from . import Deliver, history_window
@@ -59,6 +67,9 @@ class MemoryBroker:
         self._wanted: set[str] = set()
         # key -> (state message text, expiry time)
         self._states: dict[str, tuple[str, float]] = {}
+        self._idempotency_ttl = config.idempotency_ttl
+        # idempotency key -> (the offsets it was published with, expiry time), by trio's clock
+        self._seen: dict[str, tuple[tuple[int, ...], float]] = {}
 
     def want(self, key: str) -> None:
         self._wanted.add(key)
@@ -76,7 +87,7 @@ class MemoryBroker:
         log.touched = now
         return log
 
-    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
+    async def publish(self, publications: Sequence[Publication]) -> list[Assigned]:
         assert self._deliver is not None, "publish before run"
         now = trio.current_time()
         assigned = []
@@ -88,6 +99,9 @@ class MemoryBroker:
                 await trio.lowlevel.checkpoint()
             round_: list[Delivery] = []
             for publication in publications[start : start + self._round_size]:
+                if (seen := self._repeat(publication.idempotency_key, now)) is not None:
+                    assigned.append(Assigned(seen, duplicate=True))
+                    continue
                 logs = [self._log(key, now) for key in publication.keys]
                 for log in logs:
                     log.offset += 1
@@ -109,10 +123,24 @@ class MemoryBroker:
                         self._states.pop(retain.key, None)
                     else:
                         self._states[retain.key] = (retain.state, now + self._state_ttl)
-                assigned.append(offsets)
+                if publication.idempotency_key is not None:
+                    self._seen[publication.idempotency_key] = (
+                        offsets,
+                        now + self._idempotency_ttl,
+                    )
+                assigned.append(Assigned(offsets))
                 round_.append(item)
             await self._deliver(round_)
         return assigned
+
+    def _repeat(self, key: str | None, now: float) -> tuple[int, ...] | None:
+        """The offsets `key` was published with, if it was within `idempotency_ttl`."""
+        if key is None or (seen := self._seen.get(key)) is None:
+            return None
+        if seen[1] <= now:
+            del self._seen[key]
+            return None
+        return seen[0]
 
     async def fetch(self, key: str, since: Since | None, *, state: bool) -> Position:
         now = trio.current_time()
@@ -145,7 +173,7 @@ class MemoryBroker:
         self._deliver = deliver
         task_status.started()
         # Forget what expired, so memory is bounded by what is recent, not by all time.
-        period = min(self._history_ttl, self._state_ttl, 60.0)
+        period = min(self._history_ttl, self._state_ttl, self._idempotency_ttl, 60.0)
         while True:
             await trio.sleep(period)
             self._sweep(trio.current_time())
@@ -160,3 +188,6 @@ class MemoryBroker:
         for key, (_, expires) in list(self._states.items()):
             if expires <= now:
                 del self._states[key]
+        for key, (_, expires) in list(self._seen.items()):
+            if expires <= now:
+                del self._seen[key]

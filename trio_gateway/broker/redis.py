@@ -16,8 +16,10 @@ receiver drop duplicates by remembering only the last id it delivered.
 Subscribing: the hub reports the first local interest in a key (`want`) and the last one
 leaving (`unwant`). A reconcile task brings the subscriber connection's channels (and, for
 wildcard patterns, PSUBSCRIBE globs) in line with that set, so an instance receives only what
-its clients can match. Redis confirms each subscription in the same stream as the messages,
-so `when_live` callbacks run before the first message the subscription brings.
+its clients can match; it sends only the difference for the keys that changed, so a change
+costs the same however many keys are held. Redis confirms each subscription in the same
+stream as the messages, so `when_live` callbacks run before the first message the
+subscription brings.
 
 Resuming: `fetch` runs scripts.FETCH, one atomic read of a key's epoch, offset, the history
 after a client's offset, and the retained state. The caller has made the key live first, so
@@ -28,9 +30,10 @@ publishes a marker on this instance's own channel, and `fetch` returns only once
 subscriber has come to it, that is, once everything published before the read has reached
 the hub (where the caller's recovery keeps it aside and drops what the replay holds).
 
-Faults: when the subscriber connection drops, the broker reports not ok (health 503, and
-publishes are refused rather than pretend), renews its publisher pool, then reconnects with
-jittered exponential backoff and subscribes every channel still wanted. Clients stay
+Faults: when the subscriber connection drops, or a PING sent every second is not answered
+in time (a hung Redis closes nothing), the broker reports not ok
+(health 503, and publishes are refused rather than pretend), renews its publisher pool, then
+reconnects with jittered exponential backoff and subscribes every channel still wanted. Clients stay
 connected throughout. What is published while an instance is cut off does not reach its
 clients live; a client that resumes gets it from history.
 """
@@ -52,13 +55,13 @@ from coredis.retry import NoRetryPolicy
 
 from ..common.backoff import backoff_delays
 from ..common.groups import first_leaf
-from ..fanout.publication import Delivery, Extra, OffsetFrame, Position, Publication
+from ..fanout.publication import Assigned, Delivery, Extra, OffsetFrame, Position, Publication
 from ..observability.jsonlog import fields
 from ..protocol.messages import Since
 from ..protocol.routing import is_pattern_key
 from ..protocol.topics import redis_globs
 from ..runtime.config import Config, redact_url
-from . import BrokerUnavailable, Deliver, history_window, scripts
+from . import BrokerUnavailable, Deliver, PublishOutcomeUnknown, history_window, scripts
 from .envelope import channel, decode, log_name
 from .memory import LOG_IDLE_LIMIT, new_epoch
 
@@ -74,9 +77,15 @@ COMMAND_TIMEOUT = 5.0
 # half so that instances cut off together do not come back in lockstep.
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
-# The subscriber connection is idle when nobody publishes; a PING after this many idle seconds
-# notices a Redis that vanished without closing the connection.
-SUBSCRIBER_IDLE_PING = 5.0
+# A Redis that hangs (stopped, swapping, partitioned) closes nothing. Every LIVENESS_PERIOD
+# seconds a PING goes out on a connection of its own and must be answered within
+# LIVENESS_TIMEOUT, so a hung Redis is noticed within their sum (4 s; OPERATIONS.md promises
+# 5) and not after coredis's idle PING plus its reply timeout (10 s).
+LIVENESS_PERIOD = 1.0
+LIVENESS_TIMEOUT = 3.0
+# coredis's own idle PING on the subscriber connection, which may sit silent when nobody
+# publishes; what it would notice, the probes notice first.
+SUBSCRIBER_IDLE_PING = LIVENESS_PERIOD + LIVENESS_TIMEOUT
 # Seconds between renewals of the logs of held keys (their TTL is at least a day).
 LOG_RENEW_PERIOD = 3600.0
 # Publisher connections: publishing is one round at a time, the rest serve probes.
@@ -97,7 +106,8 @@ _ERRORS = (
 def _is_redis_failure(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_redis_failure(inner) for inner in exc.exceptions)
-    return isinstance(exc, _ERRORS)
+    # BrokerUnavailable: the liveness probe's verdict, raised beside coredis's tasks.
+    return isinstance(exc, (*_ERRORS, BrokerUnavailable))
 
 
 @contextmanager
@@ -144,10 +154,30 @@ def _named(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _ints(reply: Any) -> list[int]:
-    if not isinstance(reply, list) or not all(isinstance(item, int) for item in reply):
-        raise BrokerUnavailable(f"unexpected reply from the publish script: {reply!r:.100}")
-    return reply
+# How coredis 6.x words the failures that come before a command is written: only these say
+# for certain that nothing reached Redis. Any other failure of a publish (a timeout, a
+# connection lost while sending or waiting) leaves its outcome unknown.
+_UNSENT = ("Unable to establish a connection", "Connection not usable")
+
+
+def _unsent(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_unsent(inner) for inner in exc.exceptions)
+    return isinstance(exc, coredis.exceptions.ConnectionError) and str(exc).startswith(_UNSENT)
+
+
+def _assigned(reply: Any, count: int) -> list[Assigned]:
+    if (
+        not isinstance(reply, list)
+        or len(reply) != count
+        or not all(
+            isinstance(entry, list) and entry and all(isinstance(n, int) for n in entry)
+            for entry in reply
+        )
+    ):
+        # The script ran (or Redis answered something else): what was published is unknown.
+        raise PublishOutcomeUnknown(f"unexpected reply from the publish script: {reply!r:.100}")
+    return [Assigned(tuple(entry[1:]), duplicate=entry[0] == 1) for entry in reply]
 
 
 def _fetch_reply(reply: Any) -> tuple[bytes, int, int, list[bytes], bytes | None]:
@@ -164,10 +194,20 @@ def _fetch_reply(reply: Any) -> tuple[bytes, int, int, list[bytes], bytes | None
     return epoch, offset, now_ms, entries, state if isinstance(state, bytes) else None
 
 
-def _client(url: str, pool_size: int) -> coredis.Redis[bytes]:
+def _no_gaps(key: str, epoch: str | None, offset: int | None) -> None:
+    pass
+
+
+# Keys per POSITIONS script call: a bounded script run, however many keys are held.
+POSITIONS_CHUNK = 1000
+
+
+def _client(url: str, pool_size: int, name: str | None = None) -> coredis.Redis[bytes]:
     client: coredis.Redis[bytes] = coredis.Redis.from_url(
         url,
         max_connections=pool_size,
+        # CLIENT LIST shows which instance a subscriber connection belongs to.
+        client_name=name,
         connect_timeout=CONNECT_TIMEOUT,
         stream_timeout=COMMAND_TIMEOUT,
         # Waiting for a pool connection is bounded like any command.
@@ -177,6 +217,37 @@ def _client(url: str, pool_size: int) -> coredis.Redis[bytes]:
         retry_policy=NoRetryPolicy(),
     )
     return client
+
+
+class _Needs:
+    """Which held keys need each Redis channel (or glob), and what to send to match.
+
+    Several pattern keys can share a glob, so a name goes only when its last key does.
+    """
+
+    def __init__(self) -> None:
+        self.keys: dict[str, set[str]] = {}
+        self._sent: set[str] = set()
+        self._touched: set[str] = set()
+
+    def update(self, key: str, names: Sequence[str], *, wanted: bool) -> None:
+        self._touched.update(names)
+        for name in names:
+            if wanted:
+                self.keys.setdefault(name, set()).add(key)
+            elif (keys := self.keys.get(name)) is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.keys[name]
+
+    def changes(self) -> tuple[list[str], list[str]]:
+        """The names to subscribe and to unsubscribe since the last call; now counted sent."""
+        added = [name for name in self._touched if name in self.keys and name not in self._sent]
+        removed = [name for name in self._touched if name not in self.keys and name in self._sent]
+        self._touched = set()
+        self._sent.update(added)
+        self._sent.difference_update(removed)
+        return added, removed
 
 
 class RedisBroker:
@@ -191,6 +262,7 @@ class RedisBroker:
         self._history_ttl_ms = round(config.history_ttl * 1000)
         self._log_ttl = max(round(LOG_IDLE_LIMIT), math.ceil(config.history_ttl))
         self._state_ttl_ms = round(config.state_ttl * 1000)
+        self._idempotency_ttl_ms = round(config.idempotency_ttl * 1000)
         # Most messages handed to the hub in one round, as in the memory broker: writers run
         # between rounds, and two rounds must fit in a client's queue.
         self._round_size = max(1, config.queue_depth // 4)
@@ -208,11 +280,28 @@ class RedisBroker:
         self._wanted: set[str] = set()
         self._active: set[str] = set()
         self._changed = trio.Event()
+        # Keys wanted or unwanted since the reconcile task last looked.
+        self._dirty: set[str] = set()
+        # The current subscriber connection's channels and globs, with the keys needing each.
+        self._channel_needs = _Needs()
+        self._glob_needs = _Needs()
         # Callbacks waiting for their key to go live (`when_live`).
         self._waiting: dict[str, list[Callable[[], None]]] = {}
         self._connected = False
+        # Set while connected; a fresh one after each drop.
+        self._up = trio.Event()
+        # A subscriber connection was up before: the next one follows a drop.
+        self._was_connected = False
         self.reconnects = 0
         self._last_id: str | None = None
+        self._subscriber_name = f"{self._prefix}subscriber:{instance_id}"
+        self._probe_name = f"{self._prefix}probe:{instance_id}"
+        # Held keys -> the highest offset this instance has delivered or read for them, to
+        # tell after a reconnect what was published while the subscriber was cut off.
+        self._last_offsets: dict[str, int] = {}
+        #: Told (key, epoch, offset) when publications on a held key up to `offset` may not
+        #: have reached this instance's clients live (the server points it at Hub.gap).
+        self.gaps: Callable[[str, str | None, int | None], None] = _no_gaps
         # Channels of other features on the subscriber connection (`listen`), by name.
         self._raw: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
 
@@ -236,10 +325,13 @@ class RedisBroker:
 
     def want(self, key: str) -> None:
         self._wanted.add(key)
+        self._dirty.add(key)
         self._changed.set()
 
     def unwant(self, key: str) -> None:
         self._wanted.discard(key)
+        self._last_offsets.pop(key, None)
+        self._dirty.add(key)
         self._changed.set()
         self._release(key)
 
@@ -253,13 +345,15 @@ class RedisBroker:
         for callback in self._waiting.pop(key, ()):
             callback()
 
-    def _confirmed(self, name: str) -> None:
+    def _confirmed(self, name: str, *, glob: bool) -> None:
         """Redis confirmed a channel or glob: release the keys it completes."""
         self._active.add(name)
-        for key in [key for key in self._waiting if self._is_live(key)]:
-            self._release(key)
+        needs = self._glob_needs if glob else self._channel_needs
+        for key in [key for key in needs.keys.get(name, ()) if key in self._waiting]:
+            if self._is_live(key):
+                self._release(key)
 
-    async def publish(self, publications: Sequence[Publication]) -> list[tuple[int, ...]]:
+    async def publish(self, publications: Sequence[Publication]) -> list[Assigned]:
         publisher = self._usable_publisher()
         args: list[str | int] = [
             self._prefix,
@@ -270,10 +364,12 @@ class RedisBroker:
             new_epoch(),
             next(self._round_ids),
             len(publications),
+            self._idempotency_ttl_ms,
         ]
         for publication in publications:
             retain = publication.retain
-            args += [len(publication.keys), *publication.keys, publication.topic or ""]
+            args += [publication.idempotency_key or "", len(publication.keys), *publication.keys]
+            args.append(publication.topic or "")
             if retain is None:
                 args += ["", "", ""]
             elif retain.state is None:
@@ -285,12 +381,19 @@ class RedisBroker:
             args.append(publication.body)
         try:
             with _as_unavailable("publish to Redis failed"):
-                flat = await publisher.eval(scripts.PUBLISH, args=args)
+                try:
+                    reply = await publisher.eval(scripts.PUBLISH, args=args)
+                except BaseException as exc:
+                    if _is_redis_failure(exc) and not _unsent(exc):
+                        leaf = first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                        raise PublishOutcomeUnknown(
+                            f"publish to Redis not confirmed: {leaf}"
+                        ) from None
+                    raise
         except BrokerUnavailable:
             self._publisher_broken.set()
             raise
-        offsets = iter(_ints(flat))
-        return [tuple(next(offsets) for _ in publication.keys) for publication in publications]
+        return _assigned(reply, len(publications))
 
     async def fetch(self, key: str, since: Since | None, *, state: bool) -> Position:
         publisher = self._usable_publisher()
@@ -495,7 +598,7 @@ class RedisBroker:
             try:
                 with _as_unavailable("Redis subscriber connection lost"):
                     # A fresh one-connection pool each time, for the reason in _keep_publisher.
-                    async with _client(self._url, 1) as subscriber:
+                    async with _client(self._url, 1, self._subscriber_name) as subscriber:
                         await self._subscribe_once(subscriber, deliver, connected)
             except BrokerUnavailable as exc:
                 self._set_connected(False)
@@ -517,8 +620,10 @@ class RedisBroker:
         markers, own_markers = self._marker_channels, self._marker_channel
         async with pubsub, trio.open_nursery() as nursery:
             await pubsub.subscribe(own_markers, *self._raw)
-            await nursery.start(self._reconcile, pubsub)
+            # After a drop, what was published meanwhile is found by comparing offsets.
+            await nursery.start(self._reconcile, pubsub, nursery, self._was_connected)
             connected()
+            nursery.start_soon(self._watch_liveness)
             while True:
                 first = await pubsub.get_message()
                 # Everything already received joins this round: the hub then writes each
@@ -553,12 +658,107 @@ class RedisBroker:
                             await deliver(round_)
                             round_ = []
                         name = message["pattern"] if kind == "psubscribe" else message["channel"]
-                        self._confirmed(_named(name))
+                        self._confirmed(_named(name), glob=kind == "psubscribe")
                         if kind == "subscribe" and (raw := self._raw.get(_named(name))):
                             # From here on nothing on that channel is missed.
                             raw[1]()
                 if round_:
                     await deliver(round_)
+
+    async def _check_positions(self, keys: list[str], compare: bool) -> None:
+        """Read where `keys` stand once they are live; with `compare`, report the keys that
+        moved past what this instance delivered (published while it was cut off).
+
+        Without `compare` the read is the starting point a later comparison needs. Patterns
+        have no offsets: after a drop their subscribers are told unconditionally.
+        """
+        await self._up.wait()
+        await self._until_live(keys)
+        if compare:
+            for key in keys:
+                if is_pattern_key(key) and key in self._wanted:
+                    self.gaps(key, None, None)
+        held = [key for key in keys if not is_pattern_key(key)]
+        for start in range(0, len(held), POSITIONS_CHUNK):
+            chunk = held[start : start + POSITIONS_CHUNK]
+            try:
+                positions = await self._positions(chunk)
+            except BrokerUnavailable as exc:
+                # The connection is going down; the next one compares again.
+                log.warning("could not read key positions", extra=fields(error=str(exc)))
+                return
+            for key, (epoch, offset) in zip(chunk, positions, strict=True):
+                if key not in self._wanted:
+                    continue
+                last = self._last_offsets.get(key)
+                if compare and last is not None and offset > last:
+                    self.gaps(key, epoch, offset)
+                if last is None or offset > last:
+                    self._last_offsets[key] = offset
+
+    async def _until_live(self, keys: Sequence[str]) -> None:
+        pending = len(keys)
+        live = trio.Event()
+
+        def one_live() -> None:
+            nonlocal pending
+            pending -= 1
+            if pending == 0:
+                live.set()
+
+        for key in keys:
+            self.when_live(key, one_live)
+        await live.wait()
+
+    async def _positions(self, keys: list[str]) -> list[tuple[str | None, int]]:
+        """Each key's (epoch, offset), once everything published before the read has been
+        handed to the hub (the marker, as in `fetch`).
+
+        Raises:
+            BrokerUnavailable: Redis did not answer, or the subscriber did not catch up.
+        """
+        publisher = self._usable_publisher()
+        marker = next(self._marker_ids)
+        arrived = self._markers[marker] = trio.Event()
+        try:
+            with _as_unavailable("reading key positions failed"):
+                reply = await publisher.eval(
+                    scripts.POSITIONS, args=[self._prefix, self._marker_channel, marker, *keys]
+                )
+            with trio.move_on_after(COMMAND_TIMEOUT):
+                await arrived.wait()
+        finally:
+            del self._markers[marker]
+        if not arrived.is_set():
+            raise BrokerUnavailable("the Redis subscriber did not catch up with a position read")
+        if not isinstance(reply, list) or len(reply) != len(keys):
+            raise BrokerUnavailable(f"unexpected reply from the positions script: {reply!r:.100}")
+        return [
+            (epoch.decode() if isinstance(epoch, bytes) else None, offset)
+            for epoch, offset in reply
+        ]
+
+    async def _watch_liveness(self) -> None:
+        """Fail the subscriber connection once Redis does not answer a PING in time.
+
+        On a connection of its own: the subscriber legitimately stops reading while this
+        instance's clients are behind (backpressure), and the publisher pool may be queued
+        up with thousands of history fetches (clients resuming at once); neither lag is
+        Redis's.
+
+        Raises:
+            BrokerUnavailable: Redis did not answer within LIVENESS_TIMEOUT, or failed.
+        """
+        with _as_unavailable("Redis liveness probe failed"):
+            async with _client(self._url, 1, self._probe_name) as probe:
+                while True:
+                    await trio.sleep(LIVENESS_PERIOD)
+                    with trio.move_on_after(LIVENESS_TIMEOUT) as waited:
+                        await probe.ping()
+                    if waited.cancelled_caught:
+                        raise BrokerUnavailable(
+                            f"Redis did not answer within {LIVENESS_TIMEOUT:g} s"
+                        )
 
     def _receive(self, data: Any, round_: list[Delivery]) -> None:
         try:
@@ -572,40 +772,65 @@ class RedisBroker:
         if envelope.id == self._last_id:
             return
         self._last_id = envelope.id
+        last = self._last_offsets
+        for key, offset in zip(envelope.keys, envelope.offsets, strict=True):
+            if key in self._wanted and offset > last.get(key, 0):
+                last[key] = offset
         round_.append(envelope.delivery())
 
     async def _reconcile(
-        self, pubsub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        pubsub: Any,
+        nursery: trio.Nursery,
+        resumed: bool,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Keep this connection's channels and globs equal to what the wanted keys need."""
-        channels: set[str] = set()
-        globs: set[str] = set()
+        """Keep this connection's channels and globs equal to what the wanted keys need.
+
+        Incremental: each round looks only at the keys whose interest changed since the last
+        one and sends SUBSCRIBE/UNSUBSCRIBE for the difference, so one more subscription costs
+        the same whether the instance holds ten keys or fifty thousand. A fresh connection
+        starts with every wanted key changed.
+        """
+        channels, globs = self._channel_needs, self._glob_needs = _Needs(), _Needs()
+        held: set[str] = set()
+        self._dirty = set(self._wanted)
         started = False
         while True:
             self._changed = trio.Event()
-            keys = set(self._wanted)
-            wanted_channels = {channel(self._prefix, k) for k in keys if not is_pattern_key(k)}
-            wanted_globs = {
-                g for k in keys if is_pattern_key(k) for g in redis_globs(self._prefix, k)
-            }
+            dirty, self._dirty = self._dirty, set()
+            joined: list[str] = []
+            for key in dirty:
+                wanted = key in self._wanted
+                if wanted == (key in held):
+                    continue
+                if wanted:
+                    held.add(key)
+                    joined.append(key)
+                else:
+                    held.discard(key)
+                needs = globs if is_pattern_key(key) else channels
+                needs.update(key, self._subscriptions(key), wanted=wanted)
+            added_channels, removed_channels = channels.changes()
+            added_globs, removed_globs = globs.changes()
             # The message loop marks each name live as Redis confirms it.
-            if added := wanted_channels - channels:
-                await pubsub.subscribe(*added)
-                channels |= added
-            if added := wanted_globs - globs:
-                await pubsub.psubscribe(*added)
-                globs |= added
+            if added_channels:
+                await pubsub.subscribe(*added_channels)
+            if added_globs:
+                await pubsub.psubscribe(*added_globs)
             # Not live from the moment the unsubscribe is sent: a key wanted again meanwhile
             # must wait for the next subscribe's confirmation, not be acked on a channel that
             # is about to go.
-            if removed := channels - wanted_channels:
-                self._active -= removed
-                channels -= removed
-                await pubsub.unsubscribe(*removed)
-            if removed := globs - wanted_globs:
-                self._active -= removed
-                globs -= removed
-                await pubsub.punsubscribe(*removed)
+            self._active.difference_update(removed_channels, removed_globs)
+            if removed_channels:
+                await pubsub.unsubscribe(*removed_channels)
+            if removed_globs:
+                await pubsub.punsubscribe(*removed_globs)
+            if joined:
+                # Only the first round of a connection after a drop holds keys that were
+                # held while it was down.
+                nursery.start_soon(self._check_positions, joined, resumed and not started)
             if not started:
                 started = True
                 task_status.started()
@@ -614,7 +839,12 @@ class RedisBroker:
 
     def _set_connected(self, connected: bool) -> None:
         self._connected = connected
-        if not connected:
+        if connected:
+            self._was_connected = True
+            self._up.set()
+        else:
+            if self._up.is_set():
+                self._up = trio.Event()
             # The publisher's pooled connections went down with Redis too: start afresh.
             self._publisher_broken.set()
             self._active = set()

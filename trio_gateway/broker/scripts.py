@@ -9,10 +9,13 @@ were assigned, and a history fetch sees a consistent (epoch, offset, entries) tr
 from __future__ import annotations
 
 # ARGV: prefix, history_size, history_ttl_ms, log_ttl_s, state_ttl_ms, epoch_candidate,
-#       id_base, count, then per publication:
-#       key_count, key..., topic ("" for none), retain ("", "set", "del"), retain_key,
-#       retain_state, control, exclude_user, exclude_client ("" for none), body
-# Returns every publication's offsets, flattened in order.
+#       id_base, count, idempotency_ttl_ms, then per publication:
+#       idempotency_key ("" for none), key_count, key..., topic ("" for none),
+#       retain ("", "set", "del"), retain_key, retain_state, control, exclude_user,
+#       exclude_client ("" for none), body
+# Returns, per publication, {duplicate (0 or 1), offset...}: a duplicate (its idempotency key
+# was published within the TTL, by any instance) is not published again and carries the
+# first one's offsets, kept at `<prefix>idem:<key>` as a JSON list.
 PUBLISH = """
 local prefix = ARGV[1]
 local history_size = tonumber(ARGV[2])
@@ -22,13 +25,15 @@ local state_ttl = tonumber(ARGV[5])
 local candidate = ARGV[6]
 local id_base = ARGV[7]
 local count = tonumber(ARGV[8])
+local idempotency_ttl = tonumber(ARGV[9])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local at = 9
+local at = 10
 local result = {}
 for n = 1, count do
-  local key_count = tonumber(ARGV[at])
-  at = at + 1
+  local idempotency = ARGV[at]
+  local key_count = tonumber(ARGV[at + 1])
+  at = at + 2
   local keys = {}
   for k = 1, key_count do
     keys[k] = ARGV[at]
@@ -38,33 +43,54 @@ for n = 1, count do
   local control, exclude_user, exclude_client = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
   local body = ARGV[at + 7]
   at = at + 8
-  local offsets = {}
-  for k = 1, key_count do
-    local log = prefix .. 'log:' .. keys[k]
-    if redis.call('HSETNX', log, 'epoch', candidate) == 1 then
-      -- A new epoch: whatever history is left belongs to the old one.
-      redis.call('DEL', prefix .. 'hist:' .. keys[k])
+  local seen = false
+  if idempotency ~= '' then
+    seen = redis.call('GET', prefix .. 'idem:' .. idempotency)
+  end
+  if seen then
+    local entry = {1}
+    for _, offset in ipairs(cjson.decode(seen)) do
+      entry[#entry + 1] = offset
     end
-    offsets[k] = redis.call('HINCRBY', log, 'offset', 1)
-    redis.call('EXPIRE', log, log_ttl)
-  end
-  local header = {id_base .. ':' .. n, keys, offsets, now, topic, control, exclude_user,
-    exclude_client}
-  local envelope = cjson.encode(header) .. '\\n' .. body
-  for k = 1, key_count do
-    local history = prefix .. 'hist:' .. keys[k]
-    redis.call('RPUSH', history, envelope)
-    redis.call('LTRIM', history, -history_size, -1)
-    redis.call('PEXPIRE', history, history_ttl)
-  end
-  if retain == 'set' then
-    redis.call('SET', prefix .. 'state:' .. retain_key, retain_state, 'PX', state_ttl)
-  elseif retain == 'del' then
-    redis.call('DEL', prefix .. 'state:' .. retain_key)
-  end
-  for k = 1, key_count do
-    redis.call('PUBLISH', prefix .. keys[k], envelope)
-    result[#result + 1] = offsets[k]
+    result[n] = entry
+  else
+    local offsets = {}
+    for k = 1, key_count do
+      local log = prefix .. 'log:' .. keys[k]
+      if redis.call('HSETNX', log, 'epoch', candidate) == 1 then
+        -- A new epoch: whatever history is left belongs to the old one.
+        redis.call('DEL', prefix .. 'hist:' .. keys[k])
+      end
+      offsets[k] = redis.call('HINCRBY', log, 'offset', 1)
+      redis.call('EXPIRE', log, log_ttl)
+    end
+    local header = {id_base .. ':' .. n, keys, offsets, now, topic, control, exclude_user,
+      exclude_client}
+    local envelope = cjson.encode(header) .. '\\n' .. body
+    for k = 1, key_count do
+      local history = prefix .. 'hist:' .. keys[k]
+      redis.call('RPUSH', history, envelope)
+      redis.call('LTRIM', history, -history_size, -1)
+      redis.call('PEXPIRE', history, history_ttl)
+    end
+    if retain == 'set' then
+      redis.call('SET', prefix .. 'state:' .. retain_key, retain_state, 'PX', state_ttl)
+    elseif retain == 'del' then
+      redis.call('DEL', prefix .. 'state:' .. retain_key)
+    end
+    for k = 1, key_count do
+      redis.call('PUBLISH', prefix .. keys[k], envelope)
+    end
+    if idempotency ~= '' then
+      -- NX: inside this script nobody can have set it since the GET; it states the intent.
+      redis.call('SET', prefix .. 'idem:' .. idempotency, cjson.encode(offsets), 'NX', 'PX',
+        idempotency_ttl)
+    end
+    local entry = {0}
+    for k = 1, key_count do
+      entry[k + 1] = offsets[k]
+    end
+    result[n] = entry
   end
 end
 return result
@@ -99,6 +125,20 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return {epoch, offset, now, entries, state}
+"""
+
+# ARGV: prefix, marker channel, marker, key... Returns {epoch or false, offset} per key, without
+# creating a log, then PUBLISHes the marker as FETCH does.
+POSITIONS = """
+local prefix = ARGV[1]
+local result = {}
+for n = 4, #ARGV do
+  local log = prefix .. 'log:' .. ARGV[n]
+  local epoch = redis.call('HGET', log, 'epoch')
+  result[#result + 1] = {epoch, tonumber(redis.call('HGET', log, 'offset') or '0')}
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return result
 """
 
 # ARGV: prefix, key. Returns the retained state or nil.

@@ -101,7 +101,9 @@ class GatewayClient:
     One protocol frame also comes through: the ack of a subscription restored after a
     reconnect (or from `resume`) whose missed messages could not be replayed,
     `{"type":"subscribed","subscription":K,"epoch":E,"offset":N,"recovered":false}`; what
-    was published on K before it is lost, so refetch K's state. Other protocol chatter
+    was published on K before it is lost, so refetch K's state. A `gap` on a key is handled
+    as a drop (reconnect, resume from positions: the missed messages arrive); a `gap` on a
+    pattern, which has no history, comes through as it is. Other protocol chatter
     (`ready`, acks, `ping`/`pong`) is handled internally.
     """
 
@@ -558,6 +560,10 @@ class GatewayClient:
                     return self._fell_behind()
             elif kind in ("subscribed", "unsubscribed", "pong", "ready"):
                 log.debug("ignoring an unexpected %s message", kind)
+            elif kind == "gap" and message.get("offset") is not None:
+                # What the gateway could not deliver live is in its history: reconnecting
+                # resumes every subscription from its position, which fetches it.
+                return _Closed(None, "the gateway reported messages it could not deliver live")
             else:
                 offsets = _message_offsets(message)
                 if self._tracker.duplicate(offsets):

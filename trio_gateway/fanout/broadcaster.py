@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..broker import Broker, BrokerUnavailable
+from ..broker import Broker, BrokerUnavailable, PublishOutcomeUnknown
 from ..observability.jsonlog import fields
 from ..protocol.codec import encode
 from ..protocol.messages import (
@@ -40,16 +40,18 @@ from ..protocol.routing import (
     user_key,
 )
 from ..protocol.topics import topic_problem
-from .publication import EXPIRE, UNBIND, Extra, Publication, Retain
+from .publication import EXPIRE, UNBIND, Assigned, Extra, Publication, Retain
 
 log = logging.getLogger("trio_gateway.broadcaster")
 
 __all__ = [
+    "Assigned",
     "Batch",
     "Broadcaster",
     "BrokerUnavailable",
     "GatewayClosed",
     "Publication",
+    "PublishOutcomeUnknown",
     "PublishQueueFull",
     "event_publication",
     "remote_update_publication",
@@ -82,8 +84,9 @@ class Batch:
     #: Who published it, for the metrics: "inprocess", "http" or "client".
     source: str = "inprocess"
     error: Exception | None = None
-    #: Each publication's offsets (aligned with its keys), once published.
-    offsets: list[tuple[int, ...]] = attrs.field(factory=list)
+    #: Each publication's offsets (aligned with its keys) and whether it was a duplicate,
+    #: once published.
+    assigned: list[Assigned] = attrs.field(factory=list)
 
 
 def _encode(message: ServerMessage) -> str:
@@ -248,7 +251,9 @@ class Broadcaster:
 
     `publish` and `send` are the awaiting forms: they wait for room in the queue, then for the
     broker to take the publications, and return the offsets assigned; they raise
-    `BrokerUnavailable` if the broker did not take them.
+    `BrokerUnavailable` if the broker did not take them (`PublishOutcomeUnknown` when it may
+    have: sent, not confirmed). A publication with an idempotency key already published within
+    `idempotency_ttl` is not published again (`send_assigned` says which).
     """
 
     def __init__(
@@ -353,9 +358,15 @@ class Broadcaster:
         Returns:
             Each publication's offsets, aligned with its keys.
         Raises:
+            PublishOutcomeUnknown: the broker did not confirm; it may have been published.
             BrokerUnavailable: the broker is down; nothing was published.
             GatewayClosed: shutdown began before the batch went out.
         """
+        return [each.offsets for each in await self.send_assigned(*publications)]
+
+    async def send_assigned(self, *publications: Publication) -> list[Assigned]:
+        """`send`, saying for each publication whether its idempotency key made it a
+        duplicate (not published again; the offsets are the first one's)."""
         self._check_broker()
         batch = Batch(publications, trio.Event(), source=self._source)
         try:
@@ -366,7 +377,7 @@ class Broadcaster:
         await batch.done.wait()
         if batch.error is not None:
             raise batch.error
-        return batch.offsets
+        return batch.assigned
 
     def close(self) -> None:
         """Refuse further publications; the publisher task drains what is queued and ends."""
@@ -435,7 +446,7 @@ async def _publish_round(broker: Broker, batches: list[Batch], published: Counte
     else:
         start = 0
         for batch in batches:
-            batch.offsets = offsets[start : start + len(batch.publications)]
+            batch.assigned = offsets[start : start + len(batch.publications)]
             start += len(batch.publications)
             published[batch.source] += len(batch.publications)
             _finish(batch, None)

@@ -20,7 +20,10 @@ from typing import Any
 import attrs
 import trio
 
+from ..protocol.codec import encode
 from ..protocol.errors import SESSION_DELETED, SESSION_EXPIRED, SLOW_CONSUMER, CloseReason
+from ..protocol.frames import text_frame
+from ..protocol.messages import Gap
 from ..protocol.replies import SESSION_EXPIRED_FRAME
 from ..protocol.routing import is_pattern_key, personal_keys
 from ..protocol.topics import PatternIndex
@@ -252,6 +255,16 @@ class Hub:
     def key_members(self) -> Iterable[tuple[str, set[Client]]]:
         """Every key with a subscriber here and its subscribers (for the statistics)."""
         return self._index.items()
+
+    def gap(self, key: str, epoch: str | None, offset: int | None) -> None:
+        """Tell `key`'s subscribers that publications on it (up to `offset`) may not have
+        reached them live; the broker found it out after its subscriber was cut off."""
+        members = self._index.get(key)
+        if not members:
+            return
+        frame = text_frame(encode(Gap(key, epoch, offset)))
+        for client in tuple(members):
+            client.send(frame)
 
     def begin_recovery(self, client: Client, key: str) -> None:
         """Start keeping `key`'s publications aside for `client` (see the class docstring)."""

@@ -76,6 +76,17 @@ class Publication:
     topic: str | None = None
     retain: Retain | None = None
     extra: Extra | None = None
+    # The publisher's key for this publication: one already published under it within
+    # `idempotency_ttl` (on any instance) is not published again.
+    idempotency_key: str | None = None
+
+
+class Assigned(NamedTuple):
+    """What the broker did with one publication: its offsets (aligned with its keys), and
+    whether it was a repeat of an idempotency key, the offsets being those of the first."""
+
+    offsets: tuple[int, ...]
+    duplicate: bool = False
 
 
 @attrs.frozen

@@ -74,6 +74,8 @@ def too_many_fragments(limit: int) -> CloseReason:
 # Error reply codes: machine-readable reasons on `{"type":"error"}` replies.
 FORBIDDEN = "forbidden"
 UNAVAILABLE = "unavailable"
+# A publish sent to the broker and not confirmed: it may have been published.
+OUTCOME_UNKNOWN = "outcome_unknown"
 UNAUTHORIZED_CODE = "unauthorized"
 RATE_LIMITED_CODE = "rate_limited"
 # A cap on what a client may hold (subscriptions, patterns, pattern shapes) is reached; the

@@ -216,6 +216,18 @@ class Subscribed(ServerMessage):
 
 
 @attrs.frozen
+class Gap(ServerMessage):
+    """Messages on a subscription may not have reached this connection live: the instance's
+    Redis subscriber was cut off while they were published. Up to `offset` (in `epoch`)
+    they are in history: resume with `since`, or refetch. A pattern has no offsets."""
+
+    TAG: ClassVar[str] = "gap"
+    subscription: str
+    epoch: str | None = None
+    offset: int | None = None
+
+
+@attrs.frozen
 class Unsubscribed(ServerMessage):
     TAG: ClassVar[str] = "unsubscribed"
     subscription: str

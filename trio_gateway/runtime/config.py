@@ -731,6 +731,17 @@ class Config:
             note="at least `max_body_size`",
         ),
     )
+    # --- broker under faults (limits-broker) ---
+    # Centrifugo keeps idempotency keys 5 minutes: a publisher retrying within that window
+    # after a 504 (outcome unknown) or a lost response is never delivered twice.
+    idempotency_ttl: float = attrs.field(
+        default=300.0,
+        validator=_positive,
+        metadata=_doc(
+            "how long a publish's `idempotency_key` is remembered (on every instance, with "
+            "Redis); a repeat within it is answered as a duplicate and not delivered again"
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.jwt_secret is not None and self.jwt_public_key is not None:

@@ -162,6 +162,8 @@ async def serve(
         max_ahead=max(1, config.queue_depth // 2), on_written=metrics.publish_latency.observe
     )
     hub = Hub(flusher, on_first=broker.want, on_last=broker.unwant)
+    if isinstance(broker, RedisBroker):
+        broker.gaps = hub.gap
     publish_send, publish_receive = trio.open_memory_channel[Batch](config.publish_queue_depth)
     broadcaster = Broadcaster(publish_send, broker)
     backend = Backend(f"trio-gateway/{__version__}")

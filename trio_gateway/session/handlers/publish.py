@@ -5,11 +5,11 @@ Must not: publish around the broadcaster; the ack waits until the broker has acc
 
 from __future__ import annotations
 
-from ...broker import BrokerUnavailable
+from ...broker import BrokerUnavailable, PublishOutcomeUnknown
 from ...fanout.broadcaster import GatewayClosed, topic_publication
 from ...fanout.hub import Client
 from ...protocol.codec import ECHO_LIMIT, encode
-from ...protocol.errors import FORBIDDEN, UNAVAILABLE, ProtocolError
+from ...protocol.errors import FORBIDDEN, OUTCOME_UNKNOWN, UNAVAILABLE, ProtocolError
 from ...protocol.frames import text_frame
 from ...protocol.messages import Publish, Published
 from ..auth import may_publish
@@ -28,6 +28,10 @@ async def publish(client: Client, context: GatewayContext, message: Publish) -> 
         raise ProtocolError(f"Invalid publish: {exc}") from None
     try:
         (offsets,) = await context.broadcaster.send(publication)
+    except PublishOutcomeUnknown:
+        raise ProtocolError(
+            "Publish outcome unknown: the broker did not confirm it", OUTCOME_UNKNOWN
+        ) from None
     except (BrokerUnavailable, GatewayClosed):
         raise ProtocolError(
             "Broker unavailable: not published; try again later", UNAVAILABLE
