@@ -46,6 +46,20 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
         await trio.lowlevel.checkpoint()
 
 
+def all_tasks() -> set[trio.lowlevel.Task]:
+    """Every task in this trio run, found by walking nurseries down from the root task."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    found: set[trio.lowlevel.Task] = set()
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        found.add(task)
+        for child_nursery in task.child_nurseries:
+            pending.extend(child_nursery.child_tasks)
+    return found
+
+
 def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
     """A seed 000 event for the publish API."""
     return {"workspace_id": workspace_id, "session_id": session_id, **extra}

@@ -271,9 +271,8 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None)
                 # No head to name (400, 431): the line has the status and the peer only.
                 status = exc.error_status_hint
                 _log_request("http request", None, None, status, None, remote)
-                await _send_response(
-                    conn, stream, status, {"error": f"Bad request: {exc}"}, [], True
-                )
+                problem = _UNREADABLE.get(status, _UNREADABLE[400])
+                await _send_response(conn, stream, status, {"error": problem}, [], True)
                 break
             except HttpError as exc:
                 # A head that did not arrive in time (408).
@@ -298,6 +297,15 @@ async def _serve_http(app: HttpApp, stream: trio.abc.Stream, remote: str | None)
         log.exception("http connection failed")
     await linger_close(stream, app.context.config.close_timeout)
     return None
+
+
+# Our words for a request h11 could not read: its own messages quote the bytes received
+# (as Python reprs), which are the client's to know and not ours to echo.
+_UNREADABLE = {
+    400: "Bad request: malformed HTTP",
+    431: "Request head too large",
+    501: "Transfer-Encoding not supported: send Content-Length or chunked",
+}
 
 
 async def _upgrade(
@@ -340,7 +348,15 @@ async def _upgrade(
     app.context.metrics.refused[reason] += 1
     headers = [(b"www-authenticate", b'Bearer realm="trio-gateway"')] if status == 401 else []
     try:
-        await _send_response(conn, stream, status, {"error": message}, headers, True)
+        await _send_response(
+            conn,
+            stream,
+            status,
+            {"error": message},
+            headers,
+            True,
+            head_only=head.method == b"HEAD",
+        )
     finally:
         _log_request("websocket upgrade refused", _method(head), path, status, started, remote)
     return None

@@ -1,0 +1,77 @@
+"""Inputs the fuzz targets found harming the gateway, each replayed as a plain test on a real
+socket: the answer a client sees, and that nothing was logged as a failure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from trio_gateway import Gateway
+
+from ..helpers import TIMEOUT
+from .driver import LogRecords, gateway_log_records
+
+UPGRADE = (
+    b"upgrade: websocket\r\nconnection: Upgrade\r\n"
+    b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+)
+
+
+@pytest.fixture
+def records() -> Iterator[LogRecords]:
+    with gateway_log_records() as handler:
+        yield handler
+
+
+async def exchange(gateway: Gateway, request: bytes) -> bytes:
+    """Everything the gateway answers to `request` before it closes the connection."""
+    with trio.fail_after(TIMEOUT):
+        async with await trio.open_tcp_stream("127.0.0.1", gateway.port) as stream:
+            await stream.send_all(request)
+            await stream.send_eof()
+            received = b""
+            while chunk := await stream.receive_some():
+                received += chunk
+    return received
+
+
+def status_and_body(response: bytes) -> tuple[int, bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_a_refused_head_upgrade_is_answered_without_a_body(
+    gateway: Gateway, records: LogRecords
+) -> None:
+    # Found: HEAD with Upgrade on a path that serves none raised in h11 (a body on a HEAD
+    # answer) and was logged "http connection failed" with a traceback.
+    response = await exchange(gateway, b"HEAD /admin HTTP/1.1\r\nhost: g\r\n" + UPGRADE + b"\r\n")
+    assert status_and_body(response) == (404, b"")
+    assert b"content-length: 21\r\n" in response  # what a GET would have carried
+    assert not records.records
+
+
+async def test_malformed_http_gets_our_words_not_the_parsers(
+    gateway: Gateway, records: LogRecords
+) -> None:
+    # Found: the 400 quoted h11's exception text: `illegal header line: bytearray(b': ')`.
+    response = await exchange(gateway, b"GET /admin HTTP/1.1\r\n: \r\n\r\n")
+    status, body = status_and_body(response)
+    assert (status, json.loads(body)) == (400, {"error": "Bad request: malformed HTTP"})
+    assert not records.records
+
+
+async def test_an_unsupported_transfer_encoding_is_a_documented_501(
+    gateway: Gateway, records: LogRecords
+) -> None:
+    # Found: an undocumented 501 quoting h11's words.
+    request = b"POST /api/events HTTP/1.1\r\nhost: g\r\ntransfer-encoding: gzip\r\n\r\nxx"
+    status, body = status_and_body(await exchange(gateway, request))
+    assert (status, json.loads(body)) == (
+        501,
+        {"error": "Transfer-Encoding not supported: send Content-Length or chunked"},
+    )
+    assert not records.records
