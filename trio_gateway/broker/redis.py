@@ -60,6 +60,7 @@ from ..protocol.topics import redis_globs
 from ..runtime.config import Config, redact_url
 from . import BrokerUnavailable, Deliver, history_window, scripts
 from .envelope import channel, decode, log_name
+from .epochs import EpochWatch
 from .memory import LOG_IDLE_LIMIT, new_epoch
 
 log = logging.getLogger("trio_gateway.broker.redis")
@@ -215,6 +216,8 @@ class RedisBroker:
         self._last_id: str | None = None
         # Channels of other features on the subscriber connection (`listen`), by name.
         self._raw: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
+        self._epochs = EpochWatch()
+        self._deliver: Deliver | None = None
 
     @property
     def ok(self) -> bool:
@@ -240,6 +243,7 @@ class RedisBroker:
 
     def unwant(self, key: str) -> None:
         self._wanted.discard(key)
+        self._epochs.forget(key)
         self._changed.set()
         self._release(key)
 
@@ -320,6 +324,10 @@ class RedisBroker:
             raise BrokerUnavailable("the Redis subscriber did not catch up with a history fetch")
         epoch_raw, offset, now_ms, raw_entries, retained = _fetch_reply(reply)
         epoch = epoch_raw.decode()
+        if (changed := self._epochs.learned(key, epoch)) is not None and self._deliver:
+            # Found here before any message of the new epoch reached this instance: the
+            # clients still counting the old one hear of it now.
+            await self._deliver([changed])
         recovered = None
         replay: tuple[OffsetFrame, ...] = ()
         if since is not None:
@@ -383,6 +391,7 @@ class RedisBroker:
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         where = redact_url(self._url)
+        self._deliver = deliver
         started = False
         try:
             async with trio.open_nursery() as nursery:
@@ -572,6 +581,8 @@ class RedisBroker:
         if envelope.id == self._last_id:
             return
         self._last_id = envelope.id
+        if envelope.epochs:
+            round_.extend(self._epochs.seen(envelope.keys, envelope.epochs))
         round_.append(envelope.delivery())
 
     async def _reconcile(
