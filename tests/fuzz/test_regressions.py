@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from trio_gateway import Gateway
+from trio_gateway import Config, Gateway
 
-from ..helpers import TIMEOUT
-from .driver import LogRecords, gateway_log_records
+from ..helpers import API_KEY, TIMEOUT, serve_in_memory
+from .driver import Driver, LogRecords, gateway_log_records, masked_frame
 
 UPGRADE = (
     b"upgrade: websocket\r\nconnection: Upgrade\r\n"
@@ -75,3 +75,19 @@ async def test_an_unsupported_transfer_encoding_is_a_documented_501(
         {"error": "Transfer-Encoding not supported: send Content-Length or chunked"},
     )
     assert not records.records
+
+
+async def test_a_close_behind_a_ping_and_a_message_is_answered(
+    nursery: trio.Nursery, records: LogRecords
+) -> None:
+    # Found: the writer took the stream for the message's error reply while the reader was
+    # answering the ping; the peer's close then came, the writer stopped, and the reader,
+    # waiting for the stream to answer the close, was cancelled: no close frame went out.
+    gateway, listener = await serve_in_memory(nursery, Config(api_keys=(API_KEY,), port=0))
+    frames = masked_frame(0x1, b"") + masked_frame(0x9, b"a") + masked_frame(0x8, b"")
+    with trio.fail_after(TIMEOUT):
+        outcome = await Driver(listener, records).websocket(f"/api/ws?token={API_KEY}", frames)
+    assert outcome.received.endswith(b"\x8a\x01a\x88\x00")  # the pong, then our close
+    assert outcome.close == (1005, "")  # a close without a code, as the client's was
+    assert not outcome.logged
+    assert gateway.client_count() == 0
