@@ -46,8 +46,8 @@ test: $(STAMP) redis-server chromium
 # The fuzz targets (tests/fuzz/) with the "fuzz" hypothesis profile: FUZZ_EXAMPLES random
 # examples each (default 50,000: 100,000 in all), one target per core. `make test` runs the
 # same targets with a few hundred fixed examples.
-FUZZ_PYTEST = HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest tests/fuzz/test_fuzz.py -q \
-	-p no:cacheprovider -o faulthandler_timeout=0 --hypothesis-show-statistics
+FUZZ_PYTEST = HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest tests/fuzz/test_fuzz.py -q -s \
+	-p no:cacheprovider -o faulthandler_timeout=0
 fuzz: $(STAMP)
 	@$(FUZZ_PYTEST) -k websocket & websocket=$$!; $(FUZZ_PYTEST) -k http & http=$$!; \
 	wait $$websocket; first=$$?; wait $$http; second=$$?; test $$first = 0 && test $$second = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -111,22 +111,41 @@ def judge_http(outcome: Outcome) -> None:
 
 
 async def test_no_websocket_input_harms_the_gateway(fuzz_gateway: FuzzGateway) -> None:
+    examples = 0
+
     @given(websocket_inputs())
     def check(case: WebSocketCase) -> None:
+        nonlocal examples
+        examples += 1
         outcome, clients_left, new_tasks = trio.from_thread.run(
             fuzz_gateway.websocket, case.target, case.data + text_frame(MARKER)
         )
         judge_common(outcome, clients_left, new_tasks)
         judge_websocket(outcome, case)
 
-    await trio.to_thread.run_sync(check)
+    await _run("websocket", check, lambda: examples)
 
 
 async def test_no_http_request_harms_the_gateway(fuzz_gateway: FuzzGateway) -> None:
+    examples = 0
+
     @given(http_requests())
     def check(request: bytes) -> None:
+        nonlocal examples
+        examples += 1
         outcome, clients_left, new_tasks = trio.from_thread.run(fuzz_gateway.http, request)
         judge_common(outcome, clients_left, new_tasks)
         judge_http(outcome)
 
+    await _run("http", check, lambda: examples)
+
+
+async def _run(target: str, check: Callable[[], None], examples: Callable[[], int]) -> None:
+    """Run the hypothesis test `check` in a thread; say how many examples it ran, how fast
+    (shown by `make fuzz`, which runs pytest with -s)."""
+    started = trio.current_time()
     await trio.to_thread.run_sync(check)
+    elapsed = trio.current_time() - started
+    print(
+        f"\nfuzz {target}: {examples()} examples in {elapsed:.0f} s ({examples() / elapsed:.0f}/s)"
+    )
