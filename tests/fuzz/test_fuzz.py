@@ -42,8 +42,9 @@ ALIVE = {
     '{"type":"error","message":"Not identified: send identify first","code":"unauthorized"}',
     MARKER,
 }
-#: Close codes PROTOCOL.md documents for something a client did.
-DOCUMENTED_CLOSES = {1000, 1002, 1007, 1008, 1009, 4001}
+#: Close codes PROTOCOL.md documents for something a client did, and 1005: how a client
+#: reads our answer to a close frame that carried no code.
+DOCUMENTED_CLOSES = {1000, 1002, 1005, 1007, 1008, 1009, 4001}
 #: Statuses PROTOCOL.md documents ("HTTP status codes", and 101 for an upgrade).
 DOCUMENTED_STATUSES = {101, 200, 202, 304, 400, 401, 404, 405, 408, 413, 426, 431, 501, 503}
 # Python's own words for an exception or a value: never part of an answer.
