@@ -16,16 +16,16 @@ from trio_gateway import Config, Gateway, serve
 from .helpers import API_KEY
 from .redis_server import RedisServer
 
-# The fuzz targets (tests/fuzz/) run as many examples as the hypothesis profile says: a few
-# hundred, the same every run, under `make test`; `make fuzz` loads "fuzz" (random, and
-# FUZZ_EXAMPLES per target). Slow or large examples are the point there, not a problem.
+# The fuzz targets (tests/fuzz/) share the examples of the hypothesis profile between them:
+# 600, the same every run, under `make test`; `make fuzz` loads "fuzz" (random, FUZZ_EXAMPLES
+# in all). Slow or large examples are the point there, not a problem.
 _FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
-    "test", max_examples=300, deadline=None, derandomize=True, suppress_health_check=_FUZZ_CHECKS
+    "test", max_examples=600, deadline=None, derandomize=True, suppress_health_check=_FUZZ_CHECKS
 )
 settings.register_profile(
     "fuzz",
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "50000")),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100000")),
     deadline=None,
     suppress_health_check=_FUZZ_CHECKS,
 )

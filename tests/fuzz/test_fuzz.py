@@ -2,9 +2,9 @@
 answers 500, puts Python's exception text on the wire, or leaves a task behind.
 
 One real gateway in memory serves every example (driver.py); hypothesis runs in a worker
-thread and hands each example to the gateway's loop. The number of examples is the
-hypothesis profile's (tests/conftest.py): a few hundred under `make test`, `make fuzz` runs
-the `fuzz` profile.
+thread and hands each example to the gateway's loop. The profile's examples
+(tests/conftest.py: 600 under `make test`, 100,000 under `make fuzz`) are shared between the
+targets so that, each on its own core, they take about as long.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 
 from trio_gateway import Config, Gateway
 
@@ -47,6 +47,8 @@ ALIVE = {
 DOCUMENTED_CLOSES = {1000, 1002, 1005, 1007, 1008, 1009, 4001}
 #: Statuses PROTOCOL.md documents ("HTTP status codes", and 101 for an upgrade).
 DOCUMENTED_STATUSES = {101, 200, 202, 304, 400, 401, 404, 405, 408, 413, 426, 431, 501, 503}
+# Shares of the profile's examples: a WebSocket example costs about 1.5 times an HTTP one.
+WEBSOCKET_SHARE, HTTP_SHARE = 0.4, 0.6
 # Python's own words for an exception or a value: never part of an answer.
 PYTHON_TEXT = re.compile(rb"Traceback|bytearray\(|object at 0x")
 
@@ -114,6 +116,7 @@ def judge_http(outcome: Outcome) -> None:
 async def test_no_websocket_input_harms_the_gateway(fuzz_gateway: FuzzGateway) -> None:
     examples = 0
 
+    @settings(max_examples=_share(WEBSOCKET_SHARE))
     @given(websocket_inputs())
     def check(case: WebSocketCase) -> None:
         nonlocal examples
@@ -130,6 +133,7 @@ async def test_no_websocket_input_harms_the_gateway(fuzz_gateway: FuzzGateway) -
 async def test_no_http_request_harms_the_gateway(fuzz_gateway: FuzzGateway) -> None:
     examples = 0
 
+    @settings(max_examples=_share(HTTP_SHARE))
     @given(http_requests())
     def check(request: bytes) -> None:
         nonlocal examples
@@ -139,6 +143,10 @@ async def test_no_http_request_harms_the_gateway(fuzz_gateway: FuzzGateway) -> N
         judge_http(outcome)
 
     await _run("http", check, lambda: examples)
+
+
+def _share(fraction: float) -> int:
+    return max(1, round(settings().max_examples * fraction))
 
 
 async def _run(target: str, check: Callable[[], None], examples: Callable[[], int]) -> None:
