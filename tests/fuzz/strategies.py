@@ -122,7 +122,7 @@ def message_texts(draw: st.DrawFn) -> str:
     if mangle == 0:
         text = text[: draw(st.integers(0, max(len(text) - 1, 0)))]
     elif mangle == 1:
-        depth = draw(st.sampled_from([100, 1000, 5000, 20000]))
+        depth = draw(st.sampled_from([100, 300, 1000, 5000, 20000]))
         text = text[:-1] + ',"data":' + _nested(depth, "1") + "}"
     elif mangle == 2:
         digits = draw(st.sampled_from([400, 4301, 20000]))

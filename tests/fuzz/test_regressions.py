@@ -11,7 +11,7 @@ import trio
 
 from trio_gateway import Config, Gateway
 
-from ..helpers import API_KEY, TIMEOUT, serve_in_memory
+from ..helpers import API_KEY, TIMEOUT, ready, receive_json, request, serve_in_memory, tcp_client
 from .driver import Driver, LogRecords, gateway_log_records, masked_frame
 
 UPGRADE = (
@@ -91,3 +91,26 @@ async def test_a_close_behind_a_ping_and_a_message_is_answered(
     assert outcome.close == (1005, "")  # a close without a code, as the client's was
     assert not outcome.logged
     assert gateway.client_count() == 0
+
+
+async def test_a_publish_nested_too_deeply_is_an_error_reply(
+    gateway: Gateway, records: LogRecords
+) -> None:
+    # Found: data nested a few hundred deep parses, but serialising it again ran out of
+    # stack (the converter takes several frames a level): 1011.
+    data = "[" * 400 + "]" * 400
+    with trio.fail_after(TIMEOUT):
+        async with tcp_client(gateway.port) as ws:
+            await ready(ws)
+            await ws.send_message('{"type":"publish","topic":"room.1","data":' + data + "}")
+            assert await receive_json(ws) == {
+                "type": "error",
+                "message": "Invalid publish: payload is nested too deeply",
+            }
+            assert await request(ws, type="ping") == {"type": "pong"}
+        body = ('{"topic":"room.1","data":' + data + "}").encode()
+        request_bytes = b"POST /api/publish HTTP/1.1\r\nhost: g\r\nauthorization: Bearer "
+        request_bytes += API_KEY.encode() + b"\r\ncontent-length: %d\r\n\r\n" % len(body)
+        status, answer = status_and_body(await exchange(gateway, request_bytes + body))
+    assert (status, json.loads(answer)) == (400, {"error": "payload is nested too deeply"})
+    assert not records.records

@@ -90,6 +90,9 @@ def _encode(message: ServerMessage) -> str:
         return encode(message)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        # Parsed JSON can nest deeper than the converter can walk (a client's publish).
+        raise ValueError("payload is nested too deeply") from None
 
 
 def _require_text(name: str, value: object, *, optional: bool = False) -> None:
