@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint conformance bench venv clean redis-server chromium
+.PHONY: run test fuzz lint conformance bench venv clean redis-server chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ chromium:
 
 test: $(STAMP) redis-server chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The fuzz targets (tests/fuzz/) with the "fuzz" hypothesis profile: FUZZ_EXAMPLES random
+# examples in all (default 100,000), shared between the targets, one target per core.
+# `make test` runs the same targets with 600 fixed examples.
+FUZZ_PYTEST = HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest tests/fuzz/test_fuzz.py -q -s \
+	-p no:cacheprovider -o faulthandler_timeout=0
+fuzz: $(STAMP)
+	@$(FUZZ_PYTEST) -k websocket & websocket=$$!; $(FUZZ_PYTEST) -k http & http=$$!; \
+	wait $$websocket; first=$$?; wait $$http; second=$$?; test $$first = 0 && test $$second = 0
 
 # RFC 6455 conformance (Autobahn TestSuite) of the real reader/writer path, via /api/echo.
 conformance: $(STAMP)

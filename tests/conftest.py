@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -8,11 +9,27 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, settings
 
 from trio_gateway import Config, Gateway, serve
 
 from .helpers import API_KEY
 from .redis_server import RedisServer
+
+# The fuzz targets (tests/fuzz/) share the examples of the hypothesis profile between them:
+# 600, the same every run, under `make test`; `make fuzz` loads "fuzz" (random, FUZZ_EXAMPLES
+# in all). Slow or large examples are the point there, not a problem.
+_FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile(
+    "test", max_examples=600, deadline=None, derandomize=True, suppress_health_check=_FUZZ_CHECKS
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100000")),
+    deadline=None,
+    suppress_health_check=_FUZZ_CHECKS,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "test"))
 
 
 @pytest.fixture

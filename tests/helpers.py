@@ -60,6 +60,20 @@ def debian_program(name: str, what: str) -> str:
     return executable
 
 
+def all_tasks() -> set[trio.lowlevel.Task]:
+    """Every task in this trio run, found by walking nurseries down from the root task."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    found: set[trio.lowlevel.Task] = set()
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        found.add(task)
+        for child_nursery in task.child_nurseries:
+            pending.extend(child_nursery.child_tasks)
+    return found
+
+
 def event(workspace_id: str, session_id: str | None = None, **extra: Any) -> dict[str, Any]:
     """A seed 000 event for the publish API."""
     return {"workspace_id": workspace_id, "session_id": session_id, **extra}

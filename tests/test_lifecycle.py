@@ -22,6 +22,7 @@ from .helpers import (
     API_KEY,
     TIMEOUT,
     MemoryListener,
+    all_tasks,
     closed_with,
     event,
     raw_client,
@@ -36,20 +37,6 @@ CROCKFORD_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 
 
 # --- local helpers --------------------------------------------------------------------------
-
-
-def all_tasks() -> set[trio.lowlevel.Task]:
-    """Every task in this trio run, found by walking nurseries down from the root task."""
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    found: set[trio.lowlevel.Task] = set()
-    pending = [root]
-    while pending:
-        task = pending.pop()
-        found.add(task)
-        for child_nursery in task.child_nurseries:
-            pending.extend(child_nursery.child_tasks)
-    return found
 
 
 @asynccontextmanager

@@ -28,6 +28,7 @@ from .conftest import with_settings
 from .helpers import (
     API_KEY,
     TIMEOUT,
+    closed_with,
     memory_client,
     raw_client,
     ready,
@@ -183,6 +184,61 @@ async def test_an_unauthorized_websocket_line_names_the_peer_never_the_token(
     (line,) = info_lines.events("unauthorized websocket")
     assert (line["remote"], line["error"]) == (f"127.0.0.1:{port}", "invalid credentials")
     assert "wrong-secret-token" not in info_lines.text()
+
+
+# Token text no key or JWT can hold: lone surrogates (JSON may carry them), a JWT shape around
+# one, and what the query string and a header make of the same bytes.
+ODD_TOKENS = ("\ud800", "a.\udc80.b", "\udfff\ud800.x.y")
+
+
+@pytest.mark.parametrize("source", ["query", "header", "identify"])
+async def test_a_token_no_key_can_hold_is_a_4001_and_one_line(
+    config: Config, info_lines: Lines, source: str
+) -> None:
+    # A fuzzer found these closing the connection 1006/1011 with a traceback each.
+    odd_config = with_settings(config, jwt_secret=SECRET)
+    sent = {
+        # Percent-encoded UTF-8 of a lone surrogate, which no UTF-8 decoder accepts.
+        "query": ["%ED%A0%80", "a.%ED%A0%80.b"],
+        # Raw bytes, as a client may put in a header.
+        "header": ["\xed\xa0\x80", "a.\xed\xa0\x80.b"],
+        "identify": list(ODD_TOKENS),
+    }[source]
+    with trio.fail_after(TIMEOUT):
+        async with open_gateway(odd_config) as gateway:
+            for odd in sent:
+                query = odd if source == "query" else None
+                headers = []
+                if source == "header":
+                    headers = [(b"authorization", b"Bearer " + odd.encode("latin-1"))]
+                async with tcp_client(gateway.port, query, extra_headers=headers) as ws:
+                    if source == "identify":
+                        assert (await receive_json(ws))["type"] == "hello"
+                        await send_json(ws, {"type": "identify", "token": odd})
+                    assert (await closed_with(ws)).code == 4001
+    refused = [line for line in info_lines.all() if line["logger"] == "trio_gateway.connection"]
+    assert [line["event"] for line in refused] == ["unauthorized websocket"] * len(sent)
+    assert not [line for line in info_lines.all() if line["level"] in ("warning", "error")]
+
+
+async def test_a_refresh_with_a_token_no_key_can_hold_is_an_error_reply(
+    config: Config, info_lines: Lines
+) -> None:
+    refused = {
+        "type": "error",
+        "message": "Refresh refused: invalid credentials",
+        "code": "unauthorized",
+    }
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_gateway(with_settings(config, jwt_secret=SECRET)) as gateway,
+            tcp_client(gateway.port) as ws,
+        ):
+            await ready(ws)
+            for odd in ODD_TOKENS:
+                assert await request(ws, type="refresh", token=odd) == refused
+            assert await request(ws, type="ping") == {"type": "pong"}
+    assert not [line for line in info_lines.all() if line["level"] in ("warning", "error")]
 
 
 # --- HTTP lines ----------------------------------------------------------------------------

@@ -18,15 +18,18 @@ export interface Subscribed {
   recovered: boolean | null;
 }
 
-/** A subscription whose missed messages could not be replayed: refetch its state. */
+/** A subscription whose missed messages could not be replayed: refetch its state. Also
+ * reported while connected when the server's history of the key started over (Redis
+ * flushed or restarted; reason "epoch"), before the new epoch's messages. */
 export interface Gap {
   key: string;
   /** Where the client was. */
   since: Position;
   /** The new starting point. */
   position: Position | null;
-  /** "history" (older than the history kept), "epoch" (the server's history started over),
-   * "unavailable" (the server could not reach its history: the broker is down). */
+  /** "history" (older than the history kept), "epoch" (the server's history started over,
+   * found on a resume or announced while connected), "unavailable" (the server could not
+   * reach its history: the broker is down). */
   reason: "history" | "epoch" | "unavailable";
 }
 

@@ -431,6 +431,8 @@ export class GatewayClient {
       } else {
         this.#settle(this.#line.shift(), head.failure ?? message);
       }
+    } else if (type === "epoch") {
+      this.#newEpoch(message);
     } else if (type === "pong" || type === "subscribed" || type === "unsubscribed") {
       // An answer to nothing we asked: ignore it.
     } else {
@@ -671,6 +673,20 @@ export class GatewayClient {
     } else if (since !== undefined || track === undefined) {
       this.#tracks.set(key, new Track(position.epoch, position.offset));
     }
+  }
+
+  /** The server says a held key's history started over (Redis flushed or restarted): what
+   * was published before the new epoch's messages cannot be vouched for, so it is a gap, and
+   * counting starts again from the new position. */
+  #newEpoch(message) {
+    const key = message.subscription;
+    const position = ackPosition(message);
+    const track = typeof key === "string" ? this.#tracks.get(key) : undefined;
+    if (position === null || track === undefined) return;
+    if (track.epoch === position.epoch && track.offset === position.offset) return;
+    const since = { epoch: track.epoch, offset: track.offset };
+    this.#tracks.set(key, new Track(position.epoch, position.offset));
+    this.#emit("gap", { key, since, position, reason: "epoch" });
   }
 
   #deliver(message) {

@@ -9,11 +9,13 @@ Names under `<prefix>` (the `redis_prefix` setting):
 - string `<prefix>state:<key>`: the retained state (session.state) of a session key.
 
 Envelope: `<header JSON>\\n<message body>`, header `["<id>", [keys], [offsets], <ms>,
-"<topic>", "<control>", "<exclude_user>", "<exclude_client>"]` ("" for none). The id lets an
+"<topic>", "<control>", "<exclude_user>", "<exclude_client>", [epochs]]` ("" for none; the
+epochs, aligned with the keys, are absent from envelopes of older versions). The id lets an
 instance that receives several copies (one per channel or pattern it subscribes to) deliver
 once; keys and offsets complete the body into the frame every local client gets
 (publication.with_offsets); the time (Redis's clock, ms) dates history entries; the last
-three carry control actions and exclusions (publication.Extra). The body is the message JSON
+three carry control actions and exclusions (publication.Extra), and the epochs show a key's
+history starting over (broker/epochs.py). The body is the message JSON
 the publisher built, never parsed again; compact JSON has no raw newline, so the first newline
 ends the header.
 """
@@ -53,6 +55,8 @@ class Envelope:
     topic: str | None
     body: str
     extra: Extra | None = None
+    #: Aligned with `keys`; empty from a version that did not send them.
+    epochs: tuple[str, ...] = ()
 
     def delivery(self) -> Delivery:
         return delivery(self.body, self.keys, self.offsets, self.topic, self.extra)
@@ -73,9 +77,10 @@ def decode(data: bytes) -> Envelope:
     if not newline:
         raise ValueError("no envelope header")
     parsed = json.loads(header)
-    if not isinstance(parsed, list) or len(parsed) != 8:
+    if not isinstance(parsed, list) or len(parsed) not in (8, 9):
         raise ValueError("malformed envelope header")
-    message_id, keys, offsets, time_ms, topic, *rare = parsed
+    message_id, keys, offsets, time_ms, topic, *rare = parsed[:8]
+    epochs = parsed[8] if len(parsed) == 9 else []
     if (
         not isinstance(message_id, str)
         or not _is_list_of(keys, str)
@@ -86,6 +91,8 @@ def decode(data: bytes) -> Envelope:
         or not isinstance(time_ms, int)
         or not isinstance(topic, str)
         or not all(isinstance(item, str) for item in rare)
+        or not _is_list_of(epochs, str)
+        or len(epochs) not in (0, len(keys))
     ):
         raise ValueError("malformed envelope header")
     # Clients would fail the connection on a text frame that is not UTF-8 (RFC 6455 8.1),
@@ -95,4 +102,6 @@ def decode(data: bytes) -> Envelope:
         raise ValueError("envelope body is not a JSON object")
     control, exclude_user, exclude_client = (item or None for item in rare)
     extra = Extra(control, exclude_user, exclude_client) if any(rare) else None
-    return Envelope(message_id, tuple(keys), tuple(offsets), time_ms, topic or None, text, extra)
+    return Envelope(
+        message_id, tuple(keys), tuple(offsets), time_ms, topic or None, text, extra, tuple(epochs)
+    )

@@ -63,6 +63,7 @@ from ..protocol.topics import redis_globs
 from ..runtime.config import Config, redact_url
 from . import BrokerUnavailable, Deliver, PublishOutcomeUnknown, history_window, scripts
 from .envelope import channel, decode, log_name
+from .epochs import EpochWatch
 from .memory import LOG_IDLE_LIMIT, new_epoch
 
 log = logging.getLogger("trio_gateway.broker.redis")
@@ -198,6 +199,14 @@ def _no_gaps(key: str, epoch: str | None, offset: int | None) -> None:
     pass
 
 
+def _moved(last: tuple[str | None, int], epoch: str | None, offset: int) -> bool:
+    """Whether (epoch, offset) is past `last`: a later offset, or another known epoch."""
+    last_epoch, last_offset = last
+    if epoch is not None and last_epoch is not None and epoch != last_epoch:
+        return True
+    return offset > last_offset
+
+
 # Keys per POSITIONS script call: a bounded script run, however many keys are held.
 POSITIONS_CHUNK = 1000
 
@@ -296,14 +305,17 @@ class RedisBroker:
         self._last_id: str | None = None
         self._subscriber_name = f"{self._prefix}subscriber:{instance_id}"
         self._probe_name = f"{self._prefix}probe:{instance_id}"
-        # Held keys -> the highest offset this instance has delivered or read for them, to
-        # tell after a reconnect what was published while the subscriber was cut off.
-        self._last_offsets: dict[str, int] = {}
+        # Held keys -> the epoch (None while unknown) and the highest offset in it this
+        # instance has delivered or read for them, to tell after a reconnect what was
+        # published while the subscriber was cut off.
+        self._last_offsets: dict[str, tuple[str | None, int]] = {}
         #: Told (key, epoch, offset) when publications on a held key up to `offset` may not
         #: have reached this instance's clients live (the server points it at Hub.gap).
         self.gaps: Callable[[str, str | None, int | None], None] = _no_gaps
         # Channels of other features on the subscriber connection (`listen`), by name.
         self._raw: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
+        self._epochs = EpochWatch()
+        self._deliver: Deliver | None = None
 
     @property
     def ok(self) -> bool:
@@ -332,6 +344,7 @@ class RedisBroker:
         self._wanted.discard(key)
         self._last_offsets.pop(key, None)
         self._dirty.add(key)
+        self._epochs.forget(key)
         self._changed.set()
         self._release(key)
 
@@ -423,6 +436,10 @@ class RedisBroker:
             raise BrokerUnavailable("the Redis subscriber did not catch up with a history fetch")
         epoch_raw, offset, now_ms, raw_entries, retained = _fetch_reply(reply)
         epoch = epoch_raw.decode()
+        if (changed := self._epochs.learned(key, epoch)) is not None and self._deliver:
+            # Found here before any message of the new epoch reached this instance: the
+            # clients still counting the old one hear of it now.
+            await self._deliver([changed])
         recovered = None
         replay: tuple[OffsetFrame, ...] = ()
         if since is not None:
@@ -486,6 +503,7 @@ class RedisBroker:
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         where = redact_url(self._url)
+        self._deliver = deliver
         started = False
         try:
             async with trio.open_nursery() as nursery:
@@ -691,10 +709,12 @@ class RedisBroker:
                 if key not in self._wanted:
                     continue
                 last = self._last_offsets.get(key)
-                if compare and last is not None and offset > last:
+                # Past what was delivered, in the same epoch or (Redis restarted meanwhile,
+                # and published on the key since) in a new one.
+                if compare and last is not None and _moved(last, epoch, offset) and offset > 0:
                     self.gaps(key, epoch, offset)
-                if last is None or offset > last:
-                    self._last_offsets[key] = offset
+                if last is None or _moved(last, epoch, offset):
+                    self._last_offsets[key] = (epoch, offset)
 
     async def _until_live(self, keys: Sequence[str]) -> None:
         pending = len(keys)
@@ -773,9 +793,14 @@ class RedisBroker:
             return
         self._last_id = envelope.id
         last = self._last_offsets
-        for key, offset in zip(envelope.keys, envelope.offsets, strict=True):
-            if key in self._wanted and offset > last.get(key, 0):
-                last[key] = offset
+        epochs = envelope.epochs or (None,) * len(envelope.keys)
+        for key, offset, epoch in zip(envelope.keys, envelope.offsets, epochs, strict=True):
+            if key in self._wanted and (
+                (known := last.get(key)) is None or _moved(known, epoch, offset)
+            ):
+                last[key] = (epoch, offset)
+        if envelope.epochs:
+            round_.extend(self._epochs.seen(envelope.keys, envelope.epochs))
         round_.append(envelope.delivery())
 
     async def _reconcile(

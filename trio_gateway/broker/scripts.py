@@ -54,18 +54,21 @@ for n = 1, count do
     end
     result[n] = entry
   else
-    local offsets = {}
+    local offsets, epochs = {}, {}
     for k = 1, key_count do
       local log = prefix .. 'log:' .. keys[k]
       if redis.call('HSETNX', log, 'epoch', candidate) == 1 then
         -- A new epoch: whatever history is left belongs to the old one.
         redis.call('DEL', prefix .. 'hist:' .. keys[k])
+        epochs[k] = candidate
+      else
+        epochs[k] = redis.call('HGET', log, 'epoch')
       end
       offsets[k] = redis.call('HINCRBY', log, 'offset', 1)
       redis.call('EXPIRE', log, log_ttl)
     end
     local header = {id_base .. ':' .. n, keys, offsets, now, topic, control, exclude_user,
-      exclude_client}
+      exclude_client, epochs}
     local envelope = cjson.encode(header) .. '\\n' .. body
     for k = 1, key_count do
       local history = prefix .. 'hist:' .. keys[k]

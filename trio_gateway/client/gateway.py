@@ -101,9 +101,11 @@ class GatewayClient:
     One protocol frame also comes through: the ack of a subscription restored after a
     reconnect (or from `resume`) whose missed messages could not be replayed,
     `{"type":"subscribed","subscription":K,"epoch":E,"offset":N,"recovered":false}`; what
-    was published on K before it is lost, so refetch K's state. A `gap` on a key is handled
-    as a drop (reconnect, resume from positions: the missed messages arrive); a `gap` on a
-    pattern, which has no history, comes through as it is. Other protocol chatter
+    was published on K before it is lost, so refetch K's state. The same comes when the
+    server says K's history started over while connected (an `epoch` frame: Redis flushed or
+    restarted), before the messages of the new epoch. A `gap` on a key is handled as a drop
+    (reconnect, resume from positions: the missed messages arrive); a `gap` on a pattern,
+    which has no history, comes through as it is. Other protocol chatter
     (`ready`, acks, `ping`/`pong`) is handled internally.
     """
 
@@ -558,6 +560,9 @@ class GatewayClient:
                 if not self._settle(reply, message):
                     reply.resolve(None)
                     return self._fell_behind()
+            elif kind == "epoch":
+                if not self._new_epoch(message):
+                    return self._fell_behind()
             elif kind in ("subscribed", "unsubscribed", "pong", "ready"):
                 log.debug("ignoring an unexpected %s message", kind)
             elif kind == "gap" and message.get("offset") is not None:
@@ -579,6 +584,28 @@ class GatewayClient:
                 self._tracker.record(offsets)
                 # No checkpoint since the send: the application cannot have taken it yet.
                 delivery.marks = self._tracker.marks(offsets)
+
+    def _new_epoch(self, message: dict[str, Any]) -> bool:
+        """A held key's history started over: report it as a failed recovery would be, and
+        count from the new position. False when the application's buffer has no room (the
+        resume after the drop then reports it)."""
+        key, position = message.get("subscription"), _ack_position(message)
+        if not isinstance(key, str) or position is None or self._tracker.position(key) is None:
+            return True
+        if self._tracker.position(key) == position:
+            return True
+        ack = {
+            "type": "subscribed",
+            "subscription": key,
+            "epoch": position.epoch,
+            "offset": position.offset,
+            "recovered": False,
+        }
+        if not self._deliver(_Delivery(ack, resets={key: position})):
+            return False
+        self._tracker.restart(key, position)
+        log.warning("%s started a new epoch: messages may be lost; refetch its state", key)
+        return True
 
     def _fell_behind(self) -> _Closed:
         return _Closed(None, f"the application fell {self._max_buffered} messages behind")

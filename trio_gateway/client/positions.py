@@ -17,6 +17,9 @@ in the order the server sent them; the task awaiting the ack only reads the resu
   server answers `recovered: true` and replays what was missed before going live, or
   `recovered: false` (history gone, or a new epoch): that ack is handed to the application
   through the iterator, so it knows to refetch, and tracking starts again from the ack.
+- While connected, an `epoch` frame says a key's history started over (Redis flushed or
+  restarted): tracking starts again at its position, and the application gets the same
+  `recovered: false` ack as after a failed resume, before the new epoch's messages.
   Patterns are restored without `since`: they are live only.
 - A message may reach a connection twice when a replay repeats what another subscription
   delivered live. The reader drops a message when a held key has delivered it already (an
@@ -223,6 +226,16 @@ class _Tracker:
         if key in self._tracks:
             return False
         self._tracks[key] = _Track(since.epoch, since.offset)
+        return True
+
+    def restart(self, key: str, position: Position) -> bool:
+        """The server says `key`'s history started over at `position` (an `epoch` frame):
+        count from there. False, with nothing changed, for a key not tracked or a position
+        it already has."""
+        track = self._tracks.get(key)
+        if track is None or (track.epoch, track.offset) == position:
+            return False
+        self._tracks[key] = _Track(position.epoch, position.offset)
         return True
 
     def forget(self, key: str) -> None:

@@ -95,6 +95,9 @@ def _encode(message: ServerMessage) -> str:
     except (TypeError, ValueError):
         # Not the exception's text: it may quote the payload, and it reaches clients.
         raise ValueError("payload is not JSON-serialisable") from None
+    except RecursionError:
+        # Parsed JSON can nest deeper than the converter can walk (a client's publish).
+        raise ValueError("payload is nested too deeply") from None
 
 
 def _require_id(name: str, value: object, *, optional: bool = False) -> None:

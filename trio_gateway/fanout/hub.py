@@ -31,7 +31,7 @@ from ..session.auth import API_KEY_IDENTITY, Identity
 from ..session.ratelimit import TokenBucket
 from .flusher import Flusher
 from .outbox import Outbox
-from .publication import EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
+from .publication import EPOCH, EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
 
 
 @attrs.define(eq=False)
@@ -311,6 +311,15 @@ class Hub:
         delivered = 0
         recipients_tried = 0
         for plain, complete, keys, offsets, topic, extra in items:
+            if extra is not None and extra.control == EPOCH:
+                # Only those tracking offsets on the key itself (patterns have no epoch);
+                # a client still recovering learns the epoch from its ack.
+                for client in tuple(self._index.get(keys[0], ())):
+                    if client.offsets and (staged := client.stage(complete)) is not None:
+                        delivered += 1
+                        if staged:
+                            dirty.append(client)
+                continue
             groups = [members for key in keys if (members := self._index.get(key))]
             if topic is not None and self._patterns:
                 groups += [self._index[pattern] for pattern in self._patterns.match(topic)]

@@ -21,7 +21,8 @@ class Extra:
     """The rare parts of a publication: who must not get it, and control actions."""
 
     #: "expire": the recipients' sessions end (4002) instead of receiving a message;
-    #: "unbind": recipients the backend bound to one of its keys close 1000 after it.
+    #: "unbind": recipients the backend bound to one of its keys close 1000 after it;
+    #: "epoch": an epoch notice (broker/epochs.py), for the key's recovering subscribers only.
     control: str | None = None
     exclude_user: str | None = None
     exclude_client: str | None = None
@@ -29,6 +30,7 @@ class Extra:
 
 EXPIRE = "expire"
 UNBIND = "unbind"
+EPOCH = "epoch"
 
 
 class Delivery(NamedTuple):

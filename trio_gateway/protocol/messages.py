@@ -228,6 +228,18 @@ class Gap(ServerMessage):
 
 
 @attrs.frozen
+class EpochChanged(ServerMessage):
+    """A held key's history started over under a live subscription (Redis flushed or
+    restarted): its new epoch, and the offset its messages now count from.
+    Sent to connections that asked for recovery, before the new epoch's first message."""
+
+    TAG: ClassVar[str] = "epoch"
+    subscription: str
+    epoch: str
+    offset: int
+
+
+@attrs.frozen
 class Unsubscribed(ServerMessage):
     TAG: ClassVar[str] = "unsubscribed"
     subscription: str

@@ -103,14 +103,16 @@ async def _run_session(
         reason = client.close_reason
         assert reason is not None
         # No close frame when the WebSocket is already closed, or when the writer was cut off
-        # mid-frame (the stream is corrupt; the socket is just dropped).
-        if ws.closed is None and not ws.incomplete:
+        # mid-frame (the stream is corrupt; the socket is just dropped). A peer's close still
+        # unanswered gets its answer, with the peer's code.
+        if not ws.incomplete and (ws.closed is None or ws.owes_close):
+            closing = reason if ws.closed is None else ws.closed
             with (
                 trio.CancelScope(shield=True),
                 trio.move_on_after(config.close_timeout),
                 contextlib.suppress(ConnectionClosed),
             ):
-                await ws.send_close(reason.code, reason.reason)
+                await ws.send_close(closing.code, closing.reason)
 
 
 async def _read(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:

@@ -251,7 +251,10 @@ async def _answer(
 
 # Our texts for the heads h11 refuses: its own messages describe its parser, and quote
 # what the client sent.
-_HEAD_ERRORS = {431: "Request head too large"}
+_HEAD_ERRORS = {
+    431: "Request head too large",
+    501: "Transfer-Encoding not supported: send Content-Length or chunked",
+}
 
 
 def _head_error(status: int) -> str:
@@ -539,7 +542,9 @@ async def _upgrade(
         headers.append((b"retry-after", str(RETRY_CONNECTION).encode()))
     body = {"error": message}
     try:
-        await _send_response(conn, stream, status, body, headers, True)
+        await _send_response(
+            conn, stream, status, body, headers, True, head_only=head.method == b"HEAD"
+        )
     finally:
         _log_request(
             "websocket upgrade refused",

@@ -376,6 +376,12 @@ class WebSocket:
             self._state = ConnectionState.REMOTE_CLOSING
             await self._send_close_frame(code, reason)
 
+    @property
+    def owes_close(self) -> bool:
+        """The peer's close frame came and our answer has not gone out yet (the writer held
+        the stream when it came, and the reader was cancelled while waiting for it)."""
+        return self._state is ConnectionState.REMOTE_CLOSING
+
     async def send_frames(self, frames: bytes) -> None:
         """Write pre-built data frames (protocol/frames.py), in one write.
 
@@ -407,14 +413,17 @@ class WebSocket:
         else:
             self._writing = True
         try:
-            # A close goes out once: while open (ours first), or answering the peer's.
+            # A close goes out once: while open (ours first), or answering the peer's. The
+            # state moves on once it is written: a write cancelled before it began (the
+            # reader cancelled while waiting for the writer) leaves the answer still owed.
             if self._state is ConnectionState.OPEN:
-                self._state = ConnectionState.LOCAL_CLOSING
+                after = ConnectionState.LOCAL_CLOSING
             elif self._state is ConnectionState.REMOTE_CLOSING:
-                self._state = ConnectionState.CLOSED
+                after = ConnectionState.CLOSED
             else:
                 return
             await self._write(bytes(_CONTROL_FRAMES.close(code, reason)))
+            self._state = after
         finally:
             self._release_lock()
 
@@ -477,6 +486,9 @@ class WebSocket:
         if sent == len(data):
             self.incomplete = False
             return
+        if not sent:
+            # Cancelled before a byte went out: the stream is as good as before.
+            await trio.lowlevel.checkpoint_if_cancelled()
         self.incomplete = True
         try:
             await self.stream.send_all(memoryview(data)[sent:])

@@ -117,6 +117,34 @@ test("survives a gateway restart and resumes with nothing lost or repeated", asy
   assert.ok(tokens >= 2, "getToken is asked again for the new connection");
 });
 
+test("a Redis restart under a live subscription is a gap, then the new epoch", async () => {
+  let redis = await startRedis();
+  running.push(redis);
+  const g = await gateway({ args: ["--redis-url", redis.url] });
+  const c = client(g.ws, { token: API_KEY, subscriptions: ["news"] });
+  const messages = collect(c, "message");
+  const gaps = collect(c, "gap");
+  await c.ready();
+  await publish(g, "news", 1);
+  await publish(g, "news", 2);
+  await until(() => messages.length === 2, "two messages");
+  const before = c.positions.news;
+  await redis.stop("SIGKILL");
+  redis = await startRedis({ port: redis.port });
+  running.push(redis);
+  await until(async () => (await fetch(`${g.http}/api/ready`)).status === 200, "Redis back");
+  await publish(g, "news", 3);
+  await until(() => messages.length === 3, "the new epoch's first message");
+  // Offset 1 again, in another epoch: reported, then delivered rather than dropped.
+  assert.deepEqual(messages.map((m) => [m.data, m.offset]), [[1, 1], [2, 2], [3, 1]]);
+  assert.equal(gaps.length, 1);
+  assert.equal(gaps[0].reason, "epoch");
+  assert.deepEqual(gaps[0].since, before);
+  assert.notEqual(gaps[0].position.epoch, before.epoch);
+  assert.deepEqual(c.positions.news, { epoch: gaps[0].position.epoch, offset: 1 });
+  assert.equal(c.state, "connected");
+});
+
 test("a replay through several keys delivers each event once", async () => {
   const { port, args, b, a: first } = await twoGatewaysOnRedis();
   let a = first;

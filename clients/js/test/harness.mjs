@@ -81,14 +81,15 @@ export async function startGateway({ port, args = [] } = {}) {
   return gateway;
 }
 
-export async function startRedis() {
-  const port = await freePort();
+export async function startRedis({ port } = {}) {
+  port ??= await freePort();
   const child = spawn(
     "redis-server",
     ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   const redis = new Process(child, "redis");
+  redis.port = port;
   redis.url = `redis://127.0.0.1:${port}/0`;
   await until(async () => redis.output.includes("Ready to accept connections"), "redis-server");
   return redis;
