@@ -433,6 +433,10 @@ export class GatewayClient {
       }
     } else if (type === "epoch") {
       this.#newEpoch(message);
+    } else if (type === "gap" && isOffset(message.offset) && this.#options.reconnect) {
+      // The gateway's instance missed messages live (its Redis subscriber was cut off); they
+      // are in history, and a new connection resumes every key from its offset, fetching them.
+      this.#lost(ws, { code: null, reason: "the gateway reported messages it could not deliver live" });
     } else if (type === "pong" || type === "subscribed" || type === "unsubscribed") {
       // An answer to nothing we asked: ignore it.
     } else {

@@ -1,9 +1,11 @@
 // The client against real gateway processes: what a page sees, end to end.
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { createHmac } from "node:crypto";
 import http from "node:http";
 import { once } from "node:events";
+import { promisify } from "node:util";
 import { after, test } from "node:test";
 
 import { connect, GatewayError } from "../index.js";
@@ -143,6 +145,50 @@ test("a Redis restart under a live subscription is a gap, then the new epoch", a
   assert.notEqual(gaps[0].position.epoch, before.epoch);
   assert.deepEqual(c.positions.news, { epoch: gaps[0].position.epoch, offset: 1 });
   assert.equal(c.state, "connected");
+});
+
+// redis-cli against the test's own redis-server.
+async function redisCli(redis, ...command) {
+  const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(redis.port), ...command]);
+  return stdout;
+}
+
+async function readyStatus(gw) {
+  return (await fetch(`${gw.http}/api/ready`)).status;
+}
+
+test("messages the gateway's instance missed live (a gap frame) are fetched by a resume", async () => {
+  const redis = await startRedis();
+  running.push(redis);
+  const args = ["--redis-url", redis.url];
+  const a = await gateway({ args });
+  const b = await gateway({ args });
+  const c = client(a.ws, { token: API_KEY, subscriptions: ["news"], backoffInitial: 100 });
+  const messages = collect(c, "message");
+  const gaps = collect(c, "gap");
+  await c.ready();
+  await publish(b, "news", 1);
+  await until(() => messages.length === 1, "the first message");
+  // Cut A's Redis subscriber off, and keep it out (no room for a new connection), while B
+  // publishes: A's client cannot get message 2 live.
+  const stats = await fetch(`${a.http}/api/stats`, { headers: { authorization: `Bearer ${API_KEY}` } });
+  const { instance } = await stats.json();
+  const clients = (await redisCli(redis, "CLIENT", "LIST")).trim().split("\n");
+  const named = new RegExp(` name=\\S*subscriber:${instance}( |$)`);
+  const subscriber = clients.find((line) => named.test(line));
+  assert.ok(subscriber, "A's subscriber connection is named in CLIENT LIST");
+  const connected = clients.length;
+  await redisCli(redis, "CONFIG", "SET", "maxclients", String(connected - 2));
+  await redisCli(redis, "CLIENT", "KILL", "ID", /\bid=(\d+)/.exec(subscriber)[1]);
+  await until(async () => (await readyStatus(a)) === 503, "A noticing");
+  await publish(b, "news", 2);
+  await redisCli(redis, "CONFIG", "SET", "maxclients", "10000");
+  await until(async () => (await readyStatus(a)) === 200, "A back");
+  await until(() => messages.length === 2, "message 2, fetched after the gap frame");
+  await publish(b, "news", 3);
+  await until(() => messages.length === 3, "message 3");
+  assert.deepEqual(messages.map((m) => [m.data, m.offset]), [[1, 1], [2, 2], [3, 3]]);
+  assert.deepEqual(gaps, []);
 });
 
 test("a replay through several keys delivers each event once", async () => {
