@@ -54,6 +54,16 @@ async def test_a_refused_head_upgrade_is_answered_without_a_body(
     assert not records.records
 
 
+async def test_a_head_request_with_both_lengths_is_refused_without_a_body(
+    gateway: Gateway, records: LogRecords
+) -> None:
+    # Found (make fuzz, after the merge of the head checks): the 400 for Content-Length beside
+    # Transfer-Encoding wrote a body on a HEAD answer, which h11 refuses: a traceback.
+    request = b"HEAD /admin HTTP/1.0\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n[1]"
+    assert status_and_body(await exchange(gateway, request)) == (400, b"")
+    assert not records.records
+
+
 async def test_malformed_http_gets_our_words_not_the_parsers(
     gateway: Gateway, records: LogRecords
 ) -> None:

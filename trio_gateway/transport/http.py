@@ -350,7 +350,9 @@ async def _refuse_head(
     started = trio.current_time()
     body = {"error": message}
     try:
-        await _send_response(conn, stream, status, body, headers or [], True)
+        await _send_response(
+            conn, stream, status, body, headers or [], True, head_only=head.method == b"HEAD"
+        )
     finally:
         _log_request("http request", _method(head), _path(head), status, started, remote, body)
 
