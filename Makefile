@@ -44,7 +44,8 @@ test: $(STAMP) redis-server chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The fuzz targets (tests/fuzz/) with the "fuzz" hypothesis profile: FUZZ_EXAMPLES random
-# examples in all (default 100,000), shared between the targets, one target per core.
+# examples in all (default 100,000; FUZZ_FIXED=1: a fixed sequence, as CI runs), shared
+# between the targets, one target per core.
 # `make test` runs the same targets with 600 fixed examples.
 FUZZ_PYTEST = HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest tests/fuzz/test_fuzz.py -q -s \
 	-p no:cacheprovider -o faulthandler_timeout=0

@@ -17,8 +17,9 @@ from .helpers import API_KEY
 from .redis_server import RedisServer
 
 # The fuzz targets (tests/fuzz/) share the examples of the hypothesis profile between them:
-# 600, the same every run, under `make test`; `make fuzz` loads "fuzz" (random, FUZZ_EXAMPLES
-# in all). Slow or large examples are the point there, not a problem.
+# 600, the same every run, under `make test`; `make fuzz` loads "fuzz" (FUZZ_EXAMPLES in all,
+# random unless FUZZ_FIXED=1: CI's verdict must be reproducible, a developer's run should
+# explore). Slow or large examples are the point there, not a problem.
 _FUZZ_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
     "test", max_examples=600, deadline=None, derandomize=True, suppress_health_check=_FUZZ_CHECKS
@@ -26,6 +27,7 @@ settings.register_profile(
 settings.register_profile(
     "fuzz",
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100000")),
+    derandomize=os.environ.get("FUZZ_FIXED") == "1",
     deadline=None,
     suppress_health_check=_FUZZ_CHECKS,
 )
