@@ -525,3 +525,31 @@ def test_malformed_presence_settings_are_refused(
     flags: dict[str, str | list[str]], env: dict[str, str], toml: str | None, problem: str
 ) -> None:
     assert error(flags, env, toml).startswith(problem)
+
+
+# Issue 18's limits: each malformed form refused with its name, from any source.
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "problem"),
+    [
+        ({"max_fragments": "0"}, {}, None, "max_fragments: must be greater than 0"),
+        ({"max_fragments": "many"}, {}, None, "max_fragments: "),
+        ({}, {"TRIO_GATEWAY_MAX_BODY_MEMORY": "-1"}, None, "max_body_memory: must be greater"),
+        ({"max_body_memory": "1000"}, {}, None, "max_body_memory: must be at least max_body_size"),
+        ({"max_connections_per_ip": "-1"}, {}, None, "max_connections_per_ip: "),
+        ({}, {}, "max_connections = 1.5", "max_connections: "),
+        ({}, {"TRIO_GATEWAY_MAX_HANDSHAKES": "x"}, None, "max_handshakes: "),
+        ({"client_rate": "-5"}, {}, None, "client_rate: "),
+        ({"client_burst": "0"}, {}, None, "client_burst: must be greater than 0"),
+        ({"client_publish_rate": "inf"}, {}, None, "client_publish_rate: "),
+        ({}, {}, "client_publish_burst = 0", "client_publish_burst: must be greater than 0"),
+        ({"max_patterns": "0"}, {}, None, "max_patterns: must be greater than 0"),
+        ({}, {}, 'max_pattern_shapes = "all"', "max_pattern_shapes: "),
+        ({"drain_window": "-1"}, {}, None, "drain_window: "),
+        ({"idempotency_ttl": "0"}, {}, None, "idempotency_ttl: must be greater than 0"),
+        ({}, {"TRIO_GATEWAY_WS_PING": "sometimes"}, None, "ws_ping: "),
+    ],
+)
+def test_malformed_limit_settings_are_refused(
+    flags: dict[str, str | list[str]], env: dict[str, str], toml: str | None, problem: str
+) -> None:
+    assert error(flags, env, toml).startswith(problem)
