@@ -21,6 +21,7 @@ from wsproto.events import TextMessage
 
 from trio_gateway import Config, Gateway, serve
 from trio_gateway.client.http import http_request
+from trio_gateway.fanout.outbox import Outbox
 
 API_KEY = "test-key"
 # Seconds a real-socket test may take before it fails (each wraps its body in fail_after).
@@ -46,6 +47,24 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     async def aclose(self) -> None:
         self._receive.close()
         await trio.lowlevel.checkpoint()
+
+
+def recording_writer(nursery: trio.Nursery, outbox: Outbox) -> list[list[bytes]]:
+    """Give `outbox` a writer as a session does (started when frames cannot be written at
+    once, ending when none are left); returns what each of its takes got, i.e. each write
+    a connection's writer would make."""
+    taken: list[list[bytes]] = []
+
+    async def writer() -> None:
+        try:
+            while frames := outbox.take_nowait():
+                taken.append(frames)
+                await trio.lowlevel.checkpoint()
+        finally:
+            outbox.writer_stopped()
+
+    outbox.start_writer = functools.partial(nursery.start_soon, writer)
+    return taken
 
 
 def debian_program(name: str, what: str) -> str:

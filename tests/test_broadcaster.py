@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.helpers import unframe
+from tests.helpers import recording_writer, unframe
 from trio_gateway import Broadcaster, Config, GatewayClosed, PublishQueueFull
 from trio_gateway.broker.memory import MemoryBroker
 from trio_gateway.fanout.broadcaster import (
@@ -422,15 +421,8 @@ async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> 
     hub.add(client)
     hub.subscribe(client, "all")
     send, receive = trio.open_memory_channel[Batch](4)
-    received: list[bytes] = []
-
-    async def writer() -> None:
-        with contextlib.suppress(trio.EndOfChannel):
-            while True:
-                received.extend(await outbox.take())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
+        takes = recording_writer(nursery, outbox)
         await start_publisher(nursery, receive, hub, 2)
         await send.send(
             Batch(tuple(event_publication({"workspace_id": "w", "n": n}) for n in range(50)))
@@ -438,5 +430,10 @@ async def test_a_batch_larger_than_a_client_queue_reaches_a_reading_client() -> 
         await send.aclose()
         await trio.testing.wait_all_tasks_blocked()
         assert client.close_reason is None  # never taken for a slow consumer
-        outbox.close()  # lets the writer finish
+        # The flusher ended with the publisher: the rest is flushed as a closing
+        # connection flushes it.
+        outbox.flush()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    received = [frame for frames in takes for frame in frames]
     assert [json.loads(unframe(frame))["event"]["n"] for frame in received] == list(range(50))

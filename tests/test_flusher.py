@@ -1,13 +1,12 @@
 """The flusher: a fan-out is queued at once and written a slice of clients at a time.
 
-Each client here has a real Outbox and a writer task that records each take, i.e. each
-write it would make (without a direct path, flushing an outbox wakes its writer; the direct
-path itself is tested in test_outbox.py over real sockets).
+Each client here has a real Outbox and a writer that records each take, i.e. each write it
+would make (without a direct path, flushing an outbox starts its writer; the direct path
+itself is tested in test_outbox.py over real sockets).
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 
 import attrs
@@ -18,6 +17,8 @@ from trio_gateway.fanout.flusher import Flusher
 from trio_gateway.fanout.hub import Client, Hub
 from trio_gateway.fanout.outbox import Outbox
 from trio_gateway.fanout.publication import Delivery
+
+from .helpers import recording_writer
 
 # Small slices, so that a handful of clients make several.
 SLICE = 16
@@ -31,22 +32,20 @@ def item(frame: bytes) -> Delivery:
 @attrs.define
 class Recipient:
     client: Client
-    writes: list[bytes] = attrs.field(factory=list)
+    takes: list[list[bytes]]
 
-    async def writer(self) -> None:
-        with contextlib.suppress(trio.EndOfChannel):
-            while True:
-                self.writes.append(b"".join(await self.client.outbox.take()))
+    @property
+    def writes(self) -> list[bytes]:
+        return [b"".join(frames) for frames in self.takes]
 
 
 async def recipients(nursery: trio.Nursery, hub: Hub, depth: int = 16) -> list[Recipient]:
     made = []
     for n in range(CLIENTS):
         client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_seen=0.0)
-        recipient = Recipient(client)
+        recipient = Recipient(client, recording_writer(nursery, client.outbox))
         hub.add(client)
         hub.subscribe(client, "all")
-        nursery.start_soon(recipient.writer)
         made.append(recipient)
     await nursery.start(hub.flusher.run)
     await trio.testing.wait_all_tasks_blocked()
@@ -109,7 +108,7 @@ async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
             client.outbox.direct = Direct(ours.fileno())
             hub.add(client)
             hub.subscribe(client, "all")
-            nursery.start_soon(Recipient(client).writer)
+            recording_writer(nursery, client.outbox)
             clients.append(client)
         await nursery.start(hub.flusher.run)
         await trio.testing.wait_all_tasks_blocked()

@@ -1,4 +1,5 @@
-"""Outbox: the bounded, never-blocking hand-off between the fan-out and one writer."""
+"""Outbox: the bounded, never-blocking hand-off between the fan-out and one connection's
+writes (direct, or through a writer started only when needed)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import trio
 import trio.testing
 
 from trio_gateway.fanout.outbox import Outbox
+
+from .helpers import recording_writer
 
 
 def test_stage_up_to_the_limit_then_would_block() -> None:
@@ -34,69 +37,58 @@ def test_stage_after_close_raises_but_queued_frames_stay() -> None:
     assert outbox.take_nowait() == [b"a"]
 
 
-async def test_take_returns_everything_queued_in_order() -> None:
+async def test_without_a_direct_path_a_flush_starts_one_writer_for_all_queued(
+    nursery: trio.Nursery,
+) -> None:
     outbox = Outbox(10)
-    for frame in (b"1", b"2", b"3"):
-        outbox.stage(frame)
-    assert await outbox.take() == [b"1", b"2", b"3"]
+    started = []
+    outbox.start_writer = lambda: started.append(True)
+    outbox.stage(b"x")
+    outbox.flush()
+    outbox.stage(b"y")  # the writer is already starting; this one rides along
+    outbox.flush()
+    assert started == [True]
+    assert outbox.writing
+    assert outbox.take_nowait() == [b"x", b"y"]
+    outbox.writer_stopped()
+    outbox.stage(b"z")
+    outbox.flush()  # the last writer ended: a new one starts
+    assert started == [True, True]
 
 
-async def test_take_waits_for_a_put_and_wakes_once() -> None:
+async def test_a_writer_takes_until_nothing_is_left_then_ends(nursery: trio.Nursery) -> None:
     outbox = Outbox(10)
-    taken: list[list[bytes]] = []
-
-    async def writer() -> None:
-        taken.append(await outbox.take())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        assert taken == []
-        outbox.stage(b"x")
-        outbox.flush()
-        outbox.stage(b"y")  # the writer is already woken; this one rides along
-        outbox.flush()
-    assert taken == [[b"x", b"y"]]
+    taken = recording_writer(nursery, outbox)
+    outbox.stage(b"1")
+    outbox.flush()
+    await trio.testing.wait_all_tasks_blocked()
+    assert taken == [[b"1"]]
+    assert not outbox.writing
+    outbox.stage(b"2")
+    outbox.stage(b"3")
+    outbox.flush()
+    await trio.testing.wait_all_tasks_blocked()
+    assert taken == [[b"1"], [b"2", b"3"]]
 
 
-async def test_close_drains_then_ends() -> None:
+async def test_a_closed_outbox_still_hands_what_it_holds_to_the_writer(
+    nursery: trio.Nursery,
+) -> None:
     outbox = Outbox(10)
+    taken = recording_writer(nursery, outbox)
     outbox.stage(b"last")
     outbox.close()
-    assert await outbox.take() == [b"last"]
-    with pytest.raises(trio.EndOfChannel):
-        await outbox.take()
+    outbox.flush()
+    await trio.testing.wait_all_tasks_blocked()
+    assert taken == [[b"last"]]
 
 
-async def test_close_wakes_a_waiting_taker_with_end_of_channel() -> None:
-    outbox = Outbox(10)
-    async with trio.open_nursery() as nursery:
-
-        async def writer() -> None:
-            with pytest.raises(trio.EndOfChannel):
-                await outbox.take()
-
-        nursery.start_soon(writer)
-        await trio.testing.wait_all_tasks_blocked()
-        outbox.close()
-
-
-async def test_cancelled_take_leaves_the_outbox_usable() -> None:
-    outbox = Outbox(10)
-    with trio.move_on_after(0.01):
-        await outbox.take()
-    outbox.stage(b"after")
-    assert await outbox.take() == [b"after"]
-
-
-async def test_two_takers_is_a_bug() -> None:
-    outbox = Outbox(10)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(outbox.take)
-        await trio.testing.wait_all_tasks_blocked()
-        with pytest.raises(trio.BusyResourceError):
-            await outbox.take()
-        nursery.cancel_scope.cancel()
+def test_frames_wait_while_no_writer_can_be_started() -> None:
+    outbox = Outbox(10)  # before its session starts, and after it ends
+    outbox.stage(b"ready")
+    outbox.flush()
+    assert not outbox.writing
+    assert outbox.take_nowait() == [b"ready"]
 
 
 class SocketPair:
@@ -136,45 +128,32 @@ def sockets() -> Iterator[SocketPair]:
     pair.close()
 
 
-async def parked_writer(nursery: trio.Nursery, outbox: Outbox) -> list[list[bytes]]:
-    """A writer task parked in take(), as a connection's idle writer is; what it takes."""
-    taken: list[list[bytes]] = []
-
-    async def writer() -> None:
-        with contextlib.suppress(trio.EndOfChannel):
-            while True:
-                taken.append(await outbox.take())
-
-    nursery.start_soon(writer)
-    await trio.testing.wait_all_tasks_blocked()
-    return taken
-
-
-async def test_flush_writes_directly_when_the_writer_is_idle(
+async def test_flush_writes_directly_when_no_writer_runs(
     nursery: trio.Nursery, sockets: SocketPair
 ) -> None:
     outbox = Outbox(10)
     outbox.direct = sockets
-    taken = await parked_writer(nursery, outbox)
+    taken = recording_writer(nursery, outbox)
     outbox.stage(b"a")
     outbox.stage(b"b")
     outbox.flush()
-    # Both frames went out in one direct write; the idle writer was not woken.
+    # Both frames went out in one direct write; no writer was started.
     assert sockets.received() == b"ab"
     assert outbox.take_nowait() == []
+    assert not outbox.writing
     await trio.testing.wait_all_tasks_blocked()
     assert taken == []
     assert not sockets.partly
 
 
-async def test_flush_queues_what_a_direct_write_leaves_and_wakes_the_writer(
+async def test_flush_queues_what_a_direct_write_leaves_and_starts_the_writer(
     nursery: trio.Nursery,
 ) -> None:
     small = SocketPair(sndbuf=4096)
     try:
         outbox = Outbox(10)
         outbox.direct = small
-        taken = await parked_writer(nursery, outbox)
+        taken = recording_writer(nursery, outbox)
         big = bytes(range(256)) * 4096
         outbox.stage(big)
         outbox.stage(b"next")
@@ -188,20 +167,28 @@ async def test_flush_queues_what_a_direct_write_leaves_and_wakes_the_writer(
         small.close()
 
 
-async def test_flush_leaves_frames_to_a_busy_writer(sockets: SocketPair) -> None:
+async def test_flush_leaves_frames_to_a_running_writer(
+    nursery: trio.Nursery, sockets: SocketPair
+) -> None:
     outbox = Outbox(10)
     outbox.direct = sockets
+    taken = recording_writer(nursery, outbox)
+    sockets.usable = False
     outbox.stage(b"x")
-    outbox.flush()  # no writer parked: it is busy, and takes the frame on its next round
+    outbox.flush()  # not writable now: a writer starts
+    sockets.usable = True
+    outbox.stage(b"y")
+    outbox.flush()  # the writer runs: it takes this one too, in order
     assert sockets.received() == b""
-    assert await outbox.take() == [b"x"]
+    await trio.testing.wait_all_tasks_blocked()
+    assert taken == [[b"x", b"y"]]
 
 
-async def test_direct_refusal_wakes_the_writer(nursery: trio.Nursery, sockets: SocketPair) -> None:
+async def test_direct_refusal_starts_the_writer(nursery: trio.Nursery, sockets: SocketPair) -> None:
     outbox = Outbox(10)
     outbox.direct = sockets
     sockets.usable = False  # e.g. a pong being written, or the connection closing
-    taken = await parked_writer(nursery, outbox)
+    taken = recording_writer(nursery, outbox)
     outbox.stage(b"x")
     outbox.flush()
     await trio.testing.wait_all_tasks_blocked()
@@ -215,7 +202,7 @@ async def test_a_write_error_is_left_to_the_writer(nursery: trio.Nursery) -> Non
     try:
         outbox = Outbox(10)
         outbox.direct = broken
-        taken = await parked_writer(nursery, outbox)
+        taken = recording_writer(nursery, outbox)
         outbox.stage(b"x")
         outbox.flush()
         await trio.testing.wait_all_tasks_blocked()

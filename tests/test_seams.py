@@ -251,7 +251,7 @@ async def test_sync_and_async_handlers_share_one_path_and_keep_order() -> None:
     context = None  # handlers here need nothing shared
     for message in (Pong(), Ping(), Pong()):
         await registry.dispatch(client, context, message)  # type: ignore[arg-type]
-    assert await client.outbox.take() == [b"async", b"sync", b"async"]
+    assert client.outbox.take_nowait() == [b"async", b"sync", b"async"]
 
 
 async def test_a_message_without_a_handler_is_an_unknown_type_to_the_client() -> None:
@@ -259,7 +259,7 @@ async def test_a_message_without_a_handler_is_an_unknown_type_to_the_client() ->
     client = bare_client()
     await registry.dispatch(client, None, Ping())  # type: ignore[arg-type]
     await registry.dispatch(client, None, Error("Invalid JSON"))  # type: ignore[arg-type]
-    frames = await client.outbox.take()
+    frames = client.outbox.take_nowait()
     assert [unframe(frame) for frame in frames] == [
         '{"type":"error","message":"Unknown message type: ping"}',
         '{"type":"error","message":"Unknown message type: error"}',

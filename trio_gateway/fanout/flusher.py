@@ -116,7 +116,7 @@ class Flusher:
         """Write what fan-outs queued, until cancelled.
 
         Whatever is still queued when this task ends stays in the outboxes, where each
-        connection's writer finds it when the connection closes.
+        connection flushes it when it closes after a flush was asked for.
         """
         dirty = self.dirty
         task_status.started()

@@ -14,8 +14,8 @@ the others nothing. `ClosedResourceError` means its connection is already going 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -32,6 +32,12 @@ from ..session.ratelimit import TokenBucket
 from .flusher import Flusher
 from .outbox import Outbox
 from .publication import EPOCH, EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
+
+
+class TaskStarter(Protocol):
+    """Starts a task that belongs to a connection's session (a nursery will do)."""
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -61,8 +67,8 @@ class Client:
     # The connection reads inside this scope; a close request cancels it.
     reader_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     # Where work of this connection runs beside its reader (command calls): the session's
-    # nursery while the reader runs, else None.
-    tasks: trio.Nursery | None = None
+    # tasks (session/tasks.py) while the reader runs, else None.
+    tasks: TaskStarter | None = None
     # Per-connection state that features keep for as long as the connection lives (the
     # commands' Caller.state).
     state: dict[str, Any] = attrs.field(factory=dict)

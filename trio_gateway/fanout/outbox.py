@@ -6,16 +6,18 @@ Must not know what a frame means or touch a socket.
 Why not a trio memory channel: this sits on the per-delivery hot path and exists once per
 connection. A channel is built for many senders and receivers that may block; here the
 producer never blocks (a full queue is the slow-consumer signal, see hub.py) and the one
-consumer wants everything queued at once, to write it in as few `send_all`s as possible. A
-list, a limit and one parked task cost a fraction of a channel's memory and time.
+consumer wants everything queued at once, to write it in as few `send_all`s as possible.
 
-The fan-out goes one step further (`stage` then `flush_each`): it queues publications
-first, and the flusher task (flusher.py) hands each touched outbox on once, for all that is queued
-by then. If that outbox's writer is idle, the frames are written straight away with one
-non-blocking write(2) to the descriptor the connection lends (`direct`) instead of waking
-the writer: on a fan-out of one message to many clients, a task switch per recipient costs
-more than the write itself. What cannot be written at once, and everything while the writer
-is busy, goes the usual way, in order.
+Nor is there a writer task waiting on the queue: most connections are idle most of the
+time, and a parked task is most of what an idle connection would cost. Frames are written
+straight away instead, with one non-blocking write(2) to the descriptor the connection lends
+(`direct`). Only what cannot be written at once (the socket is full, another write is in
+progress, or the stream is not a socket) starts a writer task (`start_writer`), which takes
+everything queued, writes it in order, and ends once nothing is left; while it runs, frames
+wait for it. The fan-out queues publications first (`stage`), and the flusher task
+(flusher.py) hands each touched outbox on once (`flush_each`), for all that is queued by
+then: on a fan-out of one message to many clients, a task switch per recipient would cost
+more than the write itself.
 
 `flush_each` makes every check first and then the writes back to back. A write to a
 loopback socket runs the receiver's TCP input on this core too and leaves the CPU caches
@@ -27,7 +29,7 @@ This module writes to descriptors but never opens, closes or waits on one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import trio
@@ -47,17 +49,22 @@ class DirectWriter(Protocol):
 
 
 class Outbox:
-    """Up to `limit` frames waiting for one writer task."""
+    """Up to `limit` frames waiting for one connection's writer."""
 
-    __slots__ = ("_closed", "_frames", "_limit", "_waiter", "direct", "written")
+    __slots__ = ("_closed", "_frames", "_limit", "_writing", "direct", "start_writer", "written")
 
     def __init__(self, limit: int) -> None:
         self._frames: list[bytes] = []
         self._limit = limit
         self._closed = False
-        self._waiter: trio.lowlevel.Task | None = None
+        # True from when `start_writer` is called until that writer says it has stopped.
+        self._writing = False
         #: Set by the connection while its session runs; None: always through the writer.
         self.direct: DirectWriter | None = None
+        #: Set by the connection while its session runs: starts a writer task, which takes
+        #: frames (`take_nowait`) until none are left and then calls `writer_stopped`. None:
+        #: frames wait until it is set and the outbox flushed.
+        self.start_writer: Callable[[], None] | None = None
         #: Bytes written from this outbox, directly here or by its writer (the metrics).
         self.written = 0
 
@@ -81,47 +88,32 @@ class Outbox:
         return queued == 0
 
     def flush(self) -> None:
-        """Hand staged frames on: written at once if the writer is idle, else left to it."""
+        """Hand staged frames on: written at once if no writer is running, else left to it."""
         flush_each((self,))
 
     def close(self) -> None:
-        """Accept no more frames; the writer still gets those already queued. Idempotent."""
+        """Accept no more frames; a running writer still gets those already queued.
+        Idempotent."""
         self._closed = True
-        self._wake()
+
+    @property
+    def writing(self) -> bool:
+        """A writer task is running (it takes what is queued before it stops)."""
+        return self._writing
 
     def take_nowait(self) -> list[bytes]:
         """Every queued frame, oldest first (possibly none)."""
         frames, self._frames = self._frames, []
         return frames
 
-    async def take(self) -> list[bytes]:
-        """Every queued frame, oldest first, waiting while there is none.
+    def writer_stopped(self) -> None:
+        """Said by the writer as it ends (having taken everything, or cut short)."""
+        self._writing = False
 
-        Raises:
-            trio.EndOfChannel: the outbox is closed and empty.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if not self._frames and not self._closed:
-            if self._waiter is not None:
-                raise trio.BusyResourceError("another task is already taking from this outbox")
-            self._waiter = trio.lowlevel.current_task()
-            # A bound method, not a closure: the waiting writer holds it for as long as its
-            # connection is idle, and a closure with its cell costs three times as much.
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        if not self._frames:
-            raise trio.EndOfChannel
-        return self.take_nowait()
-
-    def _abort(self, _: object) -> trio.lowlevel.Abort:
-        self._waiter = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            trio.lowlevel.reschedule(self._waiter)
-            self._waiter = None
+    def _hand_to_writer(self) -> None:
+        if not self._writing and self.start_writer is not None:
+            self._writing = True
+            self.start_writer()
 
 
 def flush_each(outboxes: Iterable[Outbox]) -> None:
@@ -129,13 +121,13 @@ def flush_each(outboxes: Iterable[Outbox]) -> None:
     writes: list[tuple[int, bytes, Outbox, DirectWriter]] = []
     for outbox in outboxes:
         frames = outbox._frames
-        if outbox._waiter is None or not frames:
-            # The writer is busy (or gone) and takes what is queued on its next round.
+        if outbox._writing or not frames:
+            # A writer is running and takes what is queued before it stops.
             continue
         direct = outbox.direct
         fd = -1 if direct is None else direct.writable_fd()
         if fd < 0 or direct is None:
-            outbox._wake()
+            outbox._hand_to_writer()
             continue
         writes.append((fd, frames[0] if len(frames) == 1 else b"".join(frames), outbox, direct))
         # Emptied in place rather than replaced: this runs once per recipient of every
@@ -154,4 +146,4 @@ def flush_each(outboxes: Iterable[Outbox]) -> None:
             if written:
                 direct.wrote_partly()
             outbox._frames.insert(0, data[written:])
-            outbox._wake()
+            outbox._hand_to_writer()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from functools import partial
 
 import trio
 
@@ -57,9 +58,10 @@ from .context import GatewayContext
 from .expiry import set_expiry
 from .handlers.identify import identify_handshake
 from .handlers.subscribe import when_live
-from .io import read_loop, write_loop
+from .io import read_loop, write_queued
 from .pattern_quota import within_quota
 from .ratelimit import TokenBucket, frame_bucket, frames_refused_frame
+from .tasks import SessionTasks
 
 log = logging.getLogger("trio_gateway.connection")
 
@@ -68,32 +70,49 @@ async def _run_session(
     ws: WebSocket, client: Client, context: GatewayContext, *, echo: bool
 ) -> None:
     config = context.config
-    client.outbox.direct = ws
+    nursery = trio.lowlevel.current_task().parent_nursery
+    assert nursery is not None, "a connection runs as a task of the connection nursery"
+    tasks = SessionTasks(nursery, client)
+    outbox = client.outbox
+    outbox.direct = ws
+    outbox.start_writer = partial(tasks.start_soon, write_queued, ws, client)
     try:
         if not echo:
             context.lifecycle.connected(client)
-        async with trio.open_nursery() as session_nursery:
-            session_nursery.start_soon(write_loop, ws, client)
-            client.tasks = session_nursery
-            try:
-                with client.reader_scope:
-                    await _read(ws, client, context, echo)
-            finally:
-                # Work started beside the reader (command calls) stops with it.
-                client.tasks = None
-                if not echo:
-                    context.lifecycle.stopped(client)
-            # Reading stopped because a close was requested or the peer left: the writer gets
-            # a bounded time to finish (a queue to drain for a graceful shutdown).
-            grace = config.drain_timeout if client.flush_before_close else config.close_timeout
-            session_nursery.cancel_scope.deadline = trio.current_time() + grace
+        # What was queued before the session started (`ready`), unless it is closing already.
+        if client.close_reason is None or client.flush_before_close:
+            outbox.flush()
+        client.tasks = tasks
+        try:
+            with client.reader_scope, client.expiry or contextlib.nullcontext():
+                await read_loop(ws, client, context, echo)
+            if client.expiry is not None and client.expiry.cancelled_caught:
+                client.send(SESSION_EXPIRED_FRAME)
+                client.close(SESSION_EXPIRED, flush=True)
+        finally:
+            # Work started beside the reader (command calls) stops with it.
+            client.tasks = None
+            if not echo:
+                context.lifecycle.stopped(client)
+        # Reading stopped because a close was requested or the peer left: the writer gets
+        # a bounded time to finish (a queue to drain for a graceful shutdown, including what
+        # the flusher did not reach).
+        if client.flush_before_close:
+            outbox.flush()
+        grace = config.drain_timeout if client.flush_before_close else config.close_timeout
+        with trio.move_on_after(grace):
+            await tasks.wait()
     except Exception:
         client.close(INTERNAL_ERROR)
         raise
     finally:
         # From here on nothing may write to the socket behind the writer's back: the stream
         # is closed once this returns, and its descriptor number may then be reused.
-        client.outbox.direct = None
+        outbox.direct = None
+        outbox.start_writer = None
+        tasks.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
+            await tasks.wait()
         context.hub.remove(client)
         if client.close_reason is None:
             # Cancelled from outside without a close request: the server is stopping.
@@ -113,17 +132,6 @@ async def _run_session(
                 contextlib.suppress(ConnectionClosed),
             ):
                 await ws.send_close(closing.code, closing.reason)
-
-
-async def _read(ws: WebSocket, client: Client, context: GatewayContext, echo: bool) -> None:
-    if client.expiry is None:
-        await read_loop(ws, client, context, echo)
-        return
-    with client.expiry:
-        await read_loop(ws, client, context, echo)
-    if client.expiry.cancelled_caught:
-        client.send(SESSION_EXPIRED_FRAME)
-        client.close(SESSION_EXPIRED, flush=True)
 
 
 async def serve_websocket(

@@ -1,11 +1,12 @@
-"""The two tasks of a session: the reader (frames in, one dispatch each) and the writer.
+"""A session's reader (frames in, one dispatch each) and its writer, while it writes.
 
 - The reader is the connection's own task: it receives messages and hands each to the
   registry, awaiting it before reading the next, so replies keep request order. Every reply
   is queued in the client's outbox like any broadcast, so a subscribe ack is always ahead of
   the first message it enables.
-- The writer is the only task that writes data frames: it takes everything queued and writes
-  it in order, in few writes. The fan-out may write for it while it is idle (fanout/outbox.py).
+- The writer exists only while there is something to write that could not be written at
+  once (fanout/outbox.py writes directly otherwise): it takes everything queued, writes it in
+  order, in few writes, and ends once nothing is left.
 
 Both turn a closed WebSocket into a close request on the client, and the reader a frame over
 the client's budget (session/ratelimit.py) into an error reply and close 4008, after which
@@ -16,8 +17,6 @@ session/connection.py does.
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-import trio
 
 from ..fanout.hub import Client
 from ..protocol.codec import decode
@@ -53,14 +52,12 @@ async def read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo
         client.close(RATE_LIMITED, flush=True)
 
 
-async def write_loop(ws: WebSocket, client: Client) -> None:
-    """Take everything queued and write it in few chunks, in order, until the outbox ends."""
+async def write_queued(ws: WebSocket, client: Client) -> None:
+    """The writer: write everything queued, in order and in few chunks, until nothing is
+    left (fanout/outbox.py starts it when a frame cannot be written at once)."""
+    outbox = client.outbox
     try:
-        while True:
-            try:
-                frames = await client.outbox.take()
-            except trio.EndOfChannel:
-                return
+        while frames := outbox.take_nowait():
             for chunk in _coalesce(frames):
                 # A closing client gets no more data, except the rest of a frame already
                 # partly written (the stream would be corrupt without it).
@@ -71,9 +68,11 @@ async def write_loop(ws: WebSocket, client: Client) -> None:
                 ):
                     return
                 await ws.send_frames(chunk)
-                client.outbox.written += len(chunk)
+                outbox.written += len(chunk)
     except ConnectionClosed as exc:
         client.close(exc.closed)
+    finally:
+        outbox.writer_stopped()
 
 
 def _coalesce(frames: list[bytes]) -> Iterator[bytes]:
