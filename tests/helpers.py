@@ -63,8 +63,13 @@ def recording_writer(nursery: trio.Nursery, outbox: Outbox) -> list[list[bytes]]
         finally:
             outbox.writer_stopped()
 
-    outbox.start_writer = functools.partial(nursery.start_soon, writer)
+    outbox.writers = _Starter(functools.partial(nursery.start_soon, writer))
     return taken
+
+
+@attrs.frozen
+class _Starter:
+    start_writer: Callable[[], None]
 
 
 def debian_program(name: str, what: str) -> str:

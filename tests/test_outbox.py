@@ -41,8 +41,13 @@ async def test_without_a_direct_path_a_flush_starts_one_writer_for_all_queued(
     nursery: trio.Nursery,
 ) -> None:
     outbox = Outbox(10)
-    started = []
-    outbox.start_writer = lambda: started.append(True)
+    started: list[bool] = []
+
+    class Starter:
+        def start_writer(self) -> None:
+            started.append(True)
+
+    outbox.writers = Starter()
     outbox.stage(b"x")
     outbox.flush()
     outbox.stage(b"y")  # the writer is already starting; this one rides along

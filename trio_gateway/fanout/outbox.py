@@ -12,7 +12,7 @@ Nor is there a writer task waiting on the queue: most connections are idle most 
 time, and a parked task is most of what an idle connection would cost. Frames are written
 straight away instead, with one non-blocking write(2) to the descriptor the connection lends
 (`direct`). Only what cannot be written at once (the socket is full, another write is in
-progress, or the stream is not a socket) starts a writer task (`start_writer`), which takes
+progress, or the stream is not a socket) starts a writer task (`writers`), which takes
 everything queued, writes it in order, and ends once nothing is left; while it runs, frames
 wait for it. The fan-out queues publications first (`stage`), and the flusher task
 (flusher.py) hands each touched outbox on once (`flush_each`), for all that is queued by
@@ -29,7 +29,7 @@ This module writes to descriptors but never opens, closes or waits on one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 import trio
@@ -48,10 +48,19 @@ class DirectWriter(Protocol):
         ...
 
 
+class WriterStarter(Protocol):
+    """What the connection lends an outbox to start its writer."""
+
+    def start_writer(self) -> None:
+        """Start a task that takes frames (`take_nowait`) until none are left and then
+        calls `writer_stopped`."""
+        ...
+
+
 class Outbox:
     """Up to `limit` frames waiting for one connection's writer."""
 
-    __slots__ = ("_closed", "_frames", "_limit", "_writing", "direct", "start_writer", "written")
+    __slots__ = ("_closed", "_frames", "_limit", "_writing", "direct", "writers", "written")
 
     def __init__(self, limit: int) -> None:
         self._frames: list[bytes] = []
@@ -61,10 +70,9 @@ class Outbox:
         self._writing = False
         #: Set by the connection while its session runs; None: always through the writer.
         self.direct: DirectWriter | None = None
-        #: Set by the connection while its session runs: starts a writer task, which takes
-        #: frames (`take_nowait`) until none are left and then calls `writer_stopped`. None:
-        #: frames wait until it is set and the outbox flushed.
-        self.start_writer: Callable[[], None] | None = None
+        #: Set by the connection while its session runs. None: frames wait until it is set
+        #: and the outbox flushed.
+        self.writers: WriterStarter | None = None
         #: Bytes written from this outbox, directly here or by its writer (the metrics).
         self.written = 0
 
@@ -111,9 +119,9 @@ class Outbox:
         self._writing = False
 
     def _hand_to_writer(self) -> None:
-        if not self._writing and self.start_writer is not None:
+        if not self._writing and self.writers is not None:
             self._writing = True
-            self.start_writer()
+            self.writers.start_writer()
 
 
 def flush_each(outboxes: Iterable[Outbox]) -> None:

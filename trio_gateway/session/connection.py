@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from functools import partial
 
 import trio
 
@@ -72,10 +71,10 @@ async def _run_session(
     config = context.config
     nursery = trio.lowlevel.current_task().parent_nursery
     assert nursery is not None, "a connection runs as a task of the connection nursery"
-    tasks = SessionTasks(nursery, client)
+    tasks = SessionTasks(nursery, client, (write_queued, ws, client))
     outbox = client.outbox
     outbox.direct = ws
-    outbox.start_writer = partial(tasks.start_soon, write_queued, ws, client)
+    outbox.writers = tasks
     try:
         if not echo:
             context.lifecycle.connected(client)
@@ -84,8 +83,12 @@ async def _run_session(
             outbox.flush()
         client.tasks = tasks
         try:
-            with client.reader_scope, client.expiry or contextlib.nullcontext():
-                await read_loop(ws, client, context, echo)
+            with client.reader_scope:
+                if client.expiry is None:
+                    await read_loop(ws, client, context, echo)
+                else:
+                    with client.expiry:
+                        await read_loop(ws, client, context, echo)
             if client.expiry is not None and client.expiry.cancelled_caught:
                 client.send(SESSION_EXPIRED_FRAME)
                 client.close(SESSION_EXPIRED, flush=True)
@@ -109,7 +112,7 @@ async def _run_session(
         # From here on nothing may write to the socket behind the writer's back: the stream
         # is closed once this returns, and its descriptor number may then be reused.
         outbox.direct = None
-        outbox.start_writer = None
+        outbox.writers = None
         tasks.cancel()
         with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
             await tasks.wait()
@@ -173,7 +176,6 @@ async def serve_websocket(
     frames = None if echo else frame_bucket(config, trio.current_time())
     ws.gate = frames
     client: Client | None = None
-    peer = _peer_fields(remote, origin)
     try:
         via = "upgrade"
         if credential is None and not echo:
@@ -185,7 +187,11 @@ async def serve_websocket(
                 # for every connection that ends before it is a client.
                 log.info(
                     "websocket closed before identify",
-                    extra=fields(code=exc.closed.code, reason=exc.closed.reason, **peer),
+                    extra=fields(
+                        code=exc.closed.code,
+                        reason=exc.closed.reason,
+                        **_peer_fields(remote, origin),
+                    ),
                 )
                 return
             except FrameRefused:
@@ -211,12 +217,16 @@ async def serve_websocket(
         if not isinstance(credential, Identity):
             log.info(
                 "unauthorized websocket",
-                extra=fields(error=str(credential) if credential else None, **peer),
+                extra=fields(
+                    error=str(credential) if credential else None, **_peer_fields(remote, origin)
+                ),
             )
             context.metrics.refused["unauthorized"] += 1
             await _refuse(ws, config, UNAUTHORIZED)
             return
-        client = _register(context, client_id, credential, frames, echo=echo, peer=peer)
+        client = _register(
+            context, client_id, credential, frames, echo=echo, peer=_peer_fields(remote, origin)
+        )
         if slot is not None:
             slot.registered()
         ws.gate = client
@@ -238,7 +248,7 @@ async def serve_websocket(
                     connected_for=round(trio.current_time() - client.connected_at, 3),
                     code=client.close_reason.code if client.close_reason else None,
                     reason=client.close_reason.reason if client.close_reason else None,
-                    **peer,
+                    **_peer_fields(remote, origin),
                 ),
             )
         await linger_close(stream, config.close_timeout)
@@ -283,6 +293,7 @@ def _nothing() -> None:
 
 def _peer_fields(remote: str | None, origin: str | None) -> dict[str, str | None]:
     # Every line about a connection says where it came from; most clients send no Origin.
+    # Made for each line rather than kept: an idle connection would hold the dict.
     return {"remote": remote} if origin is None else {"remote": remote, "origin": origin}
 
 
