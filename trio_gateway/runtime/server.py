@@ -4,6 +4,7 @@ Task tree (every task started with `nursery.start`, so "started" is observable):
 
     serve                 supervisor nursery
     ├── flusher.run       writes what fan-outs queued, a slice of clients at a time
+    ├── readiness.run     wakes the WebSocket readers whose sockets have input
     ├── broker.run        memory: history expiry; Redis: subscriber connection -> hub.deliver
     ├── run_publisher     publish channel -> broker (offsets, history; memory: hub.deliver)
     ├── run_keepalive     ping / reap
@@ -231,6 +232,7 @@ async def serve(
     try:
         async with trio.open_nursery() as supervisor:
             await supervisor.start(flusher.run)
+            await supervisor.start(context.readiness.run)
             try:
                 await supervisor.start(broker.run, hub.deliver)
             except BrokerUnavailable as exc:

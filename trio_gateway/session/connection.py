@@ -171,7 +171,9 @@ async def serve_websocket(
         Never raises except `Cancelled`: a failure is logged and closed with 1011.
     """
     config = context.config
-    ws = WebSocket(stream, trailing, config.max_message_size, config.max_fragments)
+    ws = WebSocket(
+        stream, trailing, config.max_message_size, config.max_fragments, context.readiness
+    )
     # The budget holds from the first frame: the identify handshake is metered too.
     frames = None if echo else frame_bucket(config, trio.current_time())
     ws.gate = frames

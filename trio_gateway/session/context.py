@@ -20,6 +20,7 @@ from ..fanout.hub import Hub
 from ..runtime.config import Config
 from ..runtime.ids import IdFactory
 from ..transport.limits import ConnectionLimits
+from ..transport.readiness import Readiness
 from .auth import Authenticator
 from .lifecycle import Lifecycle
 from .registry import Registry
@@ -52,3 +53,5 @@ class GatewayContext:
     # Set when graceful shutdown begins: handshakes still in flight close 1001 at once and the
     # HTTP side stops keeping connections alive.
     shutting_down: trio.Event = attrs.field(factory=trio.Event)
+    #: Where WebSocket readers wait for input (its task is started by the server).
+    readiness: Readiness = attrs.field(factory=Readiness)

@@ -28,7 +28,8 @@ per idle connection (docs/PERFORMANCE.md): wsproto's `Connection` is not used (i
 deque), a connection keeps no frame parser between messages (`_parser_disposable`), the send
 lock is a flag with a waiting queue made only under contention, and the reader waits on the
 socket itself rather than through trio's stream and socket layers, whose coroutine frames are
-held for as long as the connection is idle.
+held for as long as the connection is idle, and with a `Readiness` (transport/readiness.py)
+in one trap rather than through trio's I/O manager.
 
 Every frame the peer sends, control frames included, is shown to the connection's `gate`
 (`FrameGate`) before it is acted on: that is how the session knows the peer is alive (any
@@ -53,6 +54,7 @@ from wsproto.utilities import generate_accept_token
 
 from ..protocol.errors import CloseReason, framing_failure, message_too_big, too_many_fragments
 from ..protocol.headers import header, header_tokens, header_values
+from .readiness import Readiness
 
 # Bytes read from the socket per receive call.
 RECEIVE_SIZE = 64 * 1024
@@ -181,6 +183,7 @@ class WebSocket:
         "_parser_disposable",
         "_parts",
         "_pending",
+        "_readiness",
         "_size",
         "_socket",
         "_state",
@@ -198,8 +201,11 @@ class WebSocket:
         trailing: bytes,
         max_message_size: int,
         max_fragments: int = 1024,
+        readiness: Readiness | None = None,
     ) -> None:
         self.stream = stream
+        # Where the reader waits for input on a socket (None: trio's own wait).
+        self._readiness = readiness
         # The socket, for the read and write fast paths; None for other streams (tests run
         # over in-memory streams, which always take the general path).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -267,9 +273,15 @@ class WebSocket:
                 if read is None:
                     try:
                         while read is None:
-                            await trio.lowlevel.wait_readable(sock)
+                            if self._readiness is None:
+                                await trio.lowlevel.wait_readable(sock)
+                            else:
+                                # One trap instead of trio's I/O manager frames, and not in
+                                # a method of its own: its frame would be held as well.
+                                self._readiness.expect(self._fd)
+                                await trio.lowlevel.wait_task_rescheduled(self._stop_waiting)
                             read = self._read_now()
-                    except trio.ClosedResourceError:
+                    except (trio.ClosedResourceError, OSError):
                         read = b""
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -283,6 +295,11 @@ class WebSocket:
             else:
                 self._parser_disposable = False
             self._parser.receive_bytes(data)
+
+    def _stop_waiting(self, _: object) -> trio.lowlevel.Abort:
+        assert self._readiness is not None
+        self._readiness.forget(self._fd)
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _read_now(self) -> bytes | None:
         """What the socket holds (b"": the transport ended), or None if nothing yet."""
