@@ -6,11 +6,16 @@ Theory of operation
 only the backend can judge goes to the connect hook first (backend/connect.py; no usable
 answer closes 1013). A bad token is closed 4001; otherwise a `Client` is registered (in the
 hub with the subscriptions the backend bound it to, live before `ready`; then the
-lifecycle's connect hooks) and its session runs the reader and the writer (session/io.py);
-the reader hands every message to the registry (session/registry.py, handlers in
-session/handlers/), and work a message starts beside the reader (a command call) runs in
-the session's nursery (`Client.tasks`); the lifecycle's `stopped` hooks end it once reading
-stops.
+lifecycle's connect hooks) and its session starts, as a new task in the connection nursery,
+and the handshake's task ends: nothing the HTTP side and the handshake awaited through is
+held while the connection is idle, which it is most of its life.
+
+The session's task is the reader (session/io.py): it hands every message to the registry
+(session/registry.py, handlers in session/handlers/). Frames are written straight to the
+socket when they can be, and a writer task runs only while some cannot (fanout/outbox.py);
+that and work a message starts beside the reader (a command call, `Client.tasks`) are the
+session's tasks (session/tasks.py), run in the connection nursery and waited for before the
+stream closes; the lifecycle's `stopped` hooks end the command calls once reading stops.
 
 A close is requested through `Client.close(reason)` by anyone (hub: slow consumer,
 keepalive: stale, server: shutdown, reader/writer: the WebSocket is already closed). That
@@ -66,75 +71,129 @@ log = logging.getLogger("trio_gateway.connection")
 
 
 async def _run_session(
-    ws: WebSocket, client: Client, context: GatewayContext, *, echo: bool
+    ws: WebSocket,
+    client: Client,
+    context: GatewayContext,
+    echo: bool,
+    slot: Slot | None,
+    remote: str | None,
+    origin: str | None,
 ) -> None:
+    """A registered client's session, from `ready` to the closed stream, as a task of its
+    own: what an idle connection is. One function, because every frame it awaits through is
+    held for as long as the connection is idle. Never raises except `Cancelled`."""
     config = context.config
-    nursery = trio.lowlevel.current_task().parent_nursery
-    assert nursery is not None, "a connection runs as a task of the connection nursery"
-    tasks = SessionTasks(nursery, client, (write_queued, ws, client))
+    tasks = SessionTasks(_connection_nursery(), client, (write_queued, ws, client))
     outbox = client.outbox
     outbox.direct = ws
     outbox.writers = tasks
     try:
-        if not echo:
-            context.lifecycle.connected(client)
-        # What was queued before the session started (`ready`), unless it is closing already.
-        if client.close_reason is None or client.flush_before_close:
-            outbox.flush()
-        client.tasks = tasks
         try:
-            with client.reader_scope:
-                if client.expiry is None:
-                    await read_loop(ws, client, context, echo)
-                else:
-                    with client.expiry:
-                        await read_loop(ws, client, context, echo)
-            if client.expiry is not None and client.expiry.cancelled_caught:
-                client.send(SESSION_EXPIRED_FRAME)
-                client.close(SESSION_EXPIRED, flush=True)
-        finally:
-            # Work started beside the reader (command calls) stops with it.
-            client.tasks = None
             if not echo:
-                context.lifecycle.stopped(client)
-        # Reading stopped because a close was requested or the peer left: the writer gets
-        # a bounded time to finish (a queue to drain for a graceful shutdown, including what
-        # the flusher did not reach).
-        if client.flush_before_close:
-            outbox.flush()
-        grace = config.drain_timeout if client.flush_before_close else config.close_timeout
-        with trio.move_on_after(grace):
-            await tasks.wait()
+                context.lifecycle.connected(client)
+            # What was queued before the session started (`ready`), unless it is closing.
+            if client.close_reason is None or client.flush_before_close:
+                outbox.flush()
+            client.tasks = tasks
+            try:
+                with client.reader_scope:
+                    if client.expiry is None:
+                        await read_loop(ws, client, context, echo)
+                    else:
+                        with client.expiry:
+                            await read_loop(ws, client, context, echo)
+                if client.expiry is not None and client.expiry.cancelled_caught:
+                    client.send(SESSION_EXPIRED_FRAME)
+                    client.close(SESSION_EXPIRED, flush=True)
+            finally:
+                # Work started beside the reader (command calls) stops with it.
+                client.tasks = None
+                if not echo:
+                    context.lifecycle.stopped(client)
+            # Reading stopped because a close was requested or the peer left: the writer
+            # gets a bounded time to finish (a queue to drain for a graceful shutdown,
+            # including what the flusher did not reach).
+            if client.flush_before_close:
+                outbox.flush()
+            grace = config.drain_timeout if client.flush_before_close else config.close_timeout
+            with trio.move_on_after(grace):
+                await tasks.wait()
+        except Exception:
+            client.close(INTERNAL_ERROR)
+            raise
+        finally:
+            # From here on nothing may write to the socket behind the writer's back: the
+            # stream is closed once this returns, and its descriptor number may then be
+            # reused.
+            outbox.direct = None
+            outbox.writers = None
+            tasks.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
+                await tasks.wait()
+            context.hub.remove(client)
+            if client.close_reason is None:
+                # Cancelled from outside without a close request: the server is stopping.
+                client.close(SHUTTING_DOWN)
+            if not echo:
+                context.lifecycle.disconnected(client)
+            await _close_frame(ws, client, config)
     except Exception:
-        client.close(INTERNAL_ERROR)
-        raise
+        log.exception("websocket connection failed", extra=fields(client_id=client.id))
     finally:
-        # From here on nothing may write to the socket behind the writer's back: the stream
-        # is closed once this returns, and its descriptor number may then be reused.
-        outbox.direct = None
-        outbox.writers = None
-        tasks.cancel()
-        with trio.CancelScope(shield=True), trio.move_on_after(config.close_timeout):
-            await tasks.wait()
-        context.hub.remove(client)
-        if client.close_reason is None:
-            # Cancelled from outside without a close request: the server is stopping.
-            client.close(SHUTTING_DOWN)
-        if not echo:
-            context.lifecycle.disconnected(client)
-        reason = client.close_reason
-        assert reason is not None
-        # No close frame when the WebSocket is already closed, or when the writer was cut off
-        # mid-frame (the stream is corrupt; the socket is just dropped). A peer's close still
-        # unanswered gets its answer, with the peer's code.
-        if not ws.incomplete and (ws.closed is None or ws.owes_close):
-            closing = reason if ws.closed is None else ws.closed
-            with (
-                trio.CancelScope(shield=True),
-                trio.move_on_after(config.close_timeout),
-                contextlib.suppress(ConnectionClosed),
-            ):
-                await ws.send_close(closing.code, closing.reason)
+        await _ended(ws.stream, client, context, slot, remote, origin)
+
+
+async def _close_frame(ws: WebSocket, client: Client, config: Config) -> None:
+    # No close frame when the WebSocket is already closed, or when the writer was cut off
+    # mid-frame (the stream is corrupt; the socket is just dropped). A peer's close still
+    # unanswered gets its answer, with the peer's code.
+    reason = client.close_reason
+    assert reason is not None
+    if not ws.incomplete and (ws.closed is None or ws.owes_close):
+        closing = reason if ws.closed is None else ws.closed
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(config.close_timeout),
+            contextlib.suppress(ConnectionClosed),
+        ):
+            await ws.send_close(closing.code, closing.reason)
+
+
+async def _ended(
+    stream: trio.abc.Stream,
+    client: Client | None,
+    context: GatewayContext,
+    slot: Slot | None,
+    remote: str | None,
+    origin: str | None,
+) -> None:
+    """The end of every WebSocket, registered or not: out of the hub, one line, the stream
+    closed (lingering, so the peer reads our close frame), the slot given back."""
+    try:
+        if client is not None:
+            context.hub.remove(client)
+            log.info(
+                "client disconnected",
+                extra=fields(
+                    client_id=client.id,
+                    user_id=client.identity.user_id,
+                    connected_for=round(trio.current_time() - client.connected_at, 3),
+                    code=client.close_reason.code if client.close_reason else None,
+                    reason=client.close_reason.reason if client.close_reason else None,
+                    **_peer_fields(remote, origin),
+                ),
+            )
+        await linger_close(stream, context.config.close_timeout)
+    finally:
+        if slot is not None:
+            slot.release()
+
+
+def _connection_nursery() -> trio.Nursery:
+    # The nursery this connection's task was started in: the server's connection nursery.
+    nursery = trio.lowlevel.current_task().parent_nursery
+    assert nursery is not None, "a connection runs as a task of the connection nursery"
+    return nursery
 
 
 async def serve_websocket(
@@ -148,7 +207,8 @@ async def serve_websocket(
     remote: str | None = None,
     slot: Slot | None = None,
 ) -> None:
-    """Run one WebSocket client on `stream`, after transport/http.py has answered 101.
+    """Run one WebSocket client on `stream`, after transport/http.py has answered 101: its
+    handshake here, then its session as a task of its own (returning once it is started).
 
     Args:
         stream: the connection, positioned after the upgrade request.
@@ -162,11 +222,12 @@ async def serve_websocket(
             same reader, queue and writer, and it gets no `ready`, no pings and no place in
             the hub (so it never counts as a client or receives broadcasts).
         slot: this WebSocket's place in the connection caps (transport/limits.py), told
-            when the client is registered: its handshake is over.
+            when the client is registered (its handshake is over) and given back when the
+            WebSocket ends.
 
     Resource handling:
-        Always closes `stream` before returning, lingering briefly so the peer reads our
-        close frame.
+        Closes `stream` (lingering briefly so the peer reads our close frame) and releases
+        `slot`, before returning or at the end of the session it started.
     Error handling:
         Never raises except `Cancelled`: a failure is logged and closed with 1011.
     """
@@ -178,6 +239,7 @@ async def serve_websocket(
     frames = None if echo else frame_bucket(config, trio.current_time())
     ws.gate = frames
     client: Client | None = None
+    handed_over = False
     try:
         via = "upgrade"
         if credential is None and not echo:
@@ -236,24 +298,17 @@ async def serve_websocket(
             await _bind(context, client)
         if context.shutting_down.is_set():
             client.close(SHUTTING_DOWN)
-        await _run_session(ws, client, context, echo=echo)
+        # The session runs as a task of its own, and this one ends: what it awaited through
+        # (HTTP, the handshake) is not held for the connection's whole life.
+        _connection_nursery().start_soon(
+            _run_session, ws, client, context, echo, slot, remote, origin
+        )
+        handed_over = True
     except Exception:
         log.exception("websocket connection failed", extra=fields(client_id=_id(client)))
     finally:
-        if client is not None:
-            context.hub.remove(client)
-            log.info(
-                "client disconnected",
-                extra=fields(
-                    client_id=client.id,
-                    user_id=client.identity.user_id,
-                    connected_for=round(trio.current_time() - client.connected_at, 3),
-                    code=client.close_reason.code if client.close_reason else None,
-                    reason=client.close_reason.reason if client.close_reason else None,
-                    **_peer_fields(remote, origin),
-                ),
-            )
-        await linger_close(stream, config.close_timeout)
+        if not handed_over:
+            await _ended(stream, client, context, slot, remote, origin)
 
 
 async def _refuse(ws: WebSocket, config: Config, reason: CloseReason) -> None:

@@ -384,17 +384,17 @@ async def handle_stream(app: HttpApp, stream: trio.abc.Stream) -> None:
     handoff = await _serve_http(app, stream, remote)
     if handoff is not None:
         # The h11 connection is gone by now: an idle WebSocket keeps no HTTP state alive.
-        with handoff.slot:
-            await serve_websocket(
-                stream,
-                handoff.credential,
-                handoff.trailing,
-                app.context,
-                echo=handoff.echo,
-                origin=handoff.origin,
-                remote=remote,
-                slot=handoff.slot,
-            )
+        # The WebSocket side gives the slot back when it ends.
+        await serve_websocket(
+            stream,
+            handoff.credential,
+            handoff.trailing,
+            app.context,
+            echo=handoff.echo,
+            origin=handoff.origin,
+            remote=remote,
+            slot=handoff.slot,
+        )
 
 
 def _peer_address(stream: trio.abc.Stream) -> str | None:
