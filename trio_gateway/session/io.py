@@ -44,6 +44,9 @@ async def read_loop(ws: WebSocket, client: Client, context: GatewayContext, echo
                 client.send(text_frame(frame))
             else:
                 await dispatch(client, context, decode(frame))
+            # Not held while waiting for the next one: an idle connection would keep its
+            # last message, up to max_message_size, for as long as it stays idle.
+            del frame
     except ConnectionClosed as exc:
         client.close(exc.closed)
     except FrameRefused:
