@@ -21,8 +21,9 @@ and keeps the connection state itself:
   closing with unread input would send a TCP reset that can destroy the close frame in
   flight (a 1009 after an oversize message is the usual case).
 
-One reader task and one writer task per connection, no channel inside: this module owns the
-per-connection cost of the WebSocket layer, which is what an idle connection costs. Hence
+One reader task per connection, and a writer task while some frames cannot be written at
+once, no channel inside: this module owns the per-connection cost of the WebSocket layer,
+which is what an idle connection costs. Hence
 what may look like hand-rolled parts, each there because tracemalloc showed what it saves
 per idle connection (docs/PERFORMANCE.md): wsproto's `Connection` is not used (its event
 deque), a connection keeps no frame parser between messages (`_parser_disposable`), the send
