@@ -11,8 +11,10 @@ Task tree (every task started with `nursery.start`, so "started" is observable):
     ├── presence.run      presence writes, diffs, graces, typing lapses; the store's own work
     └── connection nursery
         ├── run_listeners accept loop(s) -> handle_stream in the connection nursery
-        └── handle_stream one per accepted stream (HTTP, or one WebSocket client)
-                          its command calls run beside its reader (Client.tasks)
+        ├── handle_stream one per accepted stream (HTTP, or a WebSocket's handshake)
+        └── _run_session  one per registered WebSocket client (the handshake's task ends),
+                          and its session's tasks (session/tasks.py): a writer while
+                          frames wait, command calls (Client.tasks)
 
 The backend client (backend/http.py: the command proxy and the connect hook) lives as long
 as `serve` and is closed after every task has ended.
