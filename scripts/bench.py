@@ -92,6 +92,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -133,8 +134,16 @@ FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
 # Scenario P's presence topic (the load generator's too).
 PRESENCE_TOPIC = "bench.presence"
-# The scenarios only the gateway runs (the peers have no such feature).
-GATEWAY_ONLY = ("X", "P", "R")
+# The scenarios only the gateway runs (the peers have no such feature, or S: its point is
+# the gateway's own curve).
+GATEWAY_ONLY = ("X", "P", "R", "S")
+# The scenarios whose result is one run per variant ({variant: result}), in tables of their own.
+VARIANTS = ("X", "S")
+# Descriptors a process of this benchmark keeps beyond its WebSockets: the gateway's reserve
+# (transport/limits.py, 128) plus its listeners and publishers' connections, or the load
+# generator's publishers (64 at most), epoll and stdio. S's sizes stay under the hard
+# RLIMIT_NOFILE by this much, rounded down to a hundred.
+DESCRIPTOR_HEADROOM = 200
 STORM = str(ROOT / "scripts" / "bench_storm.py")
 # Seconds between keepalive pings in scenario C (gateway and aiohttp).
 IDLE_PING_INTERVAL = 5
@@ -142,6 +151,9 @@ LISTENING = re.compile(
     rb"ws://127\.0\.0\.1:(\d+)/api/ws \(HTTP API http://127\.0\.0\.1:(\d+)/api/\)"
 )
 STARTUP_TIMEOUT = 20.0
+# The gateway's connection caps, each set to 0 (none) for every run: flags, passed only to a
+# tree whose `serve --help` lists them (a variable it does not know is a warning on stderr).
+CAPS_OFF = ("--max-connections-per-ip", "--max-handshakes", "--max-connections")
 # Before each run, wait (at most --quiet-wait s, default QUIET_WAIT) until the machine's busy
 # time is under QUIET_PCT
 # of one core: this benchmark needs both cores to itself.
@@ -157,21 +169,64 @@ CROSS_VARIANTS = [
 ]
 
 
+def serve_flags(source: Path) -> frozenset[str]:
+    """The flags `serve` of the gateway tree at `source` takes (from its --help)."""
+    if source not in _SERVE_FLAGS:
+        done = subprocess.run(
+            [PYTHON, "-m", "trio_gateway", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            cwd=source,
+            env={**os.environ, "PYTHONPATH": str(source)},
+            timeout=60,
+            check=True,
+        )
+        _SERVE_FLAGS[source] = frozenset(re.findall(r"--[a-z][a-z0-9-]*", done.stdout))
+    return _SERVE_FLAGS[source]
+
+
+_SERVE_FLAGS: dict[Path, frozenset[str]] = {}
+
+
+def known_options(
+    options: list[tuple[str, str]], known: frozenset[str]
+) -> tuple[list[str], list[str]]:
+    """`options` as arguments, less those the tree does not know; and the flags left out."""
+    kept = [part for flag, value in options if flag in known for part in (flag, value)]
+    return kept, [flag for flag, _ in options if flag not in known]
+
+
 def server_command(
-    target: str, scenario: str, args: argparse.Namespace, redis_url: str | None = None
+    target: str,
+    scenario: str,
+    args: argparse.Namespace,
+    redis_url: str | None = None,
+    source: Path | None = None,
 ) -> list[str]:
+    """The command starting `target` for `scenario`; a gateway tree (`source`, by default
+    --gateway-src) gets only the flags its `serve --help` lists, so an older tree still starts
+    (what it lacks is said on stderr once)."""
     if target in ("gateway", "parent"):
         command = [PYTHON, "-m", "trio_gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--api-key", TOKEN, "--log-level", "warning"]
+        # Every load-generator client comes from 127.0.0.1, scenario D connects 5,000 at once
+        # and S holds 20,000: the caps are for the internet, not this (0: none; the total then
+        # stays bound by the descriptors, which main() raises to the hard limit).
+        options = [(flag, "0") for flag in CAPS_OFF]
         if redis_url is not None:
-            command += ["--redis-url", redis_url]
+            options.append(("--redis-url", redis_url))
         if scenario == "A":
-            command += ["--queue-depth", str(args.events + 1000)]
+            options.append(("--queue-depth", str(args.events + 1000)))
         if scenario == "C":
-            command += ["--ping-interval", str(IDLE_PING_INTERVAL)]
+            options.append(("--ping-interval", str(IDLE_PING_INTERVAL)))
         if scenario == "P":
-            command += ["--presence-topic", PRESENCE_TOPIC]
-        return command
+            options.append(("--presence-topic", PRESENCE_TOPIC))
+        tree = source or Path(getattr(args, "gateway_src", ROOT))
+        kept, missing = known_options(options, serve_flags(tree))
+        if missing and (tree, scenario) not in _WARNED:
+            _WARNED.add((tree, scenario))
+            print(f"  {tree} does not know {', '.join(missing)}: not passed", file=sys.stderr)
+        return command + kept
     if target == "naive_trio":
         return [PYTHON, str(PEERS / "naive_trio.py"), "--api-key", TOKEN]
     if target == "write_floor":
@@ -181,6 +236,9 @@ def server_command(
         return ["node", str(NODE_PEER / "server.mjs"), "--api-key", TOKEN, *heartbeat]
     script = "websockets_peer.py" if target == "websockets" else "aiohttp_peer.py"
     return [PYTHON, str(PEERS / script), "--api-key", TOKEN, *heartbeat]
+
+
+_WARNED: set[tuple[Path, str]] = set()
 
 
 def loadgen_arguments(scenario: str, args: argparse.Namespace) -> tuple[list[str], float]:
@@ -209,10 +267,6 @@ class Server:
         # `python -m` puts the working directory first on sys.path, and PYTHONPATH comes
         # before the editable install's finder: together they pick the gateway source tree.
         env = {**os.environ, "PYTHONPATH": str(source)}
-        # Every load-generator client comes from 127.0.0.1, and scenario D connects 5,000 at
-        # once: the per-address and handshake caps are for the internet, not this. Variables
-        # rather than flags, which a gateway from before the caps (--gateway-src) would refuse.
-        env |= {"TRIO_GATEWAY_MAX_CONNECTIONS_PER_IP": "0", "TRIO_GATEWAY_MAX_HANDSHAKES": "0"}
         self.process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
             stdin=subprocess.DEVNULL,
@@ -364,7 +418,7 @@ def quiet_before_run(args: argparse.Namespace) -> float:
 def run_one(target: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
     busy_before = quiet_before_run(args)
     source = args.parent_src if target == "parent" else args.gateway_src
-    server = Server(server_command(target, scenario, args), source)
+    server = Server(server_command(target, scenario, args, source=source), source)
     try:
         try:
             ws_port, http_port = server.wait_listening()
@@ -390,7 +444,8 @@ def run_cross(instances: int, with_redis: bool, args: argparse.Namespace) -> dic
     servers: list[Server] = []
     try:
         for _ in range(instances):
-            servers.append(Server(server_command("gateway", "X", args, url), args.gateway_src))
+            command = server_command("gateway", "X", args, url, args.gateway_src)
+            servers.append(Server(command, args.gateway_src))
         try:
             ports = [server.wait_listening() for server in servers]
         except RuntimeError as exc:
@@ -427,6 +482,54 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     result["machine_busy_before_pct"] = busy_before
     return result
+
+
+def scaling_sizes(asked: list[int], hard_limit: int) -> tuple[list[int], list[str]]:
+    """S's subscriber counts: each asked one, capped at what `hard_limit` descriptors allow
+    (one process holds every WebSocket on each side); and a note for each one capped."""
+    most = (hard_limit - DESCRIPTOR_HEADROOM) // 100 * 100
+    sizes: list[int] = []
+    notes = []
+    for n in asked:
+        if n > most:
+            notes.append(
+                f"S: {n:,} subscribers asked, {most:,} run: the hard RLIMIT_NOFILE is"
+                f" {hard_limit:,} (ulimit -Hn; raising it needs CAP_SYS_RESOURCE)"
+            )
+            n = most
+        if n not in sizes:
+            sizes.append(n)
+    return sizes, notes
+
+
+def scaled(args: argparse.Namespace, clients: int) -> argparse.Namespace:
+    """L's settings at `clients` subscribers for S: the rate lowered to keep deliveries/s at
+    --scale-deliveries, publishing long enough for --scale-events events."""
+    rate = args.scale_deliveries / clients
+    seconds = max(args.latency_seconds, args.scale_events / rate)
+    return argparse.Namespace(
+        **{**vars(args), "clients": clients, "rate": rate, "latency_seconds": seconds}
+    )
+
+
+def run_scaling(args: argparse.Namespace, sizes: list[int], idle: int) -> dict[str, Any]:
+    """Scenario S, the gateway only: L at each size (`L N`), then C at `idle` (`C N`), every
+    size once per repetition (interleaved)."""
+    plan = [(f"L {n}", "L", scaled(args, n)) for n in sizes]
+    if idle:
+        plan.append((f"C {idle}", "C", argparse.Namespace(**{**vars(args), "idle": idle})))
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in plan}
+    for repetition in range(args.repeat):
+        for key, scenario, settings in plan:
+            what = (
+                f"S L at {settings.clients:,} subscribers, {settings.rate:g} events/s for"
+                f" {settings.latency_seconds:g} s"
+                if scenario == "L"
+                else f"S C: {idle:,} idle connections held {args.hold:g} s"
+            )
+            progress(what, repetition, args.repeat)
+            runs[key].append(least_disturbed(partial(run_one, "gateway", scenario, settings)))
+    return {key: combine(results) for key, results in runs.items()}
 
 
 def progress(what: str, repetition: int, repeat: int) -> None:
@@ -641,6 +744,74 @@ def cross_table(variants: dict[str, dict[str, Any]]) -> str:
     return render(head, rows)
 
 
+# Scenario S rows: (label, key in each size's L result, or in the idle C result).
+SCALING_ROWS = [
+    ("events/s", "rate"),
+    ("events", "events"),
+    ("server us/delivery (down)", "server_us_per_delivery"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("max ms", "max_ms"),
+    ("server CPU %", "server_cpu_pct"),
+    ("loadgen busy %", "loadgen_busy_pct"),
+    ("late publishes", "late_publishes"),
+    ("completed in time", "complete"),
+    ("other CPU %", "other_cpu_pct"),
+    ("lost", "lost"),
+    ("duplicates", "duplicates"),
+    ("reordered", "reordered"),
+]
+SCALING_IDLE_ROWS = [
+    ("RSS KiB/conn", "rss_per_conn_kib"),
+    ("server CPU % idle (keepalive)", "server_cpu_pct"),
+    ("pings/conn in the hold", "pings_per_conn"),
+    ("server us per ping+pong", "server_us_per_ping"),
+    ("connect->ready p99 ms", "connect_p99_ms"),
+    ("held open", "held_open"),
+    ("completed in time", "complete"),
+    ("other CPU %", "other_cpu_pct"),
+    ("lost", "lost"),
+]
+
+
+def scaling_costs(variants: dict[str, dict[str, Any]]) -> dict[int, Any]:
+    """S's server us/delivery by size, in the order run."""
+    return {
+        int(key[2:]): run.get("server_us_per_delivery")
+        for key, run in variants.items()
+        if key.startswith("L ")
+    }
+
+
+def scaling_spread(variants: dict[str, dict[str, Any]]) -> float | None:
+    """S's cost spread: the dearest size's server us/delivery over the cheapest's."""
+    costs = [c for c in scaling_costs(variants).values() if isinstance(c, int | float)]
+    return ratio(max(costs), min(costs)) if len(costs) > 1 else None
+
+
+def scaling_table(variants: dict[str, dict[str, Any]]) -> str:
+    """Scenario S: one column per size of L, with each size's cost over the cheapest; then
+    the idle connections (C at the largest size), if they ran."""
+    sizes = [run for key, run in variants.items() if key.startswith("L ")]
+    costs = scaling_costs(variants)
+    cheapest = min((c for c in costs.values() if isinstance(c, int | float)), default=None)
+    head = ["S metric", *(f"{n:,} subs" for n in costs)]
+    rows = [[label, *(cell(run, field) for run in sizes)] for label, field in SCALING_ROWS]
+    rows.insert(3, ["  over the cheapest size", *(fmt(ratio(c, cheapest)) for c in costs.values())])
+    rows.append(["server closes", *(fmt(run.get("closed_by_server") or {}) for run in sizes)])
+    text = render(head, rows)
+    for key in (k for k in variants if k.startswith("C ")):
+        idle = variants[key]
+        head = [f"S idle, held {fmt(idle.get('wall_s'))} s", f"{int(key[2:]):,} conns"]
+        text += "\n\n" + render(head, [[lb, cell(idle, f)] for lb, f in SCALING_IDLE_ROWS])
+    return text
+
+
+# How far the gateway may fall behind its parent (--parent-src) on A's deliveries/s and L's
+# server us/delivery before the check fails: this machine's run-to-run spread for one cell.
+PARENT_NOISE = 0.10
+
+
 def targets_met(
     results: dict[str, dict[str, dict[str, Any]]],
 ) -> list[tuple[str, bool | None, str]]:
@@ -706,9 +877,29 @@ def targets_met(
         ratio(cross.get("cross", {}).get("p99_ms"), cross.get("single_memory", {}).get("p99_ms")),
         lambda r: r <= 1.5,
     )
+    add(
+        "S server us/delivery within 20% across sizes (dearest/cheapest)",
+        scaling_spread(gw.get("S", {})),
+        lambda r: r <= 1.2,
+    )
+    # A change that adds nothing measurable to A and L: within PARENT_NOISE of its parent.
+    parent = results.get("parent", {})
+    add(
+        f"A deliveries/s gateway/parent >= {1 - PARENT_NOISE:g} (feature paths unused)",
+        ratio(gw.get("A", {}).get("deliveries_per_s"), parent.get("A", {}).get("deliveries_per_s")),
+        lambda r: r >= 1 - PARENT_NOISE,
+    )
+    add(
+        f"L server us/delivery gateway/parent <= {1 + PARENT_NOISE:g} (feature paths unused)",
+        ratio(
+            gw.get("L", {}).get("server_us_per_delivery"),
+            parent.get("L", {}).get("server_us_per_delivery"),
+        ),
+        lambda r: r <= 1 + PARENT_NOISE,
+    )
     for target, scenarios in results.items():
         for scenario, result in sorted(scenarios.items()):
-            runs = result.items() if scenario == "X" else [("", result)]
+            runs = result.items() if scenario in VARIANTS else [("", result)]
             for variant, run in runs:
                 if "lost" in run:
                     add(
@@ -735,7 +926,7 @@ def gateway_revision(source: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenarios", default="A,L,C,D,X,P", help="comma-separated, from A,L,C,D,X,P,R"
+        "--scenarios", default="A,L,C,D,X,P,S", help="comma-separated, from A,L,C,D,X,P,R,S"
     )
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument(
@@ -752,6 +943,26 @@ def main() -> None:
     parser.add_argument("--connects", type=int, help="(D) connections in the storm [5000]")
     parser.add_argument("--members", type=int, help="(P) users joining the topic [5000]")
     parser.add_argument("--gets", type=int, default=100, help="(P) presence.get round trips")
+    parser.add_argument(
+        "--scale-sizes",
+        help="(S) comma-separated subscriber counts for L [1000,5000,20000; quick: 200,500,1000]",
+    )
+    parser.add_argument(
+        "--scale-deliveries",
+        type=float,
+        help="(S) deliveries/s at every size: the rate is this over the size [50000, quick: 10000]",
+    )
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        help="(S) events at least at each size: the publishing time grows as the rate falls"
+        " [100, quick: 30]",
+    )
+    parser.add_argument(
+        "--scale-idle",
+        type=int,
+        help="(S) idle connections held as in C (0: none) [the largest size]",
+    )
     parser.add_argument("--storm-clients", type=int, help="(R) clients dropped at once [3000]")
     parser.add_argument("--storm-rate", type=float, default=5.0, help="(R) publications/s")
     parser.add_argument(
@@ -807,6 +1018,9 @@ def main() -> None:
         "members": 500,
         "a_budget": 30.0,
         "storm_clients": 300,
+        "scale_sizes": "200,500,1000",
+        "scale_deliveries": 10000.0,
+        "scale_events": 30,
     }
     full = {
         "clients": 1000,
@@ -818,11 +1032,17 @@ def main() -> None:
         "members": 5000,
         "a_budget": 120.0,
         "storm_clients": 3000,
+        "scale_sizes": "1000,5000,20000",
+        "scale_deliveries": 50000.0,
+        "scale_events": 100,
     }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    scenarios = [s for s in "ALCDXPR" if s in args.scenarios.upper().split(",")]
+    args.gateway_src = args.gateway_src.resolve()
+    if args.parent_src is not None:
+        args.parent_src = args.parent_src.resolve()
+    scenarios = [s for s in "ALCDXPRS" if s in args.scenarios.upper().split(",")]
     targets = [t for t in TARGETS if t in args.targets.split(",")]
     if args.parent_src is not None and "gateway" in targets:
         targets.insert(1, "parent")
@@ -834,6 +1054,15 @@ def main() -> None:
         sys.exit(f"node_ws needs its packages: npm ci --prefix {NODE_PEER} (make bench does it)")
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
+    # Every process started from here inherits it: S holds up to 20,000 sockets on each side.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sizes, scaling_notes = scaling_sizes([int(n) for n in args.scale_sizes.split(",")], hard)
+    if args.scale_idle is None:
+        args.scale_idle = max(sizes)
+    elif args.scale_idle:
+        [args.scale_idle], capped = scaling_sizes([args.scale_idle], hard)
+        scaling_notes += capped
 
     results: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in COLUMNS}
     for scenario in scenarios:
@@ -845,6 +1074,9 @@ def main() -> None:
                     run = partial(run_cross, instances, with_redis, args)
                     variants[key].append(least_disturbed(run))
             results["gateway"]["X"] = {key: combine(runs) for key, runs in variants.items()}
+            continue
+        if scenario == "S":
+            results["gateway"]["S"] = run_scaling(args, sizes, args.scale_idle)
             continue
         if scenario == "R":
             print(f"[{time.strftime('%H:%M:%S')}] R storm ...", file=sys.stderr, flush=True)
@@ -866,7 +1098,7 @@ def main() -> None:
             results[target][scenario] = combine(runs)
 
     print()
-    if tabled := [s for s in scenarios if s not in ("X", "R")]:
+    if tabled := [s for s in scenarios if s not in ("X", "R", "S")]:
         print(table(results, tabled))
         print()
     if "R" in scenarios and "error" not in (storm := results["gateway"]["R"]):
@@ -885,6 +1117,17 @@ def main() -> None:
             " every event posted to gateway B."
         )
         print(cross_table(results["gateway"]["X"]))
+        print()
+    if "S" in scenarios:
+        print(
+            f"S: L at each size, {args.scale_deliveries:,.0f} deliveries/s (the rate is that"
+            f" over the size), at least {args.scale_events} events each; idle as C (pings every"
+            f" {IDLE_PING_INTERVAL} s, held {args.hold:g} s). Cost spread = dearest size's"
+            " us/delivery over the cheapest's."
+        )
+        for note in scaling_notes:
+            print(note)
+        print(scaling_table(results["gateway"]["S"]))
         print()
     notes = [
         f"Notes: server pinned to core {SERVER_CORE}, load generator to core {LOADGEN_CORE}"
@@ -915,7 +1158,7 @@ def main() -> None:
             if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
                 continue
             runs = results[target][scenario]
-            named = runs.items() if scenario == "X" else [(target, runs)]
+            named = runs.items() if scenario in VARIANTS else [(target, runs)]
             for name, result in named:
                 complaints = result.get("server_complaints", [])
                 if "error" in result or complaints:
@@ -938,6 +1181,8 @@ def main() -> None:
             "loadgen_core": LOADGEN_CORE,
             "gateway": gateway_revision(args.gateway_src),
             "parent": gateway_revision(args.parent_src) if args.parent_src else None,
+            "nofile_hard_limit": hard,
+            "scaling_notes": scaling_notes,
         },
         "results": results,
         "targets": [{"target": label, "met": ok, "value": value} for label, ok, value in checks],
