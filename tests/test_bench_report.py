@@ -72,12 +72,21 @@ def test_sizes_are_capped_by_the_descriptor_limit(bench: ModuleType) -> None:
 
 def test_scaled_keeps_deliveries_per_second_and_the_events(bench: ModuleType) -> None:
     args = argparse.Namespace(
-        clients=1000, rate=50.0, latency_seconds=10.0, scale_deliveries=50_000.0, scale_events=100
+        clients=1000,
+        rate=50.0,
+        latency_seconds=10.0,
+        scale_deliveries=50_000.0,
+        scale_events=100,
+        scale_ping_interval=600.0,
+        gateway_src=ROOT,
     )
     at_1k, at_20k = bench.scaled(args, 1000), bench.scaled(args, 20_000)
     assert (at_1k.clients, at_1k.rate, at_1k.latency_seconds) == (1000, 50.0, 10.0)
     assert (at_20k.clients, at_20k.rate, at_20k.latency_seconds) == (20_000, 2.5, 40.0)
     assert args.clients == 1000
+    command = bench.server_command("gateway", "L", at_20k, source=ROOT)
+    assert command[command.index("--ping-interval") + 1] == "600.0"
+    assert "--ping-interval" not in bench.server_command("gateway", "L", args, source=ROOT)
 
 
 def test_scaling_table_shows_each_size_over_the_cheapest(bench: ModuleType) -> None:
