@@ -204,8 +204,11 @@ def serve_flags(source: Path) -> frozenset[str]:
             cwd=source,
             env={**os.environ, "PYTHONPATH": str(source)},
             timeout=60,
-            check=True,
+            check=False,
         )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.splitlines()[-5:])
+            raise SystemExit(f"{source}: `trio_gateway serve --help` failed:\n{tail}")
         _SERVE_FLAGS[source] = frozenset(re.findall(r"--[a-z][a-z0-9-]*", done.stdout))
     return _SERVE_FLAGS[source]
 
@@ -1091,6 +1094,12 @@ def main() -> None:
         sys.exit(f"node_ws needs its packages: npm ci --prefix {NODE_PEER} (make bench does it)")
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
+    for source in (args.gateway_src, args.parent_src):
+        if source is not None and "gateway" in targets:
+            # Without the package there, `python -m` would find the editable install's.
+            if not (source / "trio_gateway" / "__main__.py").is_file():
+                sys.exit(f"{source}: no trio_gateway package in it")
+            serve_flags(source)
     # Every process started from here inherits it: S holds up to 20,000 sockets on each side.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
