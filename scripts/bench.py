@@ -85,7 +85,9 @@ Scenarios (defaults; --quick scales them down):
      us/delivery and its ratio to the cheapest size's (the target: dearest/cheapest <= 1.2,
      i.e. any two sizes within 20%; the cheapest rather than the 1,000 value, so that a
      curve dipping in the middle counts too), p50/p99, lost/duplicates; and the idle
-     connections' RSS each and server CPU % while idle (the keepalive's share). Each side
+     connections' RSS each and server CPU % while idle (the keepalive's share). With
+     write_floor among --targets, the floor runs L at each size too, right after the
+     gateway: how much of the curve is the kernel's and the machine's. Each side
      holds every connection in one process: every process started here gets its soft
      RLIMIT_NOFILE raised to the hard one, and a size that would not fit under it (less
      DESCRIPTOR_HEADROOM) is capped, which the report says.
@@ -544,24 +546,34 @@ def scaled(args: argparse.Namespace, clients: int) -> argparse.Namespace:
     )
 
 
-def run_scaling(args: argparse.Namespace, sizes: list[int], idle: int) -> dict[str, Any]:
-    """Scenario S, the gateway only: L at each size (`L N`), then C at `idle` (`C N`), every
-    size once per repetition (interleaved)."""
-    plan = [(f"L {n}", "L", scaled(args, n)) for n in sizes]
+def run_scaling(
+    args: argparse.Namespace, sizes: list[int], idle: int, targets: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Scenario S: L at each size (`L N`), the write floor's right after the gateway's when it
+    is among `targets`, then C at `idle` (`C N`, the gateway only); every cell once per
+    repetition (interleaved). {target: {variant: result}}."""
+    floor = ["write_floor"] if "write_floor" in targets else []
+    plan = [
+        (target, f"L {n}", "L", scaled(args, n)) for n in sizes for target in ["gateway", *floor]
+    ]
     if idle:
-        plan.append((f"C {idle}", "C", argparse.Namespace(**{**vars(args), "idle": idle})))
-    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in plan}
+        idle_args = argparse.Namespace(**{**vars(args), "idle": idle})
+        plan.append(("gateway", f"C {idle}", "C", idle_args))
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(t, key): [] for t, key, *_ in plan}
     for repetition in range(args.repeat):
-        for key, scenario, settings in plan:
+        for target, key, scenario, settings in plan:
             what = (
-                f"S L at {settings.clients:,} subscribers, {settings.rate:g} events/s for"
-                f" {settings.latency_seconds:g} s"
+                f"S {target} L at {settings.clients:,} subscribers, {settings.rate:g} events/s"
+                f" for {settings.latency_seconds:g} s"
                 if scenario == "L"
-                else f"S C: {idle:,} idle connections held {args.hold:g} s"
+                else f"S gateway C: {idle:,} idle connections held {args.hold:g} s"
             )
             progress(what, repetition, args.repeat)
-            runs[key].append(least_disturbed(partial(run_one, "gateway", scenario, settings)))
-    return {key: combine(results) for key, results in runs.items()}
+            runs[target, key].append(least_disturbed(partial(run_one, target, scenario, settings)))
+    found: dict[str, dict[str, Any]] = {}
+    for (target, key), results in runs.items():
+        found.setdefault(target, {})[key] = combine(results)
+    return found
 
 
 def progress(what: str, repetition: int, repeat: int) -> None:
@@ -821,16 +833,30 @@ def scaling_spread(variants: dict[str, dict[str, Any]]) -> float | None:
     return ratio(max(costs), min(costs)) if len(costs) > 1 else None
 
 
-def scaling_table(variants: dict[str, dict[str, Any]]) -> str:
-    """Scenario S: one column per size of L, with each size's cost over the cheapest; then
-    the idle connections (C at the largest size), if they ran."""
-    sizes = [run for key, run in variants.items() if key.startswith("L ")]
+def scaling_table(
+    variants: dict[str, dict[str, Any]], floor: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """Scenario S: one column per size of L, with each size's cost over the cheapest (and the
+    write floor's cost and p99 at each size, if it ran); then the idle connections (C at the
+    largest size), if they ran."""
+    keys = [key for key in variants if key.startswith("L ")]
+    sizes = [variants[key] for key in keys]
     costs = scaling_costs(variants)
     cheapest = min((c for c in costs.values() if isinstance(c, int | float)), default=None)
     head = ["S metric", *(f"{n:,} subs" for n in costs)]
     rows = [[label, *(cell(run, field) for run in sizes)] for label, field in SCALING_ROWS]
     rows.insert(3, ["  over the cheapest size", *(fmt(ratio(c, cheapest)) for c in costs.values())])
     rows.append(["server closes", *(fmt(run.get("closed_by_server") or {}) for run in sizes)])
+    if floor:
+        floors = [floor.get(key, {}) for key in keys]
+        rows.append(["floor us/delivery", *(cell(run, "server_us_per_delivery") for run in floors)])
+        rows.append(["floor p99 ms", *(cell(run, "p99_ms") for run in floors)])
+        rows.append(["floor lost", *(fmt(run.get("lost")) for run in floors)])
+        over = [
+            ratio(run.get("server_us_per_delivery"), f.get("server_us_per_delivery"))
+            for run, f in zip(sizes, floors, strict=True)
+        ]
+        rows.append(["gw us/delivery over floor's", *map(fmt, over)])
     text = render(head, rows)
     for key in (k for k in variants if k.startswith("C ")):
         idle = variants[key]
@@ -1122,7 +1148,8 @@ def main() -> None:
             results["gateway"]["X"] = {key: combine(runs) for key, runs in variants.items()}
             continue
         if scenario == "S":
-            results["gateway"]["S"] = run_scaling(args, sizes, args.scale_idle)
+            for target, variants in run_scaling(args, sizes, args.scale_idle, targets).items():
+                results[target]["S"] = variants
             continue
         if scenario == "R":
             print(f"[{time.strftime('%H:%M:%S')}] R storm ...", file=sys.stderr, flush=True)
@@ -1174,7 +1201,7 @@ def main() -> None:
         )
         for note in scaling_notes:
             print(note)
-        print(scaling_table(results["gateway"]["S"]))
+        print(scaling_table(results["gateway"]["S"], results["write_floor"].get("S")))
         print()
     notes = [
         f"Notes: server pinned to core {SERVER_CORE}, load generator to core {LOADGEN_CORE}"
@@ -1200,11 +1227,9 @@ def main() -> None:
     print("\n".join(notes))
     for target in targets:
         for scenario in scenarios:
-            if scenario in GATEWAY_ONLY and target != "gateway":
+            runs = results[target].get(scenario)
+            if not runs:
                 continue
-            if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
-                continue
-            runs = results[target][scenario]
             named = runs.items() if scenario in VARIANTS else [(target, runs)]
             for name, result in named:
                 complaints = result.get("server_complaints", [])

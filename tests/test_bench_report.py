@@ -105,6 +105,15 @@ def test_scaling_table_shows_each_size_over_the_cheapest(bench: ModuleType) -> N
     assert bench.scaling_spread(variants) == pytest.approx(1.15)
 
 
+def test_scaling_table_puts_the_floor_under_each_size(bench: ModuleType) -> None:
+    variants = {"L 1000": l_run(4.0, 1000), "L 5000": l_run(6.0, 5000)}
+    floor = {"L 1000": l_run(2.0, 1000), "L 5000": l_run(2.5, 5000)}
+    lines = bench.scaling_table(variants, floor).splitlines()
+    row = next(line for line in lines if line.startswith("gw us/delivery over floor's"))
+    assert row.split()[-2:] == ["2.000", "2.400"]
+    assert next(line for line in lines if line.startswith("floor lost")).split()[-2:] == ["0", "0"]
+
+
 def checks(bench: ModuleType, results: dict[str, Any]) -> dict[str, tuple[bool | None, str]]:
     return {label: (ok, value) for label, ok, value in bench.targets_met(results)}
 
