@@ -255,8 +255,8 @@ def server_command(
             options.append(("--presence-topic", PRESENCE_TOPIC))
         tree = source or Path(getattr(args, "gateway_src", ROOT))
         kept, missing = known_options(options, serve_flags(tree))
-        if missing and (tree, scenario) not in _WARNED:
-            _WARNED.add((tree, scenario))
+        if missing and (tree, *missing) not in _WARNED:
+            _WARNED.add((tree, *missing))
             print(f"  {tree} does not know {', '.join(missing)}: not passed", file=sys.stderr)
         return command + kept
     if target == "naive_trio":
@@ -270,7 +270,7 @@ def server_command(
     return [PYTHON, str(PEERS / script), "--api-key", TOKEN, *heartbeat]
 
 
-_WARNED: set[tuple[Path, str]] = set()
+_WARNED: set[tuple[object, ...]] = set()
 
 
 def loadgen_arguments(scenario: str, args: argparse.Namespace) -> tuple[list[str], float]:
