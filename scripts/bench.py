@@ -156,8 +156,8 @@ FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
 # Scenario P's presence topic (the load generator's too).
 PRESENCE_TOPIC = "bench.presence"
-# The scenarios only the gateway runs (the peers have no such feature, or S: its point is
-# the gateway's own curve).
+# The scenarios only the gateway runs (the peers have no such feature; S's point is the
+# gateway's own curve, with the write floor's beside it).
 GATEWAY_ONLY = ("X", "P", "R", "S")
 # The scenarios whose result is one run per variant ({variant: result}), in tables of their own.
 VARIANTS = ("X", "S")
@@ -866,7 +866,8 @@ def scaling_table(
 
 
 # How far the gateway may fall behind its parent (--parent-src) on A's deliveries/s and L's
-# server us/delivery before the check fails: this machine's run-to-run spread for one cell.
+# server us/delivery before the check fails: a judgement of this machine's run-to-run noise
+# for a median of --repeat 3. A tree of the same commit given as the parent shows it.
 PARENT_NOISE = 0.10
 
 
