@@ -80,8 +80,8 @@ Scenarios (defaults; --quick scales them down):
      events/s) and publishing long enough for --scale-events (100) events at each size;
      then C at the largest size (--scale-idle). The L runs' gateway pings every 600 s
      (--scale-ping-interval), so no keepalive cycle falls in them: at 20,000 connections
-     one is some 2 s of CPU at once, and whether a run caught one would decide that size's
-     cost; the idle run measures the keepalive instead. Reported per size: server
+     one is some 2 s of CPU, and whether a run caught one would decide that size's cost;
+     the idle run measures the keepalive instead. Reported per size: server
      us/delivery and its ratio to the cheapest size's (the target: dearest/cheapest <= 1.2,
      i.e. any two sizes within 20%; the cheapest rather than the 1,000 value, so that a
      curve dipping in the middle counts too), p50/p99, lost/duplicates; and the idle
@@ -167,9 +167,9 @@ VARIANTS = ("X", "S")
 # RLIMIT_NOFILE by this much, rounded down to a hundred.
 DESCRIPTOR_HEADROOM = 200
 # S's L runs: the gateway's ping interval (s), longer than set-up and a run together. At
-# 20,000 connections one keepalive cycle is some 2 s of CPU in one burst; whether it falls in
-# a 10 s window or not would move that size's cost per delivery by more than the 20% looked
-# for, so the keepalive is measured apart, by the idle run.
+# 20,000 connections one keepalive cycle is some 2 s of CPU; whether a run's window caught
+# one or not would move that size's cost per delivery by more than the 20% looked for, so
+# the keepalive is measured apart, by the idle run.
 SCALE_PING_INTERVAL = 600.0
 STORM = str(ROOT / "scripts" / "bench_storm.py")
 # Seconds between keepalive pings in scenario C (gateway and aiohttp).
