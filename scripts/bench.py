@@ -87,7 +87,8 @@ Scenarios (defaults; --quick scales them down):
      curve dipping in the middle counts too), p50/p99, lost/duplicates; and the idle
      connections' RSS each and server CPU % while idle (the keepalive's share). With
      write_floor among --targets, the floor runs L at each size too, right after the
-     gateway: how much of the curve is the kernel's and the machine's. Each side
+     gateway: how much of the curve is the kernel's and the machine's (a second check
+     takes the gateway's cost over the floor's at each size, dearest/cheapest). Each side
      holds every connection in one process: every process started here gets its soft
      RLIMIT_NOFILE raised to the hard one, and a size that would not fit under it (less
      DESCRIPTOR_HEADROOM) is capped, which the report says.
@@ -827,10 +828,17 @@ def scaling_costs(variants: dict[str, dict[str, Any]]) -> dict[int, Any]:
     }
 
 
-def scaling_spread(variants: dict[str, dict[str, Any]]) -> float | None:
-    """S's cost spread: the dearest size's server us/delivery over the cheapest's."""
-    costs = [c for c in scaling_costs(variants).values() if isinstance(c, int | float)]
-    return ratio(max(costs), min(costs)) if len(costs) > 1 else None
+def scaling_spread(
+    variants: dict[str, dict[str, Any]], floor: dict[str, dict[str, Any]] | None = None
+) -> float | None:
+    """S's cost spread: the dearest size's server us/delivery over the cheapest's; with
+    `floor`, of the gateway's cost over the write floor's at each size."""
+    costs = scaling_costs(variants)
+    if floor is not None:
+        floors = scaling_costs(floor)
+        costs = {n: ratio(cost, floors.get(n)) for n, cost in costs.items()}
+    known = [c for c in costs.values() if isinstance(c, int | float)]
+    return ratio(max(known), min(known)) if len(known) > 1 else None
 
 
 def scaling_table(
@@ -939,6 +947,13 @@ def targets_met(
     add(
         "S server us/delivery within 20% across sizes (dearest/cheapest)",
         scaling_spread(gw.get("S", {})),
+        lambda r: r <= 1.2,
+    )
+    # The same over the write floor's cost at each size: the part of the curve that is the
+    # gateway's, when the kernel's and the machine's grows too.
+    add(
+        "S gw/floor us/delivery within 20% across sizes (dearest/cheapest)",
+        scaling_spread(gw.get("S", {}), results.get("write_floor", {}).get("S", {})),
         lambda r: r <= 1.2,
     )
     # A change that adds nothing measurable to A and L: within PARENT_NOISE of its parent.

@@ -112,6 +112,15 @@ def test_scaling_table_puts_the_floor_under_each_size(bench: ModuleType) -> None
     row = next(line for line in lines if line.startswith("gw us/delivery over floor's"))
     assert row.split()[-2:] == ["2.000", "2.400"]
     assert next(line for line in lines if line.startswith("floor lost")).split()[-2:] == ["0", "0"]
+    found = checks(bench, {"gateway": {"S": variants}, "write_floor": {"S": floor}})
+    assert found["S server us/delivery within 20% across sizes (dearest/cheapest)"] == (
+        False,
+        "1.500",
+    )
+    assert found["S gw/floor us/delivery within 20% across sizes (dearest/cheapest)"] == (
+        True,
+        "1.200",
+    )
 
 
 def checks(bench: ModuleType, results: dict[str, Any]) -> dict[str, tuple[bool | None, str]]:
