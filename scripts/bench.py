@@ -1080,7 +1080,8 @@ def main() -> None:
         type=Path,
         default=ROOT,
         help="directory holding the trio_gateway package to run (default: this working tree;"
-        " e.g. `git archive COMMIT trio_gateway | tar -x -C DIR` to pin a commit)",
+        " e.g. `git archive COMMIT trio_gateway clients | tar -x -C DIR` to pin a commit;"
+        " trio_gateway alone for one from before clients/)",
     )
     parser.add_argument(
         "--parent-src",
