@@ -1,9 +1,9 @@
 """Benchmark trio_gateway against four peer servers and a floor, side by side, on loopback.
 
-    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P,R] [--repeat N]
+    .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P,R,S] [--repeat N]
         [--targets gateway,naive_trio,aiohttp,websockets,node_ws,write_floor]
         [--json bench-results.json] [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps]
-        [--x-rate 200] [--members 5000]
+        [--x-rate 200] [--members 5000] [--scale-sizes 1000,5000,20000]
     make bench BENCH_ARGS="--quick --repeat 3"
 
 The peers (scripts/bench_peers/) speak the protocol subset the load generator uses, each
@@ -75,6 +75,29 @@ Scenarios (defaults; --quick scales them down):
      recovered, and the machine's busy time over the storm. The storm script runs on core 1,
      the servers on core 0.
 
+  S  scaling (the gateway only): L at each of --scale-sizes subscribers (1,000, 5,000,
+     20,000), the rate lowered to keep --scale-deliveries (50,000 deliveries/s: 50, 10, 2.5
+     events/s) and publishing long enough for --scale-events (100) events at each size;
+     then C at the largest size (--scale-idle). The L runs' gateway pings every 600 s
+     (--scale-ping-interval), so no keepalive cycle falls in them: at 20,000 connections
+     one is some 2 s of CPU, and whether a run caught one would decide that size's cost;
+     the idle run measures the keepalive instead. Reported per size: server
+     us/delivery and its ratio to the cheapest size's (the target: dearest/cheapest <= 1.2,
+     i.e. any two sizes within 20%; the cheapest rather than the 1,000 value, so that a
+     curve dipping in the middle counts too), p50/p99, lost/duplicates; and the idle
+     connections' RSS each and server CPU % while idle (the keepalive's share). With
+     write_floor among --targets, the floor runs L at each size too, right after the
+     gateway: how much of the curve is the kernel's and the machine's (a second check
+     takes the gateway's cost over the floor's at each size, dearest/cheapest). Each side
+     holds every connection in one process: every process started here gets its soft
+     RLIMIT_NOFILE raised to the hard one, and a size that would not fit under it (less
+     DESCRIPTOR_HEADROOM) is capped, which the report says.
+
+With --parent-src, target `parent` (another gateway tree) runs right after `gateway` in A, L,
+C and D, and the table's gw/parent column is their ratio; targets_met checks that A's
+deliveries/s and L's server us/delivery are within PARENT_NOISE (10%) of the parent's, one
+way: a change may be faster. A gateway tree gets only the flags its `serve --help` lists.
+
 write_floor (scripts/bench_peers/write_floor.py) is a reference, not a baseline: a bare
 selector loop whose fan-out is one send() of a prebuilt frame per subscriber. It runs L only;
 its latency is what the kernel and this machine cost at the time, so "gw/floor" says how much
@@ -92,6 +115,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -133,8 +157,21 @@ FLOOR_SCENARIOS = ("L",)
 SERVER_CORE, LOADGEN_CORE = "0", "1"
 # Scenario P's presence topic (the load generator's too).
 PRESENCE_TOPIC = "bench.presence"
-# The scenarios only the gateway runs (the peers have no such feature).
-GATEWAY_ONLY = ("X", "P", "R")
+# The scenarios only the gateway runs (the peers have no such feature; S's point is the
+# gateway's own curve, with the write floor's beside it).
+GATEWAY_ONLY = ("X", "P", "R", "S")
+# The scenarios whose result is one run per variant ({variant: result}), in tables of their own.
+VARIANTS = ("X", "S")
+# Descriptors a process of this benchmark keeps beyond its WebSockets: the gateway's reserve
+# (transport/limits.py, 128) plus its listeners and publishers' connections, or the load
+# generator's publishers (64 at most), epoll and stdio. S's sizes stay under the hard
+# RLIMIT_NOFILE by this much, rounded down to a hundred.
+DESCRIPTOR_HEADROOM = 200
+# S's L runs: the gateway's ping interval (s), longer than set-up and a run together. At
+# 20,000 connections one keepalive cycle is some 2 s of CPU; whether a run's window caught
+# one or not would move that size's cost per delivery by more than the 20% looked for, so
+# the keepalive is measured apart, by the idle run.
+SCALE_PING_INTERVAL = 600.0
 STORM = str(ROOT / "scripts" / "bench_storm.py")
 # Seconds between keepalive pings in scenario C (gateway and aiohttp).
 IDLE_PING_INTERVAL = 5
@@ -142,6 +179,9 @@ LISTENING = re.compile(
     rb"ws://127\.0\.0\.1:(\d+)/api/ws \(HTTP API http://127\.0\.0\.1:(\d+)/api/\)"
 )
 STARTUP_TIMEOUT = 20.0
+# The gateway's connection caps, each set to 0 (none) for every run: flags, passed only to a
+# tree whose `serve --help` lists them (a variable it does not know is a warning on stderr).
+CAPS_OFF = ("--max-connections-per-ip", "--max-handshakes", "--max-connections")
 # Before each run, wait (at most --quiet-wait s, default QUIET_WAIT) until the machine's busy
 # time is under QUIET_PCT
 # of one core: this benchmark needs both cores to itself.
@@ -157,21 +197,69 @@ CROSS_VARIANTS = [
 ]
 
 
+def serve_flags(source: Path) -> frozenset[str]:
+    """The flags `serve` of the gateway tree at `source` takes (from its --help)."""
+    if source not in _SERVE_FLAGS:
+        done = subprocess.run(
+            [PYTHON, "-m", "trio_gateway", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            cwd=source,
+            env={**os.environ, "PYTHONPATH": str(source)},
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.splitlines()[-5:])
+            raise SystemExit(f"{source}: `trio_gateway serve --help` failed:\n{tail}")
+        _SERVE_FLAGS[source] = frozenset(re.findall(r"--[a-z][a-z0-9-]*", done.stdout))
+    return _SERVE_FLAGS[source]
+
+
+_SERVE_FLAGS: dict[Path, frozenset[str]] = {}
+
+
+def known_options(
+    options: list[tuple[str, str]], known: frozenset[str]
+) -> tuple[list[str], list[str]]:
+    """`options` as arguments, less those the tree does not know; and the flags left out."""
+    kept = [part for flag, value in options if flag in known for part in (flag, value)]
+    return kept, [flag for flag, _ in options if flag not in known]
+
+
 def server_command(
-    target: str, scenario: str, args: argparse.Namespace, redis_url: str | None = None
+    target: str,
+    scenario: str,
+    args: argparse.Namespace,
+    redis_url: str | None = None,
+    source: Path | None = None,
 ) -> list[str]:
+    """The command starting `target` for `scenario`; a gateway tree (`source`, by default
+    --gateway-src) gets only the flags its `serve --help` lists, so an older tree still starts
+    (what it lacks is said on stderr once)."""
     if target in ("gateway", "parent"):
         command = [PYTHON, "-m", "trio_gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
         command += ["--api-key", TOKEN, "--log-level", "warning"]
+        # Every load-generator client comes from 127.0.0.1, scenario D connects 5,000 at once
+        # and S holds 20,000: the caps are for the internet, not this (0: none; the total then
+        # stays bound by the descriptors, which main() raises to the hard limit).
+        options = [(flag, "0") for flag in CAPS_OFF]
         if redis_url is not None:
-            command += ["--redis-url", redis_url]
+            options.append(("--redis-url", redis_url))
         if scenario == "A":
-            command += ["--queue-depth", str(args.events + 1000)]
+            options.append(("--queue-depth", str(args.events + 1000)))
         if scenario == "C":
-            command += ["--ping-interval", str(IDLE_PING_INTERVAL)]
+            options.append(("--ping-interval", str(IDLE_PING_INTERVAL)))
+        elif getattr(args, "ping_interval", None):
+            options.append(("--ping-interval", str(args.ping_interval)))
         if scenario == "P":
-            command += ["--presence-topic", PRESENCE_TOPIC]
-        return command
+            options.append(("--presence-topic", PRESENCE_TOPIC))
+        tree = source or Path(getattr(args, "gateway_src", ROOT))
+        kept, missing = known_options(options, serve_flags(tree))
+        if missing and (tree, *missing) not in _WARNED:
+            _WARNED.add((tree, *missing))
+            print(f"  {tree} does not know {', '.join(missing)}: not passed", file=sys.stderr)
+        return command + kept
     if target == "naive_trio":
         return [PYTHON, str(PEERS / "naive_trio.py"), "--api-key", TOKEN]
     if target == "write_floor":
@@ -181,6 +269,9 @@ def server_command(
         return ["node", str(NODE_PEER / "server.mjs"), "--api-key", TOKEN, *heartbeat]
     script = "websockets_peer.py" if target == "websockets" else "aiohttp_peer.py"
     return [PYTHON, str(PEERS / script), "--api-key", TOKEN, *heartbeat]
+
+
+_WARNED: set[tuple[object, ...]] = set()
 
 
 def loadgen_arguments(scenario: str, args: argparse.Namespace) -> tuple[list[str], float]:
@@ -209,10 +300,6 @@ class Server:
         # `python -m` puts the working directory first on sys.path, and PYTHONPATH comes
         # before the editable install's finder: together they pick the gateway source tree.
         env = {**os.environ, "PYTHONPATH": str(source)}
-        # Every load-generator client comes from 127.0.0.1, and scenario D connects 5,000 at
-        # once: the per-address and handshake caps are for the internet, not this. Variables
-        # rather than flags, which a gateway from before the caps (--gateway-src) would refuse.
-        env |= {"TRIO_GATEWAY_MAX_CONNECTIONS_PER_IP": "0", "TRIO_GATEWAY_MAX_HANDSHAKES": "0"}
         self.process = subprocess.Popen(
             ["taskset", "-c", SERVER_CORE, *command],
             stdin=subprocess.DEVNULL,
@@ -364,7 +451,7 @@ def quiet_before_run(args: argparse.Namespace) -> float:
 def run_one(target: str, scenario: str, args: argparse.Namespace) -> dict[str, Any]:
     busy_before = quiet_before_run(args)
     source = args.parent_src if target == "parent" else args.gateway_src
-    server = Server(server_command(target, scenario, args), source)
+    server = Server(server_command(target, scenario, args, source=source), source)
     try:
         try:
             ws_port, http_port = server.wait_listening()
@@ -390,7 +477,8 @@ def run_cross(instances: int, with_redis: bool, args: argparse.Namespace) -> dic
     servers: list[Server] = []
     try:
         for _ in range(instances):
-            servers.append(Server(server_command("gateway", "X", args, url), args.gateway_src))
+            command = server_command("gateway", "X", args, url, args.gateway_src)
+            servers.append(Server(command, args.gateway_src))
         try:
             ports = [server.wait_listening() for server in servers]
         except RuntimeError as exc:
@@ -427,6 +515,66 @@ def run_storm(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     result["machine_busy_before_pct"] = busy_before
     return result
+
+
+def scaling_sizes(asked: list[int], hard_limit: int) -> tuple[list[int], list[str]]:
+    """S's subscriber counts: each asked one, capped at what `hard_limit` descriptors allow
+    (one process holds every WebSocket on each side); and a note for each one capped."""
+    most = (hard_limit - DESCRIPTOR_HEADROOM) // 100 * 100
+    sizes: list[int] = []
+    notes = []
+    for n in asked:
+        if n > most:
+            notes.append(
+                f"S: {n:,} subscribers asked, {most:,} run: the hard RLIMIT_NOFILE is"
+                f" {hard_limit:,} (ulimit -Hn; raising it needs CAP_SYS_RESOURCE)"
+            )
+            n = most
+        if n not in sizes:
+            sizes.append(n)
+    return sizes, notes
+
+
+def scaled(args: argparse.Namespace, clients: int) -> argparse.Namespace:
+    """L's settings at `clients` subscribers for S: the rate lowered to keep deliveries/s at
+    --scale-deliveries, publishing long enough for --scale-events events, the gateway pinging
+    every --scale-ping-interval seconds."""
+    rate = args.scale_deliveries / clients
+    seconds = max(args.latency_seconds, args.scale_events / rate)
+    settings = {"clients": clients, "rate": rate, "latency_seconds": seconds}
+    return argparse.Namespace(
+        **{**vars(args), **settings, "ping_interval": args.scale_ping_interval}
+    )
+
+
+def run_scaling(
+    args: argparse.Namespace, sizes: list[int], idle: int, targets: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Scenario S: L at each size (`L N`), the write floor's right after the gateway's when it
+    is among `targets`, then C at `idle` (`C N`, the gateway only); every cell once per
+    repetition (interleaved). {target: {variant: result}}."""
+    floor = ["write_floor"] if "write_floor" in targets else []
+    plan = [
+        (target, f"L {n}", "L", scaled(args, n)) for n in sizes for target in ["gateway", *floor]
+    ]
+    if idle:
+        idle_args = argparse.Namespace(**{**vars(args), "idle": idle})
+        plan.append(("gateway", f"C {idle}", "C", idle_args))
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(t, key): [] for t, key, *_ in plan}
+    for repetition in range(args.repeat):
+        for target, key, scenario, settings in plan:
+            what = (
+                f"S {target} L at {settings.clients:,} subscribers, {settings.rate:g} events/s"
+                f" for {settings.latency_seconds:g} s"
+                if scenario == "L"
+                else f"S gateway C: {idle:,} idle connections held {args.hold:g} s"
+            )
+            progress(what, repetition, args.repeat)
+            runs[target, key].append(least_disturbed(partial(run_one, target, scenario, settings)))
+    found: dict[str, dict[str, Any]] = {}
+    for (target, key), results in runs.items():
+        found.setdefault(target, {})[key] = combine(results)
+    return found
 
 
 def progress(what: str, repetition: int, repeat: int) -> None:
@@ -641,6 +789,96 @@ def cross_table(variants: dict[str, dict[str, Any]]) -> str:
     return render(head, rows)
 
 
+# Scenario S rows: (label, key in each size's L result, or in the idle C result).
+SCALING_ROWS = [
+    ("events/s", "rate"),
+    ("events", "events"),
+    ("server us/delivery (down)", "server_us_per_delivery"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("max ms", "max_ms"),
+    ("server CPU %", "server_cpu_pct"),
+    ("loadgen busy %", "loadgen_busy_pct"),
+    ("late publishes", "late_publishes"),
+    ("completed in time", "complete"),
+    ("other CPU %", "other_cpu_pct"),
+    ("lost", "lost"),
+    ("duplicates", "duplicates"),
+    ("reordered", "reordered"),
+]
+SCALING_IDLE_ROWS = [
+    ("RSS KiB/conn", "rss_per_conn_kib"),
+    ("server CPU % idle (keepalive)", "server_cpu_pct"),
+    ("pings/conn in the hold", "pings_per_conn"),
+    ("server us per ping+pong", "server_us_per_ping"),
+    ("connect->ready p99 ms", "connect_p99_ms"),
+    ("held open", "held_open"),
+    ("completed in time", "complete"),
+    ("other CPU %", "other_cpu_pct"),
+    ("lost", "lost"),
+]
+
+
+def scaling_costs(variants: dict[str, dict[str, Any]]) -> dict[int, Any]:
+    """S's server us/delivery by size, in the order run."""
+    return {
+        int(key[2:]): run.get("server_us_per_delivery")
+        for key, run in variants.items()
+        if key.startswith("L ")
+    }
+
+
+def scaling_spread(
+    variants: dict[str, dict[str, Any]], floor: dict[str, dict[str, Any]] | None = None
+) -> float | None:
+    """S's cost spread: the dearest size's server us/delivery over the cheapest's; with
+    `floor`, of the gateway's cost over the write floor's at each size."""
+    costs = scaling_costs(variants)
+    if floor is not None:
+        floors = scaling_costs(floor)
+        costs = {n: ratio(cost, floors.get(n)) for n, cost in costs.items()}
+    known = [c for c in costs.values() if isinstance(c, int | float)]
+    return ratio(max(known), min(known)) if len(known) > 1 else None
+
+
+def scaling_table(
+    variants: dict[str, dict[str, Any]], floor: dict[str, dict[str, Any]] | None = None
+) -> str:
+    """Scenario S: one column per size of L, with each size's cost over the cheapest (and the
+    write floor's cost and p99 at each size, if it ran); then the idle connections (C at the
+    largest size), if they ran."""
+    keys = [key for key in variants if key.startswith("L ")]
+    sizes = [variants[key] for key in keys]
+    costs = scaling_costs(variants)
+    cheapest = min((c for c in costs.values() if isinstance(c, int | float)), default=None)
+    head = ["S metric", *(f"{n:,} subs" for n in costs)]
+    rows = [[label, *(cell(run, field) for run in sizes)] for label, field in SCALING_ROWS]
+    rows.insert(3, ["  over the cheapest size", *(fmt(ratio(c, cheapest)) for c in costs.values())])
+    rows.append(["server closes", *(fmt(run.get("closed_by_server") or {}) for run in sizes)])
+    if floor:
+        floors = [floor.get(key, {}) for key in keys]
+        rows.append(["floor us/delivery", *(cell(run, "server_us_per_delivery") for run in floors)])
+        rows.append(["floor p99 ms", *(cell(run, "p99_ms") for run in floors)])
+        rows.append(["floor lost", *(fmt(run.get("lost")) for run in floors)])
+        over = [
+            ratio(run.get("server_us_per_delivery"), f.get("server_us_per_delivery"))
+            for run, f in zip(sizes, floors, strict=True)
+        ]
+        rows.append(["gw us/delivery over floor's", *map(fmt, over)])
+    text = render(head, rows)
+    for key in (k for k in variants if k.startswith("C ")):
+        idle = variants[key]
+        head = [f"S idle, held {fmt(idle.get('wall_s'))} s", f"{int(key[2:]):,} conns"]
+        text += "\n\n" + render(head, [[lb, cell(idle, f)] for lb, f in SCALING_IDLE_ROWS])
+    return text
+
+
+# How far the gateway may fall behind its parent (--parent-src) on A's deliveries/s and L's
+# server us/delivery before the check fails: a judgement of this machine's run-to-run noise
+# for a median of --repeat 3. A tree of the same commit given as the parent shows it.
+PARENT_NOISE = 0.10
+
+
 def targets_met(
     results: dict[str, dict[str, dict[str, Any]]],
 ) -> list[tuple[str, bool | None, str]]:
@@ -706,9 +944,36 @@ def targets_met(
         ratio(cross.get("cross", {}).get("p99_ms"), cross.get("single_memory", {}).get("p99_ms")),
         lambda r: r <= 1.5,
     )
+    add(
+        "S server us/delivery within 20% across sizes (dearest/cheapest)",
+        scaling_spread(gw.get("S", {})),
+        lambda r: r <= 1.2,
+    )
+    # The same over the write floor's cost at each size: the part of the curve that is the
+    # gateway's, when the kernel's and the machine's grows too.
+    add(
+        "S gw/floor us/delivery within 20% across sizes (dearest/cheapest)",
+        scaling_spread(gw.get("S", {}), results.get("write_floor", {}).get("S", {})),
+        lambda r: r <= 1.2,
+    )
+    # A change that adds nothing measurable to A and L: within PARENT_NOISE of its parent.
+    parent = results.get("parent", {})
+    add(
+        f"A deliveries/s gateway/parent >= {1 - PARENT_NOISE:g} (feature paths unused)",
+        ratio(gw.get("A", {}).get("deliveries_per_s"), parent.get("A", {}).get("deliveries_per_s")),
+        lambda r: r >= 1 - PARENT_NOISE,
+    )
+    add(
+        f"L server us/delivery gateway/parent <= {1 + PARENT_NOISE:g} (feature paths unused)",
+        ratio(
+            gw.get("L", {}).get("server_us_per_delivery"),
+            parent.get("L", {}).get("server_us_per_delivery"),
+        ),
+        lambda r: r <= 1 + PARENT_NOISE,
+    )
     for target, scenarios in results.items():
         for scenario, result in sorted(scenarios.items()):
-            runs = result.items() if scenario == "X" else [("", result)]
+            runs = result.items() if scenario in VARIANTS else [("", result)]
             for variant, run in runs:
                 if "lost" in run:
                     add(
@@ -735,7 +1000,7 @@ def gateway_revision(source: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--scenarios", default="A,L,C,D,X,P", help="comma-separated, from A,L,C,D,X,P,R"
+        "--scenarios", default="A,L,C,D,X,P,S", help="comma-separated, from A,L,C,D,X,P,R,S"
     )
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument(
@@ -752,6 +1017,34 @@ def main() -> None:
     parser.add_argument("--connects", type=int, help="(D) connections in the storm [5000]")
     parser.add_argument("--members", type=int, help="(P) users joining the topic [5000]")
     parser.add_argument("--gets", type=int, default=100, help="(P) presence.get round trips")
+    parser.add_argument(
+        "--scale-sizes",
+        help="(S) comma-separated subscriber counts for L [1000,5000,20000; quick: 200,500,1000]",
+    )
+    parser.add_argument(
+        "--scale-deliveries",
+        type=float,
+        help="(S) deliveries/s at every size: the rate is this over the size [50000, quick: 10000]",
+    )
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        help="(S) events at least at each size: the publishing time grows as the rate falls"
+        " [100, quick: 30]",
+    )
+    parser.add_argument(
+        "--scale-ping-interval",
+        type=float,
+        default=SCALE_PING_INTERVAL,
+        help="(S) the gateway's --ping-interval in the L runs: by default longer than a run, so"
+        " that no keepalive cycle falls in one (the idle run measures the keepalive); 30, the"
+        " default, to see what its cycles add [%(default)s]",
+    )
+    parser.add_argument(
+        "--scale-idle",
+        type=int,
+        help="(S) idle connections held as in C (0: none) [the largest size]",
+    )
     parser.add_argument("--storm-clients", type=int, help="(R) clients dropped at once [3000]")
     parser.add_argument("--storm-rate", type=float, default=5.0, help="(R) publications/s")
     parser.add_argument(
@@ -787,7 +1080,8 @@ def main() -> None:
         type=Path,
         default=ROOT,
         help="directory holding the trio_gateway package to run (default: this working tree;"
-        " e.g. `git archive COMMIT trio_gateway | tar -x -C DIR` to pin a commit)",
+        " e.g. `git archive COMMIT trio_gateway clients | tar -x -C DIR` to pin a commit;"
+        " trio_gateway alone for one from before clients/)",
     )
     parser.add_argument(
         "--parent-src",
@@ -807,6 +1101,9 @@ def main() -> None:
         "members": 500,
         "a_budget": 30.0,
         "storm_clients": 300,
+        "scale_sizes": "200,500,1000",
+        "scale_deliveries": 10000.0,
+        "scale_events": 30,
     }
     full = {
         "clients": 1000,
@@ -818,11 +1115,17 @@ def main() -> None:
         "members": 5000,
         "a_budget": 120.0,
         "storm_clients": 3000,
+        "scale_sizes": "1000,5000,20000",
+        "scale_deliveries": 50000.0,
+        "scale_events": 100,
     }
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    scenarios = [s for s in "ALCDXPR" if s in args.scenarios.upper().split(",")]
+    args.gateway_src = args.gateway_src.resolve()
+    if args.parent_src is not None:
+        args.parent_src = args.parent_src.resolve()
+    scenarios = [s for s in "ALCDXPRS" if s in args.scenarios.upper().split(",")]
     targets = [t for t in TARGETS if t in args.targets.split(",")]
     if args.parent_src is not None and "gateway" in targets:
         targets.insert(1, "parent")
@@ -834,6 +1137,21 @@ def main() -> None:
         sys.exit(f"node_ws needs its packages: npm ci --prefix {NODE_PEER} (make bench does it)")
     if os.cpu_count() is None or os.cpu_count() < 2:
         sys.exit("needs two cores: the server and the load generator are pinned to 0 and 1")
+    for source in (args.gateway_src, args.parent_src):
+        if source is not None and "gateway" in targets:
+            # Without the package there, `python -m` would find the editable install's.
+            if not (source / "trio_gateway" / "__main__.py").is_file():
+                sys.exit(f"{source}: no trio_gateway package in it")
+            serve_flags(source)
+    # Every process started from here inherits it: S holds up to 20,000 sockets on each side.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sizes, scaling_notes = scaling_sizes([int(n) for n in args.scale_sizes.split(",")], hard)
+    if args.scale_idle is None:
+        args.scale_idle = max(sizes)
+    elif args.scale_idle:
+        [args.scale_idle], capped = scaling_sizes([args.scale_idle], hard)
+        scaling_notes += capped
 
     results: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in COLUMNS}
     for scenario in scenarios:
@@ -845,6 +1163,10 @@ def main() -> None:
                     run = partial(run_cross, instances, with_redis, args)
                     variants[key].append(least_disturbed(run))
             results["gateway"]["X"] = {key: combine(runs) for key, runs in variants.items()}
+            continue
+        if scenario == "S":
+            for target, variants in run_scaling(args, sizes, args.scale_idle, targets).items():
+                results[target]["S"] = variants
             continue
         if scenario == "R":
             print(f"[{time.strftime('%H:%M:%S')}] R storm ...", file=sys.stderr, flush=True)
@@ -866,7 +1188,7 @@ def main() -> None:
             results[target][scenario] = combine(runs)
 
     print()
-    if tabled := [s for s in scenarios if s not in ("X", "R")]:
+    if tabled := [s for s in scenarios if s not in ("X", "R", "S")]:
         print(table(results, tabled))
         print()
     if "R" in scenarios and "error" not in (storm := results["gateway"]["R"]):
@@ -885,6 +1207,18 @@ def main() -> None:
             " every event posted to gateway B."
         )
         print(cross_table(results["gateway"]["X"]))
+        print()
+    if "S" in scenarios:
+        print(
+            f"S: L at each size, {args.scale_deliveries:,.0f} deliveries/s (the rate is that"
+            f" over the size), at least {args.scale_events} events each, gateway"
+            f" --ping-interval {args.scale_ping_interval:g}; idle as C (pings every"
+            f" {IDLE_PING_INTERVAL} s, held {args.hold:g} s). Cost spread = dearest size's"
+            " us/delivery over the cheapest's."
+        )
+        for note in scaling_notes:
+            print(note)
+        print(scaling_table(results["gateway"]["S"], results["write_floor"].get("S")))
         print()
     notes = [
         f"Notes: server pinned to core {SERVER_CORE}, load generator to core {LOADGEN_CORE}"
@@ -910,12 +1244,10 @@ def main() -> None:
     print("\n".join(notes))
     for target in targets:
         for scenario in scenarios:
-            if scenario in GATEWAY_ONLY and target != "gateway":
+            runs = results[target].get(scenario)
+            if not runs:
                 continue
-            if target == "write_floor" and scenario not in FLOOR_SCENARIOS:
-                continue
-            runs = results[target][scenario]
-            named = runs.items() if scenario == "X" else [(target, runs)]
+            named = runs.items() if scenario in VARIANTS else [(target, runs)]
             for name, result in named:
                 complaints = result.get("server_complaints", [])
                 if "error" in result or complaints:
@@ -938,6 +1270,8 @@ def main() -> None:
             "loadgen_core": LOADGEN_CORE,
             "gateway": gateway_revision(args.gateway_src),
             "parent": gateway_revision(args.parent_src) if args.parent_src else None,
+            "nofile_hard_limit": hard,
+            "scaling_notes": scaling_notes,
         },
         "results": results,
         "targets": [{"target": label, "met": ok, "value": value} for label, ok, value in checks],

@@ -87,6 +87,10 @@ MAX_PUBLISHERS = 64
 # all parsed at once (a server that never leaves a quiet moment).
 PARSE_PER_TURN = 16
 DEFER_LIMIT = 20_000
+# Descriptors besides the clients': the publishers (MAX_PUBLISHERS at most, the observer and
+# liveness ones), epoll, stdio and /proc reads. A run needing more than the hard limit stops
+# at once with a message rather than midway with EMFILE.
+OWN_DESCRIPTORS = MAX_PUBLISHERS + 16
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:
@@ -1075,6 +1079,11 @@ def main() -> None:
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.clients + OWN_DESCRIPTORS > hard:
+        raise SystemExit(
+            f"{args.clients:,} clients need {args.clients + OWN_DESCRIPTORS:,} descriptors; the"
+            f" hard RLIMIT_NOFILE is {hard:,} (ulimit -Hn)"
+        )
     scenario = Scenario(args)
     try:
         result = SCENARIOS[args.scenario](scenario)
