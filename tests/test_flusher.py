@@ -192,3 +192,44 @@ async def test_a_removed_client_still_listed_is_skipped(nursery: trio.Nursery) -
     # Its writer took the frame when the outbox closed; no direct write happened after.
     assert everyone[-1].writes == [b"e1"]
     assert all(recipient.writes == [b"e1"] for recipient in everyone[:-1])
+
+
+async def test_with_nothing_queued_the_first_slice_is_on_the_wire_before_the_fan_out_returns(
+    nursery: trio.Nursery,
+) -> None:
+    # Over real sockets (the direct path a connection lends its outbox): the publisher's own
+    # task writes the first slice, the flusher task the rest, and a publication queued while
+    # that pass is under way still joins the write of every client it has not reached.
+    hub = Hub(Flusher(SLICE))
+    pairs = [socket.socketpair() for _ in range(3 * SLICE)]
+    try:
+        for n, (ours, theirs) in enumerate(pairs):
+            ours.setblocking(False)
+            theirs.setblocking(False)
+            client = Client(id=f"c{n}", outbox=Outbox(4), connected_at=0.0, last_seen=0.0)
+            client.outbox.direct = Direct(ours.fileno())
+            hub.add(client)
+            hub.subscribe(client, "all")
+            nursery.start_soon(Recipient(client).writer)
+        await nursery.start(hub.flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        hub.publish_many([item(b"e1")])
+        first = [theirs for _, theirs in pairs if pending(theirs) == b"e1"]
+        assert len(first) == SLICE
+        hub.publish_many([item(b"e2")])
+        assert [pending(theirs) for _, theirs in pairs] == [b""] * len(pairs)
+        await trio.testing.wait_all_tasks_blocked()
+        rest = [theirs for _, theirs in pairs if theirs not in first]
+        assert [pending(theirs) for theirs in first] == [b"e2"] * SLICE
+        assert [pending(theirs) for theirs in rest] == [b"e1e2"] * 2 * SLICE
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+def pending(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(1024)
+    except BlockingIOError:
+        return b""

@@ -9,11 +9,14 @@ Theory of operation
 -------------------
 Queueing and writing are two steps. A fan-out only queues and lists the clients it gave work
 to; the flusher task then writes to them, `slice_size` clients at a time, and lets other tasks
-run between slices. Writing a large fan-out in one go would make every publication arriving
-meanwhile wait for its end and then for a whole fan-out of its own. Between slices it is
-queued at once instead, and joins the same write for every client the flusher has not reached
-yet, so under load a client's wait stays about one pass over the clients. The event loop also
-stays responsive (pongs, reads, the keepalive) during a large fan-out.
+run between slices. When nothing else was queued (the flusher task is parked), the fan-out's
+first slice is written at once by the task that queued it, and the flusher task goes on from
+the second: there is nothing for that slice to join. Writing a large fan-out in one go would
+make every publication arriving meanwhile wait for its end and then for a whole fan-out of
+its own. Between slices it is queued at once instead, and joins the same write for every
+client the flusher has not reached yet, so under load a client's wait stays about one pass
+over the clients. The event loop also stays responsive (pongs, reads, the keepalive) during
+a large fan-out.
 
 Back-pressure counts publications, not rounds: a broker's round is written once every client
 listed before its end has been taken off the queue; until then its publications count as
@@ -83,11 +86,17 @@ class Flusher:
         self._published = 0
 
     def queued(self, listed: int) -> None:
-        """A fan-out has appended `listed` clients to `dirty` (0 or more)."""
+        """A fan-out has appended `listed` clients to `dirty` (0 or more). With the flusher
+        task idle, the first slice of them is written before this returns."""
         self._published += 1
         self._listed += listed
         if self.dirty and self._idle:
-            self._idle.unpark()
+            # Nothing else was queued: the first slice is written now, by the publishing
+            # task, rather than after a scheduler turn in which the publisher's HTTP answer
+            # (woken at the same time) runs first half the time.
+            self._write_slice()
+            if self.dirty:
+                self._idle.unpark()
 
     async def admit(self, publications: int) -> None:
         """A broker's round of `publications` was just queued: wait while more than
@@ -112,6 +121,15 @@ class Flusher:
             self._ahead -= written.publications
             self._on_written(now - written.queued_at)
 
+    def _write_slice(self) -> None:
+        dirty = self.dirty
+        count = min(len(dirty), self._slice_size)
+        flush_each([dirty.popleft().outbox for _ in range(count)])
+        self._taken += count
+        self._forget_written()
+        if self._progress:
+            self._progress.unpark_all()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write what fan-outs queued, until cancelled.
 
@@ -123,12 +141,7 @@ class Flusher:
         while True:
             if not dirty:
                 await self._idle.park()
-            count = min(len(dirty), self._slice_size)
-            flush_each([dirty.popleft().outbox for _ in range(count)])
-            self._taken += count
-            self._forget_written()
-            if self._progress:
-                self._progress.unpark_all()
+            self._write_slice()
             # Other tasks run before the next slice, for as long as publications keep coming
             # (up to EXTRA_TURNS turns): the Redis subscriber gets messages from coredis one
             # per scheduler turn, and what it brings now joins this pass instead of one
