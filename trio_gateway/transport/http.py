@@ -281,6 +281,9 @@ def _log_request(
     **extra: str,
 ) -> None:
     """One line per answer; a refusal's line also has `error`, the text the client got."""
+    if not log.isEnabledFor(logging.INFO):
+        # Built for nothing otherwise, once per request (every publish).
+        return
     duration = None if started is None else round((trio.current_time() - started) * 1000, 3)
     values: dict[str, object] = {
         "method": method,
