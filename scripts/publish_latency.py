@@ -143,12 +143,13 @@ class Probe:
     def __init__(self) -> None:
         self.marks: list[tuple[str, int, int]] = []
         self.writes = 0
+        self.checked = False
         #: The median recipient's write: the clients' number halved.
         self.half = 0
 
     def install(self) -> None:
         from trio_gateway.api import routes
-        from trio_gateway.fanout import broadcaster, flusher, hub
+        from trio_gateway.fanout import broadcaster, flusher, hub, outbox
         from trio_gateway.transport import http
 
         probe = self
@@ -197,41 +198,31 @@ class Probe:
 
         hub.Hub.publish_many = staged
 
-        # outbox.flush_each with marks: after its checks, at the first and the median
-        # recipient's write (counted from the handler's start), and at its end.
+        flush_each = flusher.flush_each
+
         def flushed(outboxes):  # type: ignore[no-untyped-def]
             marks.append(("flush", clock()))
-            writes = []
-            for outbox in outboxes:
-                frames = outbox._frames
-                if outbox._waiter is None or not frames:
-                    continue
-                direct = outbox.direct
-                fd = -1 if direct is None else direct.writable_fd()
-                if fd < 0 or direct is None:
-                    outbox._wake()
-                    continue
-                writes.append(
-                    (fd, frames[0] if len(frames) == 1 else b"".join(frames), outbox, direct)
-                )
-                frames.clear()
-            marks.append(("checked", clock()))
-            write = os.write
-            for fd, data, outbox, direct in writes:
-                try:
-                    written = write(fd, data)
-                except OSError:
-                    written = 0
+            probe.checked = False
+            flush_each(outboxes)
+            marks.append(("flushed", clock()))
+
+        # outbox.flush_each writes with os.write: stamped when its checks are done (its first
+        # write), and at the first and the median recipient's write since the handler began.
+        class Os:
+            def __getattr__(self, name: str) -> object:
+                return getattr(os, name)
+
+            def write(self, fd: int, data: bytes) -> int:
+                if not probe.checked:
+                    probe.checked = True
+                    marks.append(("checked", clock()))
+                written = os.write(fd, data)
                 probe.writes += 1
                 if probe.writes in (1, probe.half):
                     marks.append(("w1" if probe.writes == 1 else "whalf", clock()))
-                outbox.written += written
-                if written != len(data):
-                    if written:
-                        direct.wrote_partly()
-                    outbox._frames.insert(0, data[written:])
-                    outbox._wake()
-            marks.append(("flushed", clock()))
+                return written
+
+        outbox.os = Os()  # type: ignore[assignment]
 
         flusher.flush_each = flushed
 

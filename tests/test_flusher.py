@@ -210,7 +210,7 @@ async def test_with_nothing_queued_the_first_slice_is_on_the_wire_before_the_fan
             client.outbox.direct = Direct(ours.fileno())
             hub.add(client)
             hub.subscribe(client, "all")
-            nursery.start_soon(Recipient(client).writer)
+            recording_writer(nursery, client.outbox)
         await nursery.start(hub.flusher.run)
         await trio.testing.wait_all_tasks_blocked()
         hub.publish_many([item(b"e1")])
