@@ -49,7 +49,7 @@ class _Round(NamedTuple):
     #: The running total of listed clients at the round's end: written once `taken` reaches it.
     end: int
     publications: int
-    #: When the round was queued (trio's clock).
+    #: When the round reached the hub (trio's clock).
     queued_at: float
 
 
@@ -77,9 +77,11 @@ class Flusher:
         self._on_written = on_written
         self._idle = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
-        # Running totals of clients listed in, and taken off, `dirty`.
+        # Running totals of clients listed in, and taken off, `dirty`; and `_listed` as the
+        # last round admitted left it.
         self._listed = 0
         self._taken = 0
+        self._admitted = 0
         self._rounds: deque[_Round] = deque()
         self._ahead = 0
         # Fan-outs so far, so the flusher can tell whether publications are coming in.
@@ -98,16 +100,20 @@ class Flusher:
             if self.dirty:
                 self._idle.unpark()
 
-    async def admit(self, publications: int) -> None:
-        """A broker's round of `publications` was just queued: wait while more than
-        `max_ahead` publications are queued and not yet written."""
-        self._rounds.append(_Round(self._listed, publications, trio.current_time()))
+    async def admit(self, publications: int, queued_at: float) -> None:
+        """A broker's round of `publications`, which reached the hub at `queued_at` (trio's
+        clock), was just queued: wait while more than `max_ahead` publications are queued
+        and not yet written."""
+        gave_work = self._listed > self._admitted
+        self._admitted = self._listed
+        if self._listed <= self._taken:
+            # Written already, by the fan-out itself (nothing else was queued); or it gave
+            # nobody new work, and waited for nothing, so it is not observed.
+            if gave_work:
+                self._on_written(trio.current_time() - queued_at)
+            return
+        self._rounds.append(_Round(self._listed, publications, queued_at))
         self._ahead += publications
-        # A round that gave nobody new work may be written already (or be empty); it waited
-        # for nothing here, so it is not observed.
-        rounds = self._rounds
-        while rounds and rounds[0].end <= self._taken:
-            self._ahead -= rounds.popleft().publications
         while self._ahead > self._max_ahead:
             await self._progress.park()
 

@@ -361,9 +361,10 @@ class Hub:
         round. The server sets `max_ahead` to half of `queue_depth` and rounds are at most a
         quarter of it, so a burst cannot make a client that reads at full speed look slow.
         """
+        reached = trio.current_time()
         self.publish_many(items)
         self.brought += len(items)
-        await self.flusher.admit(len(items))
+        await self.flusher.admit(len(items), reached)
 
     def _keep_aside(
         self,
