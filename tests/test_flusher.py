@@ -233,3 +233,30 @@ def pending(sock: socket.socket) -> bytes:
         return sock.recv(1024)
     except BlockingIOError:
         return b""
+
+
+async def test_a_round_its_fan_out_wrote_whole_is_observed_and_one_for_nobody_is_not(
+    nursery: trio.Nursery,
+) -> None:
+    observed: list[float] = []
+    hub = Hub(Flusher(SLICE, on_written=observed.append))
+    pairs = [socket.socketpair() for _ in range(SLICE)]
+    try:
+        for n, (ours, _) in enumerate(pairs):
+            ours.setblocking(False)
+            client = Client(id=f"c{n}", outbox=Outbox(4), connected_at=0.0, last_seen=0.0)
+            client.outbox.direct = Direct(ours.fileno())
+            hub.add(client)
+            hub.subscribe(client, "all")
+            recording_writer(nursery, client.outbox)
+        await nursery.start(hub.flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await hub.deliver([item(b"e1")])
+        assert all(pending(theirs) == b"e1" for _, theirs in pairs)
+        assert len(observed) == 1
+        await hub.deliver([Delivery(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
+        assert len(observed) == 1
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
