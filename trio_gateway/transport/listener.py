@@ -17,6 +17,13 @@ accepting resumes as soon as a descriptor is free. (Polling, rather than an even
 connection that ends: that would cost every connection a coroutine frame, ~290 bytes.)
 The connection caps (limits.py) keep the WebSockets under the descriptor limit, so this is
 the last line, for floods of connections that never send a request.
+
+Accepting in batches. Each `await accept()` is a trip through trio's scheduler, which runs
+every other runnable task before the next accept: in a storm of connects the accept queue
+fills faster than one accept a round empties it, and once it is full the kernel drops SYNs,
+which clients retry only a second later. So after each awaited accept the loop takes what
+else is waiting, up to `ACCEPT_BATCH`, with plain non-blocking accepts on a duplicate of the
+listening descriptor (its own file object, so closing it never closes the listener).
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ CAPACITY_RETRY = 0.01
 OVERFLOW_ACCEPT_TIMEOUT = 0.1
 # Seconds the overflow answer may take to write before the connection is just closed.
 OVERFLOW_WRITE_TIMEOUT = 0.1
+# Most connections taken per scheduler round: what a full accept queue holds on Linux
+# (net.core.somaxconn, 4096 by default), so that one round empties it.
+ACCEPT_BATCH = 4096
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 #: Told of every connection refused at accept, with the reason.
@@ -86,6 +96,27 @@ class _FailureLog:
         self._suppressed = 0
 
 
+def _waiting_queue(listener: trio.abc.Listener[trio.abc.Stream]) -> socket.socket | None:
+    if not isinstance(listener, trio.SocketListener):
+        return None
+    try:
+        queue = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    except OSError:
+        return None
+    queue.setblocking(False)
+    return queue
+
+
+def _accept_waiting(queue: socket.socket) -> trio.SocketStream | None:
+    """A connection already waiting, or None. Any failure (EMFILE included) is left for the
+    next awaited accept to meet and handle."""
+    try:
+        sock, _ = queue.accept()
+    except OSError:
+        return None
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
 async def _accept_loop(
     listener: trio.abc.Listener[trio.abc.Stream],
     handler: Handler,
@@ -95,6 +126,7 @@ async def _accept_loop(
 ) -> None:
     spare = _take_spare()
     failures = _FailureLog()
+    queue = _waiting_queue(listener)
     try:
         async with listener:
             while True:
@@ -104,9 +136,18 @@ async def _accept_loop(
                     if exc.errno not in CAPACITY_ERRNOS:
                         raise
                     spare = await _overflow(listener, spare, overflow, refused, exc, failures)
-                else:
-                    connection_nursery.start_soon(handler, stream)
+                    continue
+                connection_nursery.start_soon(handler, stream)
+                if queue is None:
+                    continue
+                for _ in range(ACCEPT_BATCH - 1):
+                    waiting = _accept_waiting(queue)
+                    if waiting is None:
+                        break
+                    connection_nursery.start_soon(handler, waiting)
     finally:
+        if queue is not None:
+            queue.close()
         if spare >= 0:
             os.close(spare)
 
