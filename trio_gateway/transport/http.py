@@ -24,6 +24,7 @@ Must not: parse HTTP by hand, know any endpoint (api/ does), or block a publishe
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -295,10 +296,41 @@ def _log_request(
     log.info(event, extra=fields(**values))
 
 
+def _read_now(stream: trio.abc.Stream) -> bytes | None:
+    """What a socket stream holds right now (b"": the peer closed), or None: nothing yet,
+    or not a socket."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    try:
+        return os.read(stream.socket.fileno(), RECEIVE_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError:
+        raise _PeerGone from None
+
+
+def _event_now(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    """The next h11 event if it needs no waiting, else h11.NEED_DATA."""
+    event = conn.next_event()
+    while event is h11.NEED_DATA:
+        data = _read_now(stream)
+        if data is None:
+            break
+        conn.receive_data(data)
+        event = conn.next_event()
+    return event
+
+
 async def _next_request(
     app: HttpApp, conn: h11.Connection, stream: trio.abc.Stream
 ) -> h11.Request | None:
     """The next request head, or None if the peer left or stayed idle too long."""
+    # Most heads are in the socket by the time their connection is served (a client sends
+    # its request as soon as it is connected): taken at once, with no timer to set up and
+    # no trip through the scheduler, which a storm of connects would pay on each.
+    event = _event_now(conn, stream)
+    if event is not h11.NEED_DATA:
+        return event if isinstance(event, h11.Request) else None
     timeout = app.context.config.request_timeout
     idle = not conn.trailing_data[0]
     with trio.CancelScope() as idle_scope:
@@ -494,20 +526,8 @@ async def _upgrade(
         status, message, reason = 401, "Invalid credentials", "unauthorized"
     else:
         slot = app.context.limits.open(host_of(remote))
-        switched = False
         try:
-            # Bounded like any request: a peer that does not take our 101 is dropped.
-            with trio.move_on_after(app.context.config.request_timeout):
-                # h11 lets the protocol switch only once the (empty) request body is
-                # consumed; handshake_problem refused any other, so this needs no more bytes.
-                while not isinstance(await _next_event(conn, stream), h11.EndOfMessage):
-                    pass
-                response = h11.InformationalResponse(status_code=101, headers=accept_headers(head))
-                try:
-                    await stream.send_all(conn.send(response))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise _PeerGone from None
-                switched = True
+            switched = await _send_switch(app.context.config, stream, head)
         except BaseException:
             slot.release()
             raise
@@ -559,6 +579,37 @@ async def _upgrade(
             reason=reason,
         )
     return None
+
+
+# The 101 as h11 writes it: h11 is not asked to write it, since it would first want the
+# request's end of message, and the connection is not HTTP from here on anyway.
+SWITCHING = b"HTTP/1.1 101 \r\n"
+
+
+async def _send_switch(config: Config, stream: trio.abc.Stream, head: h11.Request) -> bool:
+    """Write the 101; False if the peer did not take it within `request_timeout`."""
+    response = SWITCHING + b"".join(b"%s: %s\r\n" % pair for pair in accept_headers(head))
+    response += b"\r\n"
+    sent = 0
+    if isinstance(stream, trio.SocketStream):
+        # A fresh socket takes a 101 whole in one write, which needs no timer and no
+        # scheduling point; only what it did not take goes through the bounded send_all.
+        try:
+            sent = os.write(stream.socket.fileno(), response)
+        except BlockingIOError:
+            pass
+        except OSError:
+            raise _PeerGone from None
+        if sent == len(response):
+            return True
+    # Bounded like any request: a peer that does not take our 101 is dropped.
+    with trio.move_on_after(config.request_timeout):
+        try:
+            await stream.send_all(memoryview(response)[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _PeerGone from None
+        return True
+    return False
 
 
 # An upgrade refused at once (reject_at_upgrade) rather than accepted and closed 4001.
