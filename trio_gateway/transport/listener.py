@@ -21,9 +21,12 @@ the last line, for floods of connections that never send a request.
 Accepting in batches. Each `await accept()` is a trip through trio's scheduler, which runs
 every other runnable task before the next accept: in a storm of connects the accept queue
 fills faster than one accept a round empties it, and once it is full the kernel drops SYNs,
-which clients retry only a second later. So after each awaited accept the loop takes what
-else is waiting, up to `ACCEPT_BATCH`, with plain non-blocking accepts on a duplicate of the
-listening descriptor (its own file object, so closing it never closes the listener).
+which clients retry only a second later. So each round the loop takes everything waiting,
+with plain non-blocking accepts on a duplicate of the listening descriptor (its own file
+object: closing it never closes the listener), into a queue of its own. It starts the
+handlers from that queue in order, `START_PER_ROUND` a round: started all at once, 5,000
+connections would each take one step a round and all finish together, at the end of the
+storm; started in order, the first ones are done while the last ones wait.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import errno
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -55,9 +59,13 @@ CAPACITY_RETRY = 0.01
 OVERFLOW_ACCEPT_TIMEOUT = 0.1
 # Seconds the overflow answer may take to write before the connection is just closed.
 OVERFLOW_WRITE_TIMEOUT = 0.1
-# Most connections taken per scheduler round: what a full accept queue holds on Linux
-# (net.core.somaxconn, 4096 by default), so that one round empties it.
-ACCEPT_BATCH = 4096
+# Most connections accepted and not started yet: as many as the kernel's own accept queue
+# holds on Linux (net.core.somaxconn, 4096 by default). Past that the kernel's queue fills
+# again, and then drops SYNs, as it would without this one.
+MAX_WAITING = 4096
+# Connections started per scheduler round while others wait: each round every connection
+# in progress takes a step too, so the ones started first finish first (see above).
+START_PER_ROUND = 64
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 #: Told of every connection refused at accept, with the reason.
@@ -107,14 +115,19 @@ def _waiting_queue(listener: trio.abc.Listener[trio.abc.Stream]) -> socket.socke
     return queue
 
 
-def _accept_waiting(queue: socket.socket) -> trio.SocketStream | None:
-    """A connection already waiting, or None. Any failure (EMFILE included) is left for the
-    next awaited accept to meet and handle."""
-    try:
-        sock, _ = queue.accept()
-    except OSError:
-        return None
-    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+def _take_waiting(queue: socket.socket, waiting: deque[trio.abc.Stream]) -> OSError | None:
+    """Move what the kernel's accept queue holds to `waiting`, up to MAX_WAITING; returns
+    the capacity error that stopped it, if one did (any other failure ends it quietly: the
+    next round tries again)."""
+    while len(waiting) < MAX_WAITING:
+        try:
+            sock, _ = queue.accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return exc if exc.errno in CAPACITY_ERRNOS else None
+        waiting.append(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+    return None
 
 
 async def _accept_loop(
@@ -127,25 +140,30 @@ async def _accept_loop(
     spare = _take_spare()
     failures = _FailureLog()
     queue = _waiting_queue(listener)
+    waiting: deque[trio.abc.Stream] = deque()
     try:
         async with listener:
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in CAPACITY_ERRNOS:
-                        raise
-                    spare = await _overflow(listener, spare, overflow, refused, exc, failures)
-                    continue
-                connection_nursery.start_soon(handler, stream)
-                if queue is None:
-                    continue
-                for _ in range(ACCEPT_BATCH - 1):
-                    waiting = _accept_waiting(queue)
-                    if waiting is None:
-                        break
-                    connection_nursery.start_soon(handler, waiting)
+                if waiting:
+                    # Let the connections started last round move on before more start.
+                    await trio.lowlevel.checkpoint()
+                else:
+                    try:
+                        waiting.append(await listener.accept())
+                    except OSError as exc:
+                        if exc.errno not in CAPACITY_ERRNOS:
+                            raise
+                        spare = await _overflow(listener, spare, overflow, refused, exc, failures)
+                        continue
+                if queue is not None and (error := _take_waiting(queue, waiting)) is not None:
+                    spare = await _overflow(listener, spare, overflow, refused, error, failures)
+                for _ in range(min(len(waiting), START_PER_ROUND)):
+                    connection_nursery.start_soon(handler, waiting.popleft())
     finally:
+        # Accepted but never started: closed as the kernel would reset them from its queue.
+        for stream in waiting:
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()
         if queue is not None:
             queue.close()
         if spare >= 0:
