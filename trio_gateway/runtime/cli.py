@@ -38,6 +38,7 @@ from ..common.groups import first_leaf
 from ..observability import jsonlog
 from ..observability.jsonlog import fields, instance_field
 from . import workers
+from .collector import tune_for_serving
 from .config import REDACTED, Config, ConfigError, LogSettings, redact_url
 from .server import Gateway, read_public_key, serve
 from .settings import (
@@ -260,6 +261,7 @@ def _run_daemon_to_exit(
     on_started: Callable[[Gateway], None] = _announce,
     watch: Callable[[Gateway], Awaitable[None]] | None = None,
 ) -> int:
+    tune_for_serving()
     try:
         status = trio.run(partial(run_daemon, config, on_started=on_started, watch=watch))
     except* ForcedShutdown as forced:

@@ -17,6 +17,16 @@ accepting resumes as soon as a descriptor is free. (Polling, rather than an even
 connection that ends: that would cost every connection a coroutine frame, ~290 bytes.)
 The connection caps (limits.py) keep the WebSockets under the descriptor limit, so this is
 the last line, for floods of connections that never send a request.
+
+Accepting in batches. Each `await accept()` is a trip through trio's scheduler, which runs
+every other runnable task before the next accept: in a storm of connects the accept queue
+fills faster than one accept a round empties it, and once it is full the kernel drops SYNs,
+which clients retry only a second later. So each round the loop takes everything waiting,
+with plain non-blocking accepts on a duplicate of the listening descriptor (its own file
+object: closing it never closes the listener), into a queue of its own. It starts the
+handlers from that queue in order, `START_PER_ROUND` a round: started all at once, 5,000
+connections would each take one step a round and all finish together, at the end of the
+storm; started in order, the first ones are done while the last ones wait.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import errno
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import trio
@@ -48,6 +59,13 @@ CAPACITY_RETRY = 0.01
 OVERFLOW_ACCEPT_TIMEOUT = 0.1
 # Seconds the overflow answer may take to write before the connection is just closed.
 OVERFLOW_WRITE_TIMEOUT = 0.1
+# Most connections accepted and not started yet: as many as the kernel's own accept queue
+# holds on Linux (net.core.somaxconn, 4096 by default). Past that the kernel's queue fills
+# again, and then drops SYNs, as it would without this one.
+MAX_WAITING = 4096
+# Connections started per scheduler round while others wait: each round every connection
+# in progress takes a step too, so the ones started first finish first (see above).
+START_PER_ROUND = 64
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 #: Told of every connection refused at accept, with the reason.
@@ -86,6 +104,32 @@ class _FailureLog:
         self._suppressed = 0
 
 
+def _waiting_queue(listener: trio.abc.Listener[trio.abc.Stream]) -> socket.socket | None:
+    if not isinstance(listener, trio.SocketListener):
+        return None
+    try:
+        queue = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    except OSError:
+        return None
+    queue.setblocking(False)
+    return queue
+
+
+def _take_waiting(queue: socket.socket, waiting: deque[trio.abc.Stream]) -> OSError | None:
+    """Move what the kernel's accept queue holds to `waiting`, up to MAX_WAITING; returns
+    the capacity error that stopped it, if one did (any other failure ends it quietly: the
+    next round tries again)."""
+    while len(waiting) < MAX_WAITING:
+        try:
+            sock, _ = queue.accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return exc if exc.errno in CAPACITY_ERRNOS else None
+        waiting.append(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+    return None
+
+
 async def _accept_loop(
     listener: trio.abc.Listener[trio.abc.Stream],
     handler: Handler,
@@ -95,18 +139,33 @@ async def _accept_loop(
 ) -> None:
     spare = _take_spare()
     failures = _FailureLog()
+    queue = _waiting_queue(listener)
+    waiting: deque[trio.abc.Stream] = deque()
     try:
         async with listener:
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in CAPACITY_ERRNOS:
-                        raise
-                    spare = await _overflow(listener, spare, overflow, refused, exc, failures)
+                if waiting:
+                    # Let the connections started last round move on before more start.
+                    await trio.lowlevel.checkpoint()
                 else:
-                    connection_nursery.start_soon(handler, stream)
+                    try:
+                        waiting.append(await listener.accept())
+                    except OSError as exc:
+                        if exc.errno not in CAPACITY_ERRNOS:
+                            raise
+                        spare = await _overflow(listener, spare, overflow, refused, exc, failures)
+                        continue
+                if queue is not None and (error := _take_waiting(queue, waiting)) is not None:
+                    spare = await _overflow(listener, spare, overflow, refused, error, failures)
+                for _ in range(min(len(waiting), START_PER_ROUND)):
+                    connection_nursery.start_soon(handler, waiting.popleft())
     finally:
+        # Accepted but never started: closed as the kernel would reset them from its queue.
+        for stream in waiting:
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()
+        if queue is not None:
+            queue.close()
         if spare >= 0:
             os.close(spare)
 

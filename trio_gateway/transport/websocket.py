@@ -44,9 +44,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Sequence
 from typing import Protocol, cast
 
-import h11
 import trio
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import CloseReason as WsCloseCode
@@ -90,7 +90,18 @@ class ConnectionClosed(Exception):
 # --- the opening handshake (pure functions over the parsed h11 request) ----------------------
 
 
-def is_upgrade(request: h11.Request) -> bool:
+class RequestHead(Protocol):
+    """What the handshake reads of a request: an h11.Request, or the same with its headers
+    in a plain list (transport/http.py)."""
+
+    @property
+    def method(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]: ...
+
+
+def is_upgrade(request: RequestHead) -> bool:
     """True when the client asks to switch to WebSocket (valid or not)."""
     return b"websocket" in header_tokens(request.headers, b"upgrade")
 
@@ -103,7 +114,7 @@ VERSION_HEADERS = [(b"sec-websocket-version", b"13")]
 KEY_BYTES = 16
 
 
-def handshake_problem(request: h11.Request) -> tuple[int, str] | None:
+def handshake_problem(request: RequestHead) -> tuple[int, str] | None:
     """The status and reason to refuse an upgrade request that is not a valid RFC 6455
     opening handshake with (400, or 426 for another protocol version), or None."""
     if request.method != b"GET":
@@ -129,7 +140,7 @@ def _valid_key(key: bytes) -> bool:
         return False
 
 
-def accept_headers(request: h11.Request) -> list[tuple[bytes, bytes]]:
+def accept_headers(request: RequestHead) -> list[tuple[bytes, bytes]]:
     """Headers of the 101 answer to a valid handshake (no subprotocol, no extension)."""
     key = header(request.headers, b"sec-websocket-key") or b""
     return [
