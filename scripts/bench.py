@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench.py [--quick] [--scenarios A,L,C,D,X,P,R,S] [--repeat N]
         [--targets gateway,naive_trio,aiohttp,websockets,node_ws,write_floor]
         [--json bench-results.json] [--gateway-src DIR] [--parent-src DIR] [--loadgen-sleeps]
-        [--x-rate 200] [--members 5000] [--scale-sizes 1000,5000,20000]
+        [--x-rate 50] [--members 5000] [--scale-sizes 1000,5000,20000]
     make bench BENCH_ARGS="--quick --repeat 3"
 
 The peers (scripts/bench_peers/) speak the protocol subset the load generator uses, each
@@ -50,7 +50,7 @@ Scenarios (defaults; --quick scales them down):
      connections. An event published after the hold must reach every connection.
   D  connect storm: 5,000 connects, opened as fast as the load generator can; connect() ->
      `ready` frame time of each.
-  X  cross-instance latency (the gateway only, no baselines): L's measurement at 200 events/s
+  X  cross-instance latency (the gateway only, no baselines): L's measurement at 50 events/s
      (--x-rate) for 10 s, three ways side by side: two gateways sharing a private
      redis-server, 1,000 clients subscribed on A and every event published on B; one
      gateway with the same Redis broker (clients and publisher on it); one gateway with the
@@ -1011,7 +1011,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="(A) events per request")
     parser.add_argument("--rate", type=float, default=50.0, help="(L) events per second")
     parser.add_argument("--latency-seconds", type=float, help="(L, X) publishing time [10]")
-    parser.add_argument("--x-rate", type=float, default=200.0, help="(X) events per second")
+    parser.add_argument(
+        "--x-rate", type=float, default=50.0, help="(X) events per second (issue 17: 50)"
+    )
     parser.add_argument("--idle", type=int, help="(C) idle connections [5000]")
     parser.add_argument("--hold", type=float, help="(C) seconds the idle connections are held [20]")
     parser.add_argument("--connects", type=int, help="(D) connections in the storm [5000]")
