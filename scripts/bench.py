@@ -752,11 +752,9 @@ def table(results: dict[str, dict[str, dict[str, Any]]], scenarios: list[str]) -
 
 
 # Scenario X rows: (label, key in each variant's result).
-CROSS_ROWS = [
-    ("p50 ms", "p50_ms"),
-    ("p99 ms", "p99_ms"),
-    ("max ms", "max_ms"),
-    ("server-side CPU % (all processes)", "server_cpu_pct"),
+# Rows every latency run reports, in X's and S's tables alike.
+LATENCY_ROWS = [("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("max ms", "max_ms")]
+RUN_ROWS = [
     ("loadgen busy %", "loadgen_busy_pct"),
     ("late publishes", "late_publishes"),
     ("completed in time", "complete"),
@@ -765,6 +763,7 @@ CROSS_ROWS = [
     ("duplicates", "duplicates"),
     ("reordered", "reordered"),
 ]
+CROSS_ROWS = [*LATENCY_ROWS, ("server-side CPU % (all processes)", "server_cpu_pct"), *RUN_ROWS]
 
 
 def cross_table(variants: dict[str, dict[str, Any]]) -> str:
@@ -794,17 +793,9 @@ SCALING_ROWS = [
     ("events/s", "rate"),
     ("events", "events"),
     ("server us/delivery (down)", "server_us_per_delivery"),
-    ("p50 ms", "p50_ms"),
-    ("p99 ms", "p99_ms"),
-    ("max ms", "max_ms"),
+    *LATENCY_ROWS,
     ("server CPU %", "server_cpu_pct"),
-    ("loadgen busy %", "loadgen_busy_pct"),
-    ("late publishes", "late_publishes"),
-    ("completed in time", "complete"),
-    ("other CPU %", "other_cpu_pct"),
-    ("lost", "lost"),
-    ("duplicates", "duplicates"),
-    ("reordered", "reordered"),
+    *RUN_ROWS,
 ]
 SCALING_IDLE_ROWS = [
     ("RSS KiB/conn", "rss_per_conn_kib"),

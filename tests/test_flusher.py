@@ -7,7 +7,9 @@ itself is tested in test_outbox.py over real sockets).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import attrs
 import trio
@@ -99,12 +101,28 @@ async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
     # producer that ran ahead of the flusher would overflow clients the flusher has not
     # reached yet and close them as slow consumers.
     hub = Hub(Flusher(SLICE, max_ahead=1))
-    pairs = [socket.socketpair() for _ in range(2 * SLICE + 8)]
+    async with direct_clients(nursery, hub, 2 * SLICE + 8, depth=2) as (clients, peers):
+        for n in range(20):
+            await hub.deliver([item(b"%02d" % n)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(client.close_reason is None for client in clients)
+        expected = b"".join(b"%02d" % n for n in range(20))
+        assert all(pending(theirs) == expected for theirs in peers)
+
+
+@contextlib.asynccontextmanager
+async def direct_clients(
+    nursery: trio.Nursery, hub: Hub, count: int, depth: int
+) -> AsyncIterator[tuple[list[Client], list[socket.socket]]]:
+    """`count` clients of `hub` over real sockets with the direct path a connection lends
+    its outbox, and the peers' ends (non-blocking); the flusher task running."""
+    pairs = [socket.socketpair() for _ in range(count)]
     try:
         clients = []
-        for n, (ours, _) in enumerate(pairs):
+        for n, (ours, theirs) in enumerate(pairs):
             ours.setblocking(False)
-            client = Client(id=f"c{n}", outbox=Outbox(2), connected_at=0.0, last_seen=0.0)
+            theirs.setblocking(False)
+            client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_seen=0.0)
             client.outbox.direct = Direct(ours.fileno())
             hub.add(client)
             hub.subscribe(client, "all")
@@ -112,12 +130,7 @@ async def test_deliver_keeps_a_producer_within_max_ahead_of_the_sockets(
             clients.append(client)
         await nursery.start(hub.flusher.run)
         await trio.testing.wait_all_tasks_blocked()
-        for n in range(20):
-            await hub.deliver([item(b"%02d" % n)])
-        await trio.testing.wait_all_tasks_blocked()
-        assert all(client.close_reason is None for client in clients)
-        expected = b"".join(b"%02d" % n for n in range(20))
-        assert all(theirs.recv(1024) == expected for _, theirs in pairs)
+        yield clients, [theirs for _, theirs in pairs]
     finally:
         for ours, theirs in pairs:
             ours.close()
@@ -201,31 +214,16 @@ async def test_with_nothing_queued_the_first_slice_is_on_the_wire_before_the_fan
     # task writes the first slice, the flusher task the rest, and a publication queued while
     # that pass is under way still joins the write of every client it has not reached.
     hub = Hub(Flusher(SLICE))
-    pairs = [socket.socketpair() for _ in range(3 * SLICE)]
-    try:
-        for n, (ours, theirs) in enumerate(pairs):
-            ours.setblocking(False)
-            theirs.setblocking(False)
-            client = Client(id=f"c{n}", outbox=Outbox(4), connected_at=0.0, last_seen=0.0)
-            client.outbox.direct = Direct(ours.fileno())
-            hub.add(client)
-            hub.subscribe(client, "all")
-            recording_writer(nursery, client.outbox)
-        await nursery.start(hub.flusher.run)
-        await trio.testing.wait_all_tasks_blocked()
+    async with direct_clients(nursery, hub, 3 * SLICE, depth=4) as (_, peers):
         hub.publish_many([item(b"e1")])
-        first = [theirs for _, theirs in pairs if pending(theirs) == b"e1"]
+        first = [theirs for theirs in peers if pending(theirs) == b"e1"]
         assert len(first) == SLICE
         hub.publish_many([item(b"e2")])
-        assert [pending(theirs) for _, theirs in pairs] == [b""] * len(pairs)
+        assert [pending(theirs) for theirs in peers] == [b""] * len(peers)
         await trio.testing.wait_all_tasks_blocked()
-        rest = [theirs for _, theirs in pairs if theirs not in first]
+        rest = [theirs for theirs in peers if theirs not in first]
         assert [pending(theirs) for theirs in first] == [b"e2"] * SLICE
         assert [pending(theirs) for theirs in rest] == [b"e1e2"] * 2 * SLICE
-    finally:
-        for ours, theirs in pairs:
-            ours.close()
-            theirs.close()
 
 
 def pending(sock: socket.socket) -> bytes:
@@ -240,23 +238,9 @@ async def test_a_round_its_fan_out_wrote_whole_is_observed_and_one_for_nobody_is
 ) -> None:
     observed: list[float] = []
     hub = Hub(Flusher(SLICE, on_written=observed.append))
-    pairs = [socket.socketpair() for _ in range(SLICE)]
-    try:
-        for n, (ours, _) in enumerate(pairs):
-            ours.setblocking(False)
-            client = Client(id=f"c{n}", outbox=Outbox(4), connected_at=0.0, last_seen=0.0)
-            client.outbox.direct = Direct(ours.fileno())
-            hub.add(client)
-            hub.subscribe(client, "all")
-            recording_writer(nursery, client.outbox)
-        await nursery.start(hub.flusher.run)
-        await trio.testing.wait_all_tasks_blocked()
+    async with direct_clients(nursery, hub, SLICE, depth=4) as (_, peers):
         await hub.deliver([item(b"e1")])
-        assert all(pending(theirs) == b"e1" for _, theirs in pairs)
+        assert all(pending(theirs) == b"e1" for theirs in peers)
         assert len(observed) == 1
         await hub.deliver([Delivery(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
         assert len(observed) == 1
-    finally:
-        for ours, theirs in pairs:
-            ours.close()
-            theirs.close()

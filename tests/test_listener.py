@@ -8,9 +8,25 @@ import socket
 
 import trio
 
-from trio_gateway.transport.listener import START_PER_ROUND, open_listeners, run_listeners
+from trio_gateway.transport.listener import (
+    START_PER_ROUND,
+    Handler,
+    open_listeners,
+    run_listeners,
+)
 
 CLIENTS = 3 * START_PER_ROUND + 10
+
+
+async def serve_until(
+    listeners: list[trio.SocketListener], handler: Handler, done: trio.Event
+) -> None:
+    """Run the accept loop over `listeners` with `handler` until `done` is set, then stop it."""
+    with trio.fail_after(5):
+        async with trio.open_nursery() as connection_nursery:
+            await connection_nursery.start(run_listeners, listeners, handler, connection_nursery)
+            await done.wait()
+            connection_nursery.cancel_scope.cancel()
 
 
 async def test_a_storm_is_started_in_arrival_order_a_round_at_a_time() -> None:
@@ -31,13 +47,7 @@ async def test_a_storm_is_started_in_arrival_order_a_round_at_a_time() -> None:
         await stream.aclose()
 
     try:
-        with trio.fail_after(5):
-            async with trio.open_nursery() as connection_nursery:
-                await connection_nursery.start(
-                    run_listeners, listeners, handler, connection_nursery
-                )
-                await all_started.wait()
-                connection_nursery.cancel_scope.cancel()
+        await serve_until(listeners, handler, all_started)
         # Each round's handlers run in the round after it, in an order of trio's choosing.
         for first in range(0, CLIENTS, START_PER_ROUND):
             rounds = slice(first, first + START_PER_ROUND)
@@ -61,13 +71,7 @@ async def test_connections_accepted_but_not_started_are_closed_with_the_loop() -
         await stream.aclose()
 
     try:
-        with trio.fail_after(5):
-            async with trio.open_nursery() as connection_nursery:
-                await connection_nursery.start(
-                    run_listeners, listeners, handler, connection_nursery
-                )
-                await first_round.wait()
-                connection_nursery.cancel_scope.cancel()
+        await serve_until(listeners, handler, first_round)
         # Every client sees its connection end: none is left open with nobody serving it.
         for client in clients:
             client.settimeout(5)

@@ -21,6 +21,14 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     theirs.close()
 
 
+@pytest.fixture
+async def readiness(nursery: trio.Nursery) -> Readiness:
+    """A Readiness with its task running."""
+    started = Readiness()
+    await nursery.start(started.run)
+    return started
+
+
 async def wait_for_input(readiness: Readiness, fd: int) -> None:
     """What a WebSocket's reader does (transport/websocket.py)."""
 
@@ -32,20 +40,24 @@ async def wait_for_input(readiness: Readiness, fd: int) -> None:
     await trio.lowlevel.wait_task_rescheduled(abort)
 
 
-async def test_a_reader_wakes_when_its_socket_has_input_and_not_before(
-    nursery: trio.Nursery, pair: tuple[socket.socket, socket.socket]
-) -> None:
-    ours, theirs = pair
-    readiness = Readiness()
-    await nursery.start(readiness.run)
+async def started_reader(nursery: trio.Nursery, readiness: Readiness, fd: int) -> trio.Event:
+    """A reader task waiting for input on `fd`; the event is set once it woke."""
     woke = trio.Event()
 
     async def reader() -> None:
-        await wait_for_input(readiness, ours.fileno())
+        await wait_for_input(readiness, fd)
         woke.set()
 
     nursery.start_soon(reader)
     await trio.testing.wait_all_tasks_blocked()
+    return woke
+
+
+async def test_a_reader_wakes_when_its_socket_has_input_and_not_before(
+    nursery: trio.Nursery, readiness: Readiness, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    woke = await started_reader(nursery, readiness, ours.fileno())
     assert not woke.is_set()
     assert len(readiness) == 1
     theirs.send(b"x")
@@ -54,9 +66,7 @@ async def test_a_reader_wakes_when_its_socket_has_input_and_not_before(
     assert len(readiness) == 0
     # A second wait on the same socket re-arms it (one-shot registrations).
     assert ours.recv(10) == b"x"
-    woke = trio.Event()
-    nursery.start_soon(reader)
-    await trio.testing.wait_all_tasks_blocked()
+    woke = await started_reader(nursery, readiness, ours.fileno())
     assert not woke.is_set()
     theirs.send(b"y")
     with trio.fail_after(5):
@@ -64,11 +74,9 @@ async def test_a_reader_wakes_when_its_socket_has_input_and_not_before(
 
 
 async def test_a_cancelled_reader_is_forgotten_and_its_input_ignored(
-    nursery: trio.Nursery, pair: tuple[socket.socket, socket.socket]
+    nursery: trio.Nursery, readiness: Readiness, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     ours, theirs = pair
-    readiness = Readiness()
-    await nursery.start(readiness.run)
     with trio.move_on_after(0.05):
         await wait_for_input(readiness, ours.fileno())
     assert len(readiness) == 0
@@ -80,19 +88,10 @@ async def test_a_cancelled_reader_is_forgotten_and_its_input_ignored(
 
 
 async def test_the_peer_leaving_wakes_the_reader(
-    nursery: trio.Nursery, pair: tuple[socket.socket, socket.socket]
+    nursery: trio.Nursery, readiness: Readiness, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     ours, theirs = pair
-    readiness = Readiness()
-    await nursery.start(readiness.run)
-    woke = trio.Event()
-
-    async def reader() -> None:
-        await wait_for_input(readiness, ours.fileno())
-        woke.set()
-
-    nursery.start_soon(reader)
-    await trio.testing.wait_all_tasks_blocked()
+    woke = await started_reader(nursery, readiness, ours.fileno())
     theirs.close()
     with trio.fail_after(5):
         await woke.wait()
@@ -100,11 +99,9 @@ async def test_the_peer_leaving_wakes_the_reader(
 
 
 async def test_two_readers_of_one_socket_is_a_bug(
-    nursery: trio.Nursery, pair: tuple[socket.socket, socket.socket]
+    nursery: trio.Nursery, readiness: Readiness, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     ours, _ = pair
-    readiness = Readiness()
-    await nursery.start(readiness.run)
     nursery.start_soon(wait_for_input, readiness, ours.fileno())
     await trio.testing.wait_all_tasks_blocked()
     with pytest.raises(trio.BusyResourceError):
@@ -113,10 +110,8 @@ async def test_two_readers_of_one_socket_is_a_bug(
 
 
 async def test_a_descriptor_number_reused_by_a_new_socket_is_armed_afresh(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, readiness: Readiness
 ) -> None:
-    readiness = Readiness()
-    await nursery.start(readiness.run)
     first, peer = socket.socketpair()
     readiness.expect(first.fileno())
     readiness.forget(first.fileno())
@@ -128,14 +123,7 @@ async def test_a_descriptor_number_reused_by_a_new_socket_is_armed_afresh(
         assert number in (again.fileno(), other.fileno())
         mine = again if again.fileno() == number else other
         theirs = other if mine is again else again
-        woke = trio.Event()
-
-        async def reader() -> None:
-            await wait_for_input(readiness, mine.fileno())
-            woke.set()
-
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        woke = await started_reader(nursery, readiness, mine.fileno())
         theirs.send(b"z")
         with trio.fail_after(5):
             await woke.wait()
