@@ -137,6 +137,25 @@ async def test_aborted_connections_leave_no_tasks(gateway: Gateway) -> None:
         assert_empty(gateway)
 
 
+async def test_an_idle_subscribed_connection_is_one_task(gateway: Gateway) -> None:
+    """Its session's task: the handshake's task has ended, and no writer waits for frames."""
+    with trio.fail_after(TIMEOUT):
+        await trio.testing.wait_all_tasks_blocked()
+        idle = all_tasks()
+        async with raw_client(gateway.port) as one, raw_client(gateway.port) as two:
+            for client in (one, two):
+                await ready(client.ws)
+                await subscribe(client.ws, scope="all")
+            gateway.broadcaster.broadcast_event(event("W", n=1))
+            for client in (one, two):
+                assert (await receive_json(client.ws))["event"]["n"] == 1
+            await trio.testing.wait_all_tasks_blocked()
+            ours = [
+                task.name for task in all_tasks() - idle if task.name.startswith("trio_gateway.")
+            ]
+            assert ours == ["trio_gateway.session.connection._run_session"] * 2
+
+
 # --- graceful shutdown ------------------------------------------------------------------------
 
 
