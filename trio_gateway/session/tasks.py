@@ -35,7 +35,7 @@ class SessionTasks:
 
     __slots__ = ("_client", "_done", "_nursery", "_scopes", "_writer")
 
-    def __init__(self, nursery: trio.Nursery, client: Client, writer: tuple[Any, ...] = ()) -> None:
+    def __init__(self, nursery: trio.Nursery, client: Client, writer: tuple[Any, ...]) -> None:
         self._nursery = nursery
         self._client = client
         self._writer = writer
@@ -43,9 +43,6 @@ class SessionTasks:
         # sessions are idle most of the time, and an empty set is 216 bytes.
         self._scopes: set[trio.CancelScope] | None = None
         self._done: trio.Event | None = None
-
-    def __len__(self) -> int:
-        return len(self._scopes) if self._scopes else 0
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run `fn(*args)` as one of the session's tasks."""
