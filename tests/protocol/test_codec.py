@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import json
 
+import attrs
 import pytest
 
-from trio_gateway.protocol.codec import ECHO_LIMIT, decode, encode
-from trio_gateway.protocol.jsontext import dumps
+from trio_gateway.protocol.codec import ECHO_LIMIT, decode, encode, encode_event
+from trio_gateway.protocol.jsontext import dumps, loads
 from trio_gateway.protocol.messages import (
     Error,
     EventMessage,
@@ -270,3 +272,63 @@ def test_dumps_rejects_non_finite_numbers(value: float) -> None:
 
 def test_dumps_is_compact() -> None:
     assert dumps({"a": [1, {"b": None}], "c": "d"}) == '{"a":[1,{"b":null}],"c":"d"}'
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@attrs.define
+class _Point:
+    x: int = 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"workspace_id": "w", "n": [1, 2.5, {"a": None, "b": True}], "s": "caf\u00e9"},
+        {"workspace_id": "w", "lone": chr(0xD800), 1: "int key", None: "null key"},
+        {"workspace_id": "w", "tuple": (1, 2)},
+        # Only the converter makes JSON of these: the same text either way.
+        {"workspace_id": "w", "colour": _Colour.RED, "point": _Point()},
+    ],
+)
+def test_encode_event_is_encode_of_the_event_message(event: dict[object, object]) -> None:
+    assert encode_event(event) == encode(EventMessage(dict(event)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [{"x": float("nan")}, {"x": {1, 2}}])
+def test_encode_event_refuses_what_encode_refuses(bad: dict[str, object]) -> None:
+    with pytest.raises((ValueError, TypeError)) as fast:
+        encode_event(bad)
+    with pytest.raises((ValueError, TypeError)) as slow:
+        encode(EventMessage(bad))
+    assert type(fast.value) is type(slow.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": [1, "\xc3\xa9"]}',
+        '{"a": 1}'.encode("utf-16"),
+        b"\xef\xbb\xbf[1]",
+        "[1, 2]",
+        ' {"deep": [[[]]]} ',
+    ],
+)
+def test_loads_reads_what_json_loads_reads(text: str | bytes) -> None:
+    assert loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["\ufeff[1]", "[1] x", b"\xff\xfe\x00", "", b""])
+def test_loads_refuses_what_json_loads_refuses(text: str | bytes) -> None:
+    with pytest.raises(ValueError) as expected:  # noqa: PT011 - the type is what is compared
+        json.loads(text)
+    with pytest.raises(type(expected.value)):
+        loads(text)
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"a": -Infinity}'])
+def test_loads_refuses_non_finite_numbers(text: str) -> None:
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        loads(text)

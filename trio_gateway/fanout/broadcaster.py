@@ -18,9 +18,8 @@ import trio
 
 from ..broker import Broker, BrokerUnavailable, PublishOutcomeUnknown
 from ..observability.jsonlog import fields
-from ..protocol.codec import encode
+from ..protocol.codec import encode, encode_event
 from ..protocol.messages import (
-    EventMessage,
     RemoteUpdate,
     ServerMessage,
     SessionDeleted,
@@ -89,9 +88,10 @@ class Batch:
     assigned: list[Assigned] = attrs.field(factory=list)
 
 
-def _encode(message: ServerMessage) -> str:
+def _encode(message: ServerMessage | Mapping[str, Any]) -> str:
+    """`message` as text, or an event's message (`encode_event`) if given an event."""
     try:
-        return encode(message)
+        return encode(message) if isinstance(message, ServerMessage) else encode_event(message)
     except (TypeError, ValueError):
         # Not the exception's text: it may quote the payload, and it reaches clients.
         raise ValueError("payload is not JSON-serialisable") from None
@@ -127,7 +127,7 @@ def event_publication(event: Mapping[str, Any]) -> Publication:
     problem = event_problem(event)
     if problem is not None:
         raise ValueError(problem)
-    text = _encode(EventMessage(dict(event)))
+    text = _encode(event)
     return Publication(text, route_keys(event["workspace_id"], event.get("session_id")))
 
 

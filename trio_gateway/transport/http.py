@@ -135,21 +135,44 @@ class _BodyMemory:
         self._held = 0
 
 
-async def _read_body(
-    conn: h11.Connection, stream: trio.abc.Stream, limit: int, memory: _BodyMemory
-) -> bytes:
-    body = bytearray()
+def _take_body(conn: h11.Connection, body: bytearray, limit: int, memory: _BodyMemory) -> bool:
+    """Add to `body` what h11 has of it without another byte; True once it is complete."""
     while True:
-        event = await _next_event(conn, stream)
+        event = conn.next_event()
         if isinstance(event, h11.Data):
             body += event.data
             if len(body) > limit:
                 raise HttpError(413, f"Body larger than {limit} bytes", close=True)
             memory.need(len(body))
         elif isinstance(event, h11.EndOfMessage):
-            return bytes(body)
+            return True
+        elif event is h11.NEED_DATA:
+            return False
         else:
             raise _PeerGone
+
+
+async def _read_body(
+    conn: h11.Connection, stream: trio.abc.Stream, limit: int, memory: _BodyMemory, within: float
+) -> bytes:
+    """The request's body, read within `within` seconds.
+
+    Raises:
+        HttpError: 413 past `limit`, 408 when the rest did not arrive in time.
+    """
+    body = bytearray()
+    # Most bodies came with their head: no timer to set up for those.
+    if not _take_body(conn, body, limit, memory):
+        with trio.move_on_after(within) as timer:
+            while not _take_body(conn, body, limit, memory):
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise _PeerGone from None
+                conn.receive_data(bytes(data))
+        if timer.cancelled_caught:
+            raise HttpError(408, "Request body not received in time", close=True)
+    return bytes(body)
 
 
 def _announces_body(head: h11.Request) -> bool:
@@ -223,16 +246,13 @@ async def _answer(
                 exc.close = True
             else:
                 # Its end of message, which h11 has without another byte.
-                await _read_body(conn, stream, 0, memory)
+                await _read_body(conn, stream, 0, memory, config.request_timeout)
             raise
         declared = _declared_length(head)
         if declared is not None and declared > config.max_body_size:
             raise HttpError(413, f"Body larger than {config.max_body_size} bytes", close=True)
         memory.need(declared or 0)
-        with trio.move_on_after(config.request_timeout) as body_scope:
-            body = await _read_body(conn, stream, config.max_body_size, memory)
-        if body_scope.cancelled_caught:
-            raise HttpError(408, "Request body not received in time", close=True)
+        body = await _read_body(conn, stream, config.max_body_size, memory, config.request_timeout)
         status, payload = await route.handler(app, attrs.evolve(request, body=body))
         headers: list[tuple[bytes, bytes]] = []
         close = False
