@@ -29,14 +29,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import trio
 
-from .outbox import flush_each
-
-if TYPE_CHECKING:
-    from .hub import Client
+from .outbox import Outbox, flush_each
 
 # Clients written to before other tasks may run: a few ms of loopback writes. Each pause costs
 # a scheduler round with the caches cold after the writes, so slices are not made smaller.
@@ -66,10 +63,11 @@ class Flusher:
         max_ahead: int = 128,
         on_written: Callable[[float], None] = _ignore,
     ) -> None:
-        #: Clients with frames queued by a fan-out, in the order they got them; a client is
-        #: listed once however many frames wait (`Outbox.stage` says when it was empty). The
-        #: hub appends to it directly: it is the fan-out's per-recipient hot path.
-        self.dirty: deque[Client] = deque()
+        #: The outboxes of clients with frames queued by a fan-out, in the order they got
+        #: them; one is listed once however many frames wait (`Outbox.stage` says when it was
+        #: empty). The hub appends to it directly: it is the fan-out's per-recipient hot path,
+        #: and the outbox rather than its client, so writing never touches the client.
+        self.dirty: deque[Outbox] = deque()
         self._slice_size = slice_size
         self._max_ahead = max_ahead
         # Told, once per broker round, how long the round waited until every client it gave
@@ -130,7 +128,7 @@ class Flusher:
     def _write_slice(self) -> None:
         dirty = self.dirty
         count = min(len(dirty), self._slice_size)
-        flush_each([dirty.popleft().outbox for _ in range(count)])
+        flush_each([dirty.popleft() for _ in range(count)])
         self._taken += count
         self._forget_written()
         if self._progress:

@@ -325,7 +325,7 @@ class Hub:
                     if client.offsets and (staged := client.stage(complete)) is not None:
                         delivered += 1
                         if staged:
-                            dirty.append(client)
+                            dirty.append(client.outbox)
                 continue
             groups = [members for key in keys if (members := self._index.get(key))]
             if topic is not None and self._patterns:
@@ -386,7 +386,7 @@ class Hub:
 
 
 def _stage_each(
-    recipients: Collection[Client], plain: bytes, complete: bytes, dirty: deque[Client]
+    recipients: Collection[Client], plain: bytes, complete: bytes, dirty: deque[Outbox]
 ) -> int:
     """`Client.stage` for every recipient of one publication, listing in `dirty` those whose
     outbox was empty; returns how many were queued a frame.
@@ -413,7 +413,7 @@ def _stage_each(
         frames.append(complete if client.offsets else plain)
         delivered += 1
         if not queued:
-            dirty.append(client)
+            dirty.append(outbox)
     return delivered
 
 

@@ -8,12 +8,12 @@ assigning offsets and moving publications between instances lives in broker/.
 
 from __future__ import annotations
 
-import json
 from typing import NamedTuple
 
 import attrs
 
 from ..protocol.frames import text_frame
+from ..protocol.jsontext import dumps
 
 
 @attrs.frozen
@@ -124,5 +124,5 @@ def with_offsets(
     """`body` completed with its offsets: `"offset":N` on a topic message, else a key map."""
     if topic is not None:
         return f'{body[:-1]},"offset":{offsets[0]}}}'
-    mapping = json.dumps(dict(zip(keys, offsets, strict=True)), separators=(",", ":"))
+    mapping = dumps(dict(zip(keys, offsets, strict=True)))
     return f'{body[:-1]},"offsets":{mapping}}}'

@@ -54,7 +54,7 @@ def sweep(hub: Hub, now: float, stale_after: float, ping: bytes = PING_FRAME) ->
             )
             client.close(PONG_TIMEOUT)
         elif client.stage(ping):
-            dirty.append(client)
+            dirty.append(client.outbox)
             listed += 1
     hub.flusher.queued(listed)
 
