@@ -1,11 +1,10 @@
 // The client against real gateway processes: what a page sees, end to end.
 
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { createHmac } from "node:crypto";
 import http from "node:http";
 import { once } from "node:events";
-import { promisify } from "node:util";
+import net from "node:net";
 import { after, test } from "node:test";
 
 import { connect, GatewayError } from "../index.js";
@@ -147,10 +146,55 @@ test("a Redis restart under a live subscription is a gap, then the new epoch", a
   assert.equal(c.state, "connected");
 });
 
-// redis-cli against the test's own redis-server.
-async function redisCli(redis, ...command) {
-  const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(redis.port), ...command]);
-  return stdout;
+// One connection to the test's own redis-server, kept for the whole test: counting
+// connections for `maxclients` must not count short-lived ones of our own (as redis-cli's
+// would be), and it must still be able to send commands once no new connection fits.
+async function redisControl(redis) {
+  const socket = net.connect(redis.port, "127.0.0.1");
+  await once(socket, "connect");
+  let buffered = Buffer.alloc(0);
+  let waiting = null;
+  const reply = () => {
+    // One RESP reply of the kinds these commands give: +simple, -error, :integer, $bulk.
+    const end = buffered.indexOf("\r\n");
+    if (end < 0) return undefined;
+    const head = buffered.subarray(0, end).toString();
+    if (head[0] !== "$") {
+      buffered = buffered.subarray(end + 2);
+      if (head[0] === "-") throw new Error(`redis: ${head.slice(1)}`);
+      return head.slice(1);
+    }
+    const size = Number(head.slice(1));
+    if (buffered.length < end + 2 + size + 2) return undefined;
+    const body = buffered.subarray(end + 2, end + 2 + size).toString();
+    buffered = buffered.subarray(end + 2 + size + 2);
+    return body;
+  };
+  socket.on("data", (data) => {
+    buffered = Buffer.concat([buffered, data]);
+    if (waiting === null) return;
+    try {
+      const value = reply();
+      if (value !== undefined) {
+        const { resolve } = waiting;
+        waiting = null;
+        resolve(value);
+      }
+    } catch (error) {
+      const { reject } = waiting;
+      waiting = null;
+      reject(error);
+    }
+  });
+  return {
+    command(...args) {
+      const parts = args.map((arg) => `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`);
+      const answered = new Promise((resolve, reject) => { waiting = { resolve, reject }; });
+      socket.write(`*${args.length}\r\n${parts.join("")}`);
+      return answered;
+    },
+    close() { socket.destroy(); },
+  };
 }
 
 async function readyStatus(gw) {
@@ -173,16 +217,19 @@ test("messages the gateway's instance missed live (a gap frame) are fetched by a
   // publishes: A's client cannot get message 2 live.
   const stats = await fetch(`${a.http}/api/stats`, { headers: { authorization: `Bearer ${API_KEY}` } });
   const { instance } = await stats.json();
-  const clients = (await redisCli(redis, "CLIENT", "LIST")).trim().split("\n");
+  const control = await redisControl(redis);
+  running.push({ stop: async () => control.close() });
+  const clients = (await control.command("CLIENT", "LIST")).trim().split("\n");
   const named = new RegExp(` name=\\S*subscriber:${instance}( |$)`);
   const subscriber = clients.find((line) => named.test(line));
   assert.ok(subscriber, "A's subscriber connection is named in CLIENT LIST");
-  const connected = clients.length;
-  await redisCli(redis, "CONFIG", "SET", "maxclients", String(connected - 2));
-  await redisCli(redis, "CLIENT", "KILL", "ID", /\bid=(\d+)/.exec(subscriber)[1]);
+  // Killing the subscriber takes its liveness probe's connection with it: two fewer, and
+  // none may come back while `maxclients` is what was left.
+  await control.command("CONFIG", "SET", "maxclients", String(clients.length - 2));
+  await control.command("CLIENT", "KILL", "ID", /\bid=(\d+)/.exec(subscriber)[1]);
   await until(async () => (await readyStatus(a)) === 503, "A noticing");
   await publish(b, "news", 2);
-  await redisCli(redis, "CONFIG", "SET", "maxclients", "10000");
+  await control.command("CONFIG", "SET", "maxclients", "10000");
   await until(async () => (await readyStatus(a)) === 200, "A back");
   await until(() => messages.length === 2, "message 2, fetched after the gap frame");
   await publish(b, "news", 3);
