@@ -85,18 +85,12 @@ def clients(port: int, count: int) -> None:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    from trio_gateway import Config, open_gateway
+    from inprocess import measuring_config
 
-    # Keepalive would run during the hold; an hour keeps it out of the snapshot.
-    # Every client comes from 127.0.0.1: the per-address and handshake caps would refuse most.
-    config = Config(
-        host="127.0.0.1",
-        port=0,
-        api_keys=(TOKEN,),
-        ping_interval=3600.0,
-        max_connections_per_ip=0,
-        max_handshakes=0,
-    )
+    from trio_gateway import open_gateway
+
+    # No keepalive cycle during the hold, and no cap refusing most of the clients.
+    config = measuring_config(TOKEN)
     async with open_gateway(config) as gateway:
         command = [sys.executable, __file__, "--clients", "--port", str(gateway.port)]
 

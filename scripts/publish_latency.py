@@ -258,8 +258,9 @@ class Probe:
 
 async def serve(args: argparse.Namespace) -> dict[str, object]:
     import trio
+    from inprocess import measuring_config
 
-    from trio_gateway import Config, open_gateway
+    from trio_gateway import open_gateway
     from trio_gateway.fanout import flusher
 
     # What a slice and the turns between slices cost, measured by changing them.
@@ -273,14 +274,7 @@ async def serve(args: argparse.Namespace) -> dict[str, object]:
     probe.half = args.clients // 2
     if args.probe:
         probe.install()
-    config = Config(
-        host="127.0.0.1",
-        port=0,
-        api_keys=(TOKEN,),
-        ping_interval=3600.0,
-        max_connections_per_ip=0,
-        max_handshakes=0,
-    )
+    config = measuring_config(TOKEN)
     async with open_gateway(config) as gateway:
         command = [sys.executable, __file__, "--child", "--port", str(gateway.port)]
         command += ["--clients", str(args.clients), "--events", str(args.events)]
