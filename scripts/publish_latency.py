@@ -19,7 +19,7 @@ figure scenario L reports. Server CPU is this process's CPU time during the publ
 divided by the deliveries.
 
 With `--probe`, the path inside the server is stamped too (the same clock, so the steps line
-up with the writes): h11's events, the handler starting, the publisher task taking the
+up with the writes): h11's request head, the handler starting, the publisher task taking the
 batch, the fan-out queuing, each flush of a slice (its checks, its writes), garbage
 collections and the response; and the server thread's CPU time from the parsed request head
 to the first and the median recipient's write, which other processes on the machine do not
