@@ -123,7 +123,8 @@ async def direct_clients(
             ours.setblocking(False)
             theirs.setblocking(False)
             client = Client(id=f"c{n}", outbox=Outbox(depth), connected_at=0.0, last_seen=0.0)
-            client.outbox.direct = Direct(ours.fileno())
+            client.outbox.direct = Direct()
+            client.outbox.fd = ours.fileno()
             hub.add(client)
             hub.subscribe(client, "all")
             recording_writer(nursery, client.outbox)
@@ -137,14 +138,9 @@ async def direct_clients(
             theirs.close()
 
 
-@attrs.define
 class Direct:
-    """The direct path a connection lends its outbox, over a plain socket."""
-
-    fd: int
-
-    def writable_fd(self) -> int:
-        return self.fd
+    """The direct path a connection lends its outbox, over a plain socket (whose number
+    is the outbox's `fd`)."""
 
     def wrote_partly(self) -> None:
         raise AssertionError("a few bytes always fit")
@@ -244,3 +240,26 @@ async def test_a_round_its_fan_out_wrote_whole_is_observed_and_one_for_nobody_is
         assert len(observed) == 1
         await hub.deliver([Delivery(b"x", b"x", ("workspace:elsewhere",), (1,), None, None)])
         assert len(observed) == 1
+
+
+async def test_one_publication_with_nothing_queued_is_written_in_its_pass_over_the_recipients(
+    nursery: trio.Nursery,
+) -> None:
+    # A slice of clients are written before publish_many returns, with nothing queued for
+    # them; one whose connection is writing something else (its fd withheld) gets the frame
+    # queued, for its writer; clients past the slice are left to the flusher task.
+    hub = Hub(Flusher(SLICE))
+    async with direct_clients(nursery, hub, SLICE + 5, depth=4) as (clients, peers):
+        busy, others = clients[0], clients[1:]
+        busy.outbox.fd = -1
+        taken = recording_writer(nursery, busy.outbox)
+        assert hub.publish_many([item(b"e1")]) == SLICE + 5
+        now = [pending(theirs) for theirs in peers[1:]]
+        assert now.count(b"e1") == SLICE
+        left = [client.outbox.take_nowait() for client in others]
+        assert [frames for frames, got in zip(left, now, strict=True) if got] == [[]] * SLICE
+        assert [frames for frames, got in zip(left, now, strict=True) if not got] == [[b"e1"]] * 4
+        assert taken == []
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == [[b"e1"]]
+        assert pending(peers[0]) == b""

@@ -105,11 +105,26 @@ class SocketPair:
         self.theirs.setblocking(False)
         if sndbuf is not None:
             self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        self.usable = True
+        self.outbox: Outbox | None = None
+        self._usable = True
         self.partly = False
 
-    def writable_fd(self) -> int:
-        return self.ours.fileno() if self.usable else -1
+    def attach(self, outbox: Outbox) -> None:
+        """Lend `outbox` the direct path, as a connection does."""
+        self.outbox = outbox
+        outbox.direct = self
+        self.usable = True
+
+    @property
+    def usable(self) -> bool:
+        return self._usable
+
+    @usable.setter
+    def usable(self, usable: bool) -> None:
+        # What a connection keeps in step: the descriptor while a write may go out now.
+        self._usable = usable
+        if self.outbox is not None:
+            self.outbox.fd = self.ours.fileno() if usable else -1
 
     def wrote_partly(self) -> None:
         self.partly = True
@@ -137,7 +152,7 @@ async def test_flush_writes_directly_when_no_writer_runs(
     nursery: trio.Nursery, sockets: SocketPair
 ) -> None:
     outbox = Outbox(10)
-    outbox.direct = sockets
+    sockets.attach(outbox)
     taken = recording_writer(nursery, outbox)
     outbox.stage(b"a")
     outbox.stage(b"b")
@@ -157,7 +172,7 @@ async def test_flush_queues_what_a_direct_write_leaves_and_starts_the_writer(
     small = SocketPair(sndbuf=4096)
     try:
         outbox = Outbox(10)
-        outbox.direct = small
+        small.attach(outbox)
         taken = recording_writer(nursery, outbox)
         big = bytes(range(256)) * 4096
         outbox.stage(big)
@@ -176,7 +191,7 @@ async def test_flush_leaves_frames_to_a_running_writer(
     nursery: trio.Nursery, sockets: SocketPair
 ) -> None:
     outbox = Outbox(10)
-    outbox.direct = sockets
+    sockets.attach(outbox)
     taken = recording_writer(nursery, outbox)
     sockets.usable = False
     outbox.stage(b"x")
@@ -191,7 +206,7 @@ async def test_flush_leaves_frames_to_a_running_writer(
 
 async def test_direct_refusal_starts_the_writer(nursery: trio.Nursery, sockets: SocketPair) -> None:
     outbox = Outbox(10)
-    outbox.direct = sockets
+    sockets.attach(outbox)
     sockets.usable = False  # e.g. a pong being written, or the connection closing
     taken = recording_writer(nursery, outbox)
     outbox.stage(b"x")
@@ -206,7 +221,7 @@ async def test_a_write_error_is_left_to_the_writer(nursery: trio.Nursery) -> Non
     broken.theirs.close()
     try:
         outbox = Outbox(10)
-        outbox.direct = broken
+        broken.attach(outbox)
         taken = recording_writer(nursery, outbox)
         outbox.stage(b"x")
         outbox.flush()

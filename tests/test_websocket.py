@@ -3,6 +3,7 @@ the closing handshake and the send lock, against a client built on wsproto."""
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import AsyncIterator
 
@@ -195,7 +196,9 @@ async def test_the_peers_close_is_answered_and_ends_the_connection(pair: Pair) -
         ]
         with pytest.raises(ConnectionClosed):
             await ws.send_frames(text_frame("too late"))
-        assert ws.writable_fd() == -1
+        sink = Sink()
+        ws.lend_fd(sink)
+        assert sink.fd == -1
         # Our close was the answer: no second one.
         await ws.send_close(1000, "")
         assert await read_available(pair.client) == b""
@@ -206,7 +209,9 @@ async def test_our_close_goes_out_once_and_nothing_follows_it(pair: Pair) -> Non
     with trio.fail_after(TIMEOUT):
         await ws.send_close(1001, "going away")
         await ws.send_close(1000, "again")
-        assert ws.writable_fd() == -1
+        sink = Sink()
+        ws.lend_fd(sink)
+        assert sink.fd == -1
         with pytest.raises(ConnectionClosed):
             await ws.send_frames(text_frame("late"))
         # Closing: a ping arriving now gets no pong, and receive reports our close.
@@ -355,3 +360,40 @@ async def test_writes_wait_their_turn_behind_a_frame_being_written() -> None:
         CloseConnection(code=1001, reason="going away"),
     ]
     assert not ws._writing
+
+
+class Sink:
+    """What a connection keeps its writable descriptor in (an outbox, in the server)."""
+
+    fd = 1234
+
+
+async def test_the_lent_descriptor_is_withheld_while_a_write_is_under_way_and_once_closing(
+    pair: Pair,
+) -> None:
+    ws = pair.ws
+    sink = Sink()
+    ws.lend_fd(sink)
+    assert sink.fd == pair.server.socket.fileno()
+    # A frame larger than the socket takes at once: the write waits, holding the send lock.
+    pair.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = text_frame("x" * (1 << 20))
+    seen = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.send_frames, big)
+        await trio.testing.wait_all_tasks_blocked()
+        seen.append(sink.fd)
+        received = 0
+        while received < len(big):
+            received += len(await pair.client.receive_some(1 << 16))
+    assert seen == [-1]
+    assert sink.fd == pair.server.socket.fileno()
+    # Withdrawn: the sink is told there is no descriptor, and later changes leave it alone.
+    ws.lend_fd(None)
+    assert sink.fd == -1
+    other = Sink()
+    ws.lend_fd(other)
+    with trio.fail_after(TIMEOUT):
+        await ws.send_close(1000, "")
+    assert other.fd == -1
+    assert sink.fd == -1

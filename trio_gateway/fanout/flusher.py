@@ -9,9 +9,11 @@ Theory of operation
 -------------------
 Queueing and writing are two steps. A fan-out only queues and lists the clients it gave work
 to; the flusher task then writes to them, `slice_size` clients at a time, and lets other tasks
-run between slices. When nothing else was queued (the flusher task is parked), the fan-out's
-first slice is written at once by the task that queued it, and the flusher task goes on from
-the second: there is nothing for that slice to join. Writing a large fan-out in one go would
+run between slices. When nothing else was queued (the flusher task is parked), there is
+nothing for the first slice to join: a fan-out of one publication writes up to `room()`
+clients itself as it goes through them, in one pass with no queueing (hub.py), and queues
+the rest; otherwise its first slice is written at once by the task that queued it. Either
+way the flusher task goes on from the second. Writing a large fan-out in one go would
 make every publication arriving meanwhile wait for its end and then for a whole fan-out of
 its own. Between slices it is queued at once instead, and joins the same write for every
 client the flusher has not reached yet, so under load a client's wait stays about one pass
@@ -35,9 +37,10 @@ import trio
 
 from .outbox import Outbox, flush_each
 
-# Clients written to before other tasks may run: a few ms of loopback writes. Each pause costs
-# a scheduler round with the caches cold after the writes, so slices are not made smaller.
-FLUSH_SLICE = 256
+# Clients written to before other tasks may run: some 4-7 ms of loopback writes. Each pause
+# costs scheduler rounds with the caches cold after the writes (docs/PERFORMANCE.md), so a
+# fan-out to a thousand clients is written in one.
+FLUSH_SLICE = 1024
 # Most scheduler turns the flusher gives other tasks between two slices.
 EXTRA_TURNS = 16
 
@@ -85,12 +88,23 @@ class Flusher:
         # Fan-outs so far, so the flusher can tell whether publications are coming in.
         self._published = 0
 
-    def queued(self, listed: int) -> None:
-        """A fan-out has appended `listed` clients to `dirty` (0 or more). With the flusher
-        task idle, the first slice of them is written before this returns."""
+    def room(self) -> int:
+        """How many clients a fan-out may write itself, in its pass over them, rather than
+        queue: a slice while nothing is queued and the flusher task is idle, else none."""
+        return self._slice_size if not self.dirty and self._idle else 0
+
+    def queued(self, listed: int, written: int = 0) -> None:
+        """A fan-out has appended `listed` clients to `dirty` (0 or more), having written
+        `written` itself (within `room()`). With the flusher task idle and nothing written,
+        the first slice of those listed is written before this returns."""
         self._published += 1
-        self._listed += listed
-        if self.dirty and self._idle:
+        # What the fan-out wrote counts as listed and taken at once: its round is written.
+        self._listed += listed + written
+        self._taken += written
+        if written:
+            if self.dirty:
+                self._idle.unpark()
+        elif self.dirty and self._idle:
             # Nothing else was queued: the first slice is written now, by the publishing
             # task, rather than after a scheduler turn in which the publisher's HTTP answer
             # (woken at the same time) runs first half the time.

@@ -2,7 +2,8 @@
 
 Owns: which clients exist, what each is subscribed to (a dict per key, patterns by shape),
 recovery buffers, and queuing a publication's frame into each matching client's bounded
-outbox. Must not: await (writing is flusher.py's task), or decide how a close is carried out
+outbox (or, with nothing queued anywhere, writing it in the same pass: see flusher.py).
+Must not: await (writing is flusher.py's task), or decide how a close is carried out
 (session/connection.py does that when a Client asks to close).
 
 Delivery policy (see python-trio/trio#987 on why nothing here is unbounded): a message is
@@ -31,7 +32,7 @@ from ..protocol.topics import PatternIndex
 from ..session.auth import API_KEY_IDENTITY, Identity
 from ..session.ratelimit import TokenBucket
 from .flusher import Flusher
-from .outbox import Outbox
+from .outbox import WRITE_RUN, Outbox, write_each
 from .publication import EPOCH, EXPIRE, UNBIND, Delivery, Extra, OffsetFrame
 
 
@@ -306,7 +307,7 @@ class Hub:
                 self._on_last(key)
         return kept
 
-    def publish_many(self, items: Iterable[Delivery]) -> int:
+    def publish_many(self, items: Sequence[Delivery]) -> int:
         """Queue each frame, in order, once for every client subscribed to any of its keys.
 
         Returns how many deliveries were queued. Never blocks; see the module docstring.
@@ -317,6 +318,11 @@ class Hub:
         listed_before = len(dirty)
         delivered = 0
         recipients_tried = 0
+        # One publication with nothing queued: written in the pass that finds its recipients
+        # (up to the flusher's room). Several are queued, so that each client gets them in
+        # one write.
+        room = self.flusher.room() if len(items) == 1 else 0
+        written = 0
         for plain, complete, keys, offsets, topic, extra in items:
             if extra is not None and extra.control == EPOCH:
                 # Only those tracking offsets on the key itself (patterns have no epoch);
@@ -339,10 +345,14 @@ class Hub:
             if extra is not None:
                 recipients = _apply(extra, recipients)
             recipients_tried += len(recipients)
-            delivered += _stage_each(recipients, plain, complete, dirty)
+            if room:
+                queued, written = _write_or_stage_each(recipients, plain, complete, dirty, room)
+                delivered += queued + written
+            else:
+                delivered += _stage_each(recipients, plain, complete, dirty)
             if extra is not None and extra.control == UNBIND:
                 _close_bound(recipients, keys)
-        self.flusher.queued(len(dirty) - listed_before)
+        self.flusher.queued(len(dirty) - listed_before, written)
         self.deliveries += delivered
         self.recipients += recipients_tried
         return delivered
@@ -415,6 +425,47 @@ def _stage_each(
         if not queued:
             dirty.append(outbox)
     return delivered
+
+
+def _write_or_stage_each(
+    recipients: Collection[Client], plain: bytes, complete: bytes, dirty: deque[Outbox], room: int
+) -> tuple[int, int]:
+    """`_stage_each`, except that up to `room` recipients with nothing queued whose socket
+    takes a write now are written to instead, WRITE_RUN at a time (outbox.py); returns how
+    many were queued a frame and how many written one.
+
+    Only for a fan-out that nothing else is queued behind (`Flusher.room`), and nothing can
+    run between a recipient's checks here and its write, so it is the same as queueing and
+    flushing at once, without the second pass over the outboxes.
+    """
+    delivered = 0
+    written = 0
+    writes: list[tuple[int, bytes, Outbox]] = []
+    for client in tuple(recipients):
+        if client.close_reason is not None:
+            continue
+        outbox = client.outbox
+        if outbox._closed:
+            continue
+        frames = outbox._frames
+        frame = complete if client.offsets else plain
+        if written < room and not frames and not outbox._writing and outbox.fd >= 0:
+            writes.append((outbox.fd, frame, outbox))
+            written += 1
+            if len(writes) == WRITE_RUN:
+                write_each(writes)
+                writes = []
+            continue
+        queued = len(frames)
+        if queued >= outbox._limit:
+            client.close(SLOW_CONSUMER)
+            continue
+        frames.append(frame)
+        delivered += 1
+        if not queued:
+            dirty.append(outbox)
+    write_each(writes)
+    return delivered, written
 
 
 def _apply(extra: Extra, recipients: set[Client]) -> set[Client]:

@@ -11,37 +11,40 @@ consumer wants everything queued at once, to write it in as few `send_all`s as p
 Nor is there a writer task waiting on the queue: most connections are idle most of the
 time, and a parked task is most of what an idle connection would cost. Frames are written
 straight away instead, with one non-blocking write(2) to the descriptor the connection lends
-(`direct`). Only what cannot be written at once (the socket is full, another write is in
-progress, or the stream is not a socket) starts a writer task (`writers`), which takes
-everything queued, writes it in order, and ends once nothing is left; while it runs, frames
-wait for it. The fan-out queues publications first (`stage`), and the flusher task
-(flusher.py) hands each touched outbox on once (`flush_each`), for all that is queued by
-then: on a fan-out of one message to many clients, a task switch per recipient would cost
-more than the write itself.
+(`fd`, kept in step by the connection with its own writes and state). Only what cannot be
+written at once (the socket is full, another write is in progress, or the stream is not a
+socket) starts a writer task (`writers`), which takes everything queued, writes it in order,
+and ends once nothing is left; while it runs, frames wait for it. A fan-out queues
+publications (`stage`), and the flusher task (flusher.py) hands each touched outbox on once
+(`flush_each`), for all that is queued by then: on a fan-out of one message to many
+clients, a task switch per recipient would cost more than the write itself. With nothing
+queued anywhere, a fan-out writes instead of queueing (hub.py, `write_each`).
 
-`flush_each` makes every check first and then the writes back to back. A write to a
-loopback socket runs the receiver's TCP input on this core too and leaves the CPU caches
-cold, so Python that touches objects between two writes costs several times what it costs
-in a warm loop (docs/PERFORMANCE.md has the figures).
+`flush_each` makes the checks of a run of outboxes first and then their writes back to back
+(`write_each`, which the hub's one-pass fan-out shares). A write to a loopback socket runs
+the receiver's TCP input on this core too and leaves the CPU caches cold, so Python that
+touches objects between two writes costs several times what it costs in a warm loop, and
+every object a recipient's write needs is one more cache miss (docs/PERFORMANCE.md has the
+figures).
 This module writes to descriptors but never opens, closes or waits on one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Protocol
 
 import trio
 
+# Outboxes whose checks are made before their writes: enough to keep the checks' Python
+# and the kernel's writes apart, few enough that the first write does not wait for a whole
+# slice's checks.
+WRITE_RUN = 64
+
 
 class DirectWriter(Protocol):
     """What the connection lends an outbox for writes that skip its writer task."""
-
-    def writable_fd(self) -> int:
-        """The descriptor to write data frames to now, or -1 when not now (another write
-        is in progress, the connection is closing, or the stream is not a socket)."""
-        ...
 
     def wrote_partly(self) -> None:
         """A direct write stopped inside a frame: the writer must send the rest first."""
@@ -60,7 +63,7 @@ class WriterStarter(Protocol):
 class Outbox:
     """Up to `limit` frames waiting for one connection's writer."""
 
-    __slots__ = ("_closed", "_frames", "_limit", "_writing", "direct", "writers", "written")
+    __slots__ = ("_closed", "_frames", "_limit", "_writing", "direct", "fd", "writers", "written")
 
     def __init__(self, limit: int) -> None:
         self._frames: list[bytes] = []
@@ -70,6 +73,9 @@ class Outbox:
         self._writing = False
         #: Set by the connection while its session runs; None: always through the writer.
         self.direct: DirectWriter | None = None
+        #: The descriptor frames may be written to right now, or -1: kept by the connection
+        #: (transport/websocket.py `lend_fd`) while `direct` is set, -1 otherwise.
+        self.fd = -1
         #: Set by the connection while its session runs. None: frames wait until it is set
         #: and the outbox flushed.
         self.writers: WriterStarter | None = None
@@ -124,25 +130,33 @@ class Outbox:
             self.writers.start_writer()
 
 
-def flush_each(outboxes: Iterable[Outbox]) -> None:
-    """`Outbox.flush` for many outboxes: all the checks, then all the writes (see above)."""
-    writes: list[tuple[int, bytes, Outbox, DirectWriter]] = []
-    for outbox in outboxes:
-        frames = outbox._frames
-        if outbox._writing or not frames:
-            # A writer is running and takes what is queued before it stops.
-            continue
-        direct = outbox.direct
-        fd = -1 if direct is None else direct.writable_fd()
-        if fd < 0 or direct is None:
-            outbox._hand_to_writer()
-            continue
-        writes.append((fd, frames[0] if len(frames) == 1 else b"".join(frames), outbox, direct))
-        # Emptied in place rather than replaced: this runs once per recipient of every
-        # publication.
-        frames.clear()
+def flush_each(outboxes: Sequence[Outbox]) -> None:
+    """`Outbox.flush` for many outboxes: the checks of WRITE_RUN of them, then their writes
+    (see above)."""
+    for start in range(0, len(outboxes), WRITE_RUN):
+        writes: list[tuple[int, bytes, Outbox]] = []
+        for outbox in outboxes[start : start + WRITE_RUN]:
+            frames = outbox._frames
+            if outbox._writing or not frames:
+                # A writer is running and takes what is queued before it stops.
+                continue
+            fd = outbox.fd
+            if fd < 0:
+                outbox._hand_to_writer()
+                continue
+            writes.append((fd, frames[0] if len(frames) == 1 else b"".join(frames), outbox))
+            # Emptied in place rather than replaced: this runs once per recipient of every
+            # publication.
+            frames.clear()
+        write_each(writes)
+
+
+def write_each(writes: Sequence[tuple[int, bytes, Outbox]]) -> None:
+    """Write each `(fd, data, outbox)` at once, for outboxes with nothing else queued whose
+    `fd` was just read; what a write leaves (the socket is full, or broken) goes first in
+    its outbox, to the writer."""
     write = os.write
-    for fd, data, outbox, direct in writes:
+    for fd, data, outbox in writes:
         try:
             written = write(fd, data)
         except OSError:
@@ -151,7 +165,7 @@ def flush_each(outboxes: Iterable[Outbox]) -> None:
             written = 0
         outbox.written += written
         if written != len(data):
-            if written:
-                direct.wrote_partly()
+            if written and outbox.direct is not None:
+                outbox.direct.wrote_partly()
             outbox._frames.insert(0, data[written:])
             outbox._hand_to_writer()

@@ -87,6 +87,7 @@ async def _run_session(
     outbox = client.outbox
     outbox.direct = ws
     outbox.writers = tasks
+    ws.lend_fd(outbox)
     try:
         try:
             if not echo:
@@ -125,6 +126,7 @@ async def _run_session(
             # From here on nothing may write to the socket behind the writer's back: the
             # stream is closed once this returns, and its descriptor number may then be
             # reused.
+            ws.lend_fd(None)
             outbox.direct = None
             outbox.writers = None
             tasks.cancel()

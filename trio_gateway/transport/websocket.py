@@ -75,6 +75,14 @@ class FrameGate(Protocol):
         ...
 
 
+class DirectSink(Protocol):
+    """Where a connection publishes the descriptor others may write data frames to."""
+
+    #: The descriptor, while a whole frame may be written to it right now without waiting
+    #: (no write in progress, the connection open); otherwise -1.
+    fd: int
+
+
 class FrameRefused(Exception):
     """The gate refused a frame: the connection is still open, for the caller to close."""
 
@@ -196,6 +204,7 @@ class WebSocket:
         "_parts",
         "_pending",
         "_readiness",
+        "_sink",
         "_size",
         "_socket",
         "_state",
@@ -221,11 +230,11 @@ class WebSocket:
         # The socket, for the read and write fast paths; None for other streams (tests run
         # over in-memory streams, which always take the general path).
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
-        # For `writable_fd`, once per recipient of every publication: the number, not the
-        # trio wrapper's fileno(). Valid as long as the connection's session runs; the
-        # session takes the direct path away before the socket can be closed
-        # (session/connection.py).
+        # What `lend_fd` publishes: the number, not the trio wrapper's fileno(). Valid as
+        # long as the connection's session runs; the session withdraws it before the socket
+        # can be closed (session/connection.py).
         self._fd = -1 if self._socket is None else self._socket.fileno()
+        self._sink: DirectSink | None = None
         self._limit = max_message_size
         # Frames one message may span. The size limit alone lets empty continuation frames
         # pile up forever: each costs a list slot (and a wsproto frame) but no payload byte.
@@ -403,6 +412,7 @@ class WebSocket:
             self._state = ConnectionState.CLOSED
         elif self._state is ConnectionState.OPEN:
             self._state = ConnectionState.REMOTE_CLOSING
+            self._publish_fd()
             await self._send_close_frame(code, reason)
 
     @property
@@ -422,7 +432,7 @@ class WebSocket:
         if self._writing:
             await self._wait_for_lock()
         else:
-            self._writing = True
+            self._take_lock()
         try:
             if self._state is not ConnectionState.OPEN:
                 raise ConnectionClosed(self.closed or CONNECTION_LOST)
@@ -440,7 +450,7 @@ class WebSocket:
         if self._writing:
             await self._wait_for_lock()
         else:
-            self._writing = True
+            self._take_lock()
         try:
             # A close goes out once: while open (ours first), or answering the peer's. The
             # state moves on once it is written: a write cancelled before it began (the
@@ -460,7 +470,7 @@ class WebSocket:
         if self._writing:
             await self._wait_for_lock()
         else:
-            self._writing = True
+            self._take_lock()
         try:
             # Nothing but the rest of the closing handshake may follow a close frame.
             if self._state is ConnectionState.OPEN:
@@ -475,22 +485,39 @@ class WebSocket:
             self._write_queue = trio.lowlevel.ParkingLot()
         await self._write_queue.park()
 
+    def _take_lock(self) -> None:
+        self._writing = True
+        if self._sink is not None:
+            self._sink.fd = -1
+
     def _release_lock(self) -> None:
         if self._write_queue:
             self._write_queue.unpark()
         else:
             self._writing = False
+            self._publish_fd()
 
-    def writable_fd(self) -> int:
-        """The descriptor data frames may be written to right now, without waiting, or -1.
+    def lend_fd(self, sink: DirectSink | None) -> None:
+        """Keep `sink.fd` set to the descriptor data frames may be written to right now,
+        without waiting, and to -1 while not: while another write is in progress, once the
+        connection is closing, or always when the stream is not a socket. None withdraws it
+        (the last sink's `fd` becomes -1).
 
-        The fan-out's shortcut past an idle writer task (outbox.py): -1 while another write
-        is in progress, once the connection is closing, or when the stream is not a socket.
-        A write error is left for the writer, which meets it again and reports it.
+        The fan-out's shortcut past an idle writer task (outbox.py): kept in step here, at
+        each change of the send lock and the state, rather than asked for, because a
+        fan-out reads it once per recipient and the connection's object is then one more
+        cold one to touch. A write error is left for the writer, which meets it again and
+        reports it.
         """
-        if self._writing or self._state is not ConnectionState.OPEN:
-            return -1
-        return self._fd
+        if self._sink is not None:
+            self._sink.fd = -1
+        self._sink = sink
+        self._publish_fd()
+
+    def _publish_fd(self) -> None:
+        if self._sink is not None:
+            usable = not self._writing and self._state is ConnectionState.OPEN
+            self._sink.fd = self._fd if usable else -1
 
     def wrote_partly(self) -> None:
         """A direct write stopped inside a frame; the writer sends the rest next."""
