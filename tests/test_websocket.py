@@ -3,6 +3,7 @@ the closing handshake and the send lock, against a client built on wsproto."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -397,3 +398,36 @@ async def test_the_lent_descriptor_is_withheld_while_a_write_is_under_way_and_on
         await ws.send_close(1000, "")
     assert other.fd == -1
     assert sink.fd == -1
+
+
+async def test_after_a_direct_write_stopped_inside_a_frame_a_pong_waits_for_the_rest(
+    pair: Pair, nursery: trio.Nursery
+) -> None:
+    # The fan-out writes to the lent descriptor and tells the connection when the socket
+    # took only part of a frame; until its writer sends the rest, a ping's pong must wait,
+    # or it would land inside the frame.
+    ws = pair.ws
+    sink = Sink()
+    ws.lend_fd(sink)
+    pair.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = text_frame("x" * (1 << 20))
+    sent = os.write(sink.fd, big)
+    assert 0 < sent < len(big)
+    ws.wrote_partly()
+    assert sink.fd == -1
+    await idle_reader(ws, nursery)
+    await pair.client.send_all(client_frames(Ping(payload=b"p")))
+    await trio.testing.wait_all_tasks_blocked()
+    received = b""
+
+    async def read_all() -> None:
+        nonlocal received
+        while len(received) < len(big) + 3:
+            received += await pair.client.receive_some(1 << 16)
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_all)
+            await ws.send_frames(big[sent:])
+    assert parsed_by_client(received) == [TextMessage(data="x" * (1 << 20)), Pong(payload=b"p")]
+    assert sink.fd == pair.server.socket.fileno()

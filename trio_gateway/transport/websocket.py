@@ -197,6 +197,7 @@ class WebSocket:
 
     __slots__ = (
         "_fd",
+        "_held_for_rest",
         "_limit",
         "_max_fragments",
         "_parser",
@@ -254,6 +255,9 @@ class WebSocket:
         # (FIFO), made only once two writes ever contend.
         self._writing = False
         self._write_queue: trio.lowlevel.ParkingLot | None = None
+        # The lock is held for the rest of a frame a direct write began (`wrote_partly`),
+        # which the next `send_frames` writes.
+        self._held_for_rest = False
         self.closed: CloseReason | None = None
         #: Shown every frame received; None: every frame is admitted.
         self.gate: FrameGate | None = None
@@ -429,12 +433,17 @@ class WebSocket:
         """
         # The lock is almost always free (only a pong or the close frame contends for it):
         # taking it without a scheduling round trip is a large share of a small write's cost.
-        if self._writing:
+        rest = self._held_for_rest
+        if rest:
+            # Already ours; and the rest goes out even if a close came meanwhile, since
+            # nothing else can follow a torn frame.
+            self._held_for_rest = False
+        elif self._writing:
             await self._wait_for_lock()
         else:
             self._take_lock()
         try:
-            if self._state is not ConnectionState.OPEN:
+            if not rest and self._state is not ConnectionState.OPEN:
                 raise ConnectionClosed(self.closed or CONNECTION_LOST)
             await self._write(frames)
         finally:
@@ -520,8 +529,12 @@ class WebSocket:
             self._sink.fd = self._fd if usable else -1
 
     def wrote_partly(self) -> None:
-        """A direct write stopped inside a frame; the writer sends the rest next."""
+        """A direct write (made while the lock was free) stopped inside a frame: the writer
+        sends the rest next, with the first `send_frames`, and the lock is held for it until
+        then, so that no pong or close frame goes out inside the frame."""
         self.incomplete = True
+        self._take_lock()
+        self._held_for_rest = True
 
     async def _write(self, data: bytes) -> None:
         # Fast path on a TCP socket: one plain non-blocking write(2), which the kernel almost
