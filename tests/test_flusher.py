@@ -209,7 +209,7 @@ async def test_with_nothing_queued_the_first_slice_is_on_the_wire_before_the_fan
     # Over real sockets (the direct path a connection lends its outbox): the publisher's own
     # task writes the first slice, the flusher task the rest, and a publication queued while
     # that pass is under way still joins the write of every client it has not reached.
-    hub = Hub(Flusher(SLICE))
+    hub = Hub(Flusher(SLICE, direct_room=SLICE))
     async with direct_clients(nursery, hub, 3 * SLICE, depth=4) as (_, peers):
         hub.publish_many([item(b"e1")])
         first = [theirs for theirs in peers if pending(theirs) == b"e1"]
@@ -245,10 +245,10 @@ async def test_a_round_its_fan_out_wrote_whole_is_observed_and_one_for_nobody_is
 async def test_one_publication_with_nothing_queued_is_written_in_its_pass_over_the_recipients(
     nursery: trio.Nursery,
 ) -> None:
-    # A slice of clients are written before publish_many returns, with nothing queued for
-    # them; one whose connection is writing something else (its fd withheld) gets the frame
-    # queued, for its writer; clients past the slice are left to the flusher task.
-    hub = Hub(Flusher(SLICE))
+    # Up to the flusher's room, clients are written before publish_many returns, with nothing
+    # queued for them; one whose connection is writing something else (its fd withheld) gets
+    # the frame queued, for its writer; clients past the room are left to the flusher task.
+    hub = Hub(Flusher(SLICE, direct_room=SLICE))
     async with direct_clients(nursery, hub, SLICE + 5, depth=4) as (clients, peers):
         busy, others = clients[0], clients[1:]
         busy.outbox.fd = -1

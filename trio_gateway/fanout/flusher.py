@@ -37,10 +37,14 @@ import trio
 
 from .outbox import Outbox, flush_each
 
-# Clients written to before other tasks may run: some 4-7 ms of loopback writes. Each pause
-# costs scheduler rounds with the caches cold after the writes (docs/PERFORMANCE.md), so a
-# fan-out to a thousand clients is written in one.
-FLUSH_SLICE = 1024
+# Clients written to before other tasks may run: a few ms of loopback writes. Each pause costs
+# a scheduler round with the caches cold after the writes, so slices are not made smaller;
+# nor larger, since what is published during a slice joins the writes only after it.
+FLUSH_SLICE = 256
+# Clients a fan-out with nothing queued behind it may write in its own pass (`room`): with
+# nothing to join, pauses would only add their cost, so a thousand clients are written in
+# one (docs/PERFORMANCE.md).
+DIRECT_ROOM = 1024
 # Most scheduler turns the flusher gives other tasks between two slices.
 EXTRA_TURNS = 16
 
@@ -64,6 +68,7 @@ class Flusher:
         self,
         slice_size: int = FLUSH_SLICE,
         max_ahead: int = 128,
+        direct_room: int = DIRECT_ROOM,
         on_written: Callable[[float], None] = _ignore,
     ) -> None:
         #: The outboxes of clients with frames queued by a fan-out, in the order they got
@@ -72,6 +77,7 @@ class Flusher:
         #: and the outbox rather than its client, so writing never touches the client.
         self.dirty: deque[Outbox] = deque()
         self._slice_size = slice_size
+        self._direct_room = direct_room
         self._max_ahead = max_ahead
         # Told, once per broker round, how long the round waited until every client it gave
         # frames to was handed them (the publish-to-write latency metric).
@@ -90,8 +96,9 @@ class Flusher:
 
     def room(self) -> int:
         """How many clients a fan-out may write itself, in its pass over them, rather than
-        queue: a slice while nothing is queued and the flusher task is idle, else none."""
-        return self._slice_size if not self.dirty and self._idle else 0
+        queue: `direct_room` while nothing is queued and the flusher task is idle, else
+        none."""
+        return self._direct_room if not self.dirty and self._idle else 0
 
     def queued(self, listed: int, written: int = 0) -> None:
         """A fan-out has appended `listed` clients to `dirty` (0 or more), having written

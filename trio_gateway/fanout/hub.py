@@ -345,11 +345,8 @@ class Hub:
             if extra is not None:
                 recipients = _apply(extra, recipients)
             recipients_tried += len(recipients)
-            if room:
-                queued, written = _write_or_stage_each(recipients, plain, complete, dirty, room)
-                delivered += queued + written
-            else:
-                delivered += _stage_each(recipients, plain, complete, dirty)
+            queued, written = _stage_each(recipients, plain, complete, dirty, room)
+            delivered += queued + written
             if extra is not None and extra.control == UNBIND:
                 _close_bound(recipients, keys)
         self.flusher.queued(len(dirty) - listed_before, written)
@@ -396,51 +393,30 @@ class Hub:
 
 
 def _stage_each(
-    recipients: Collection[Client], plain: bytes, complete: bytes, dirty: deque[Outbox]
-) -> int:
+    recipients: Collection[Client],
+    plain: bytes,
+    complete: bytes,
+    dirty: deque[Outbox],
+    room: int = 0,
+) -> tuple[int, int]:
     """`Client.stage` for every recipient of one publication, listing in `dirty` those whose
-    outbox was empty; returns how many were queued a frame.
+    outbox was empty, except that up to `room` recipients with nothing queued whose socket
+    takes a write now are written to instead, WRITE_RUN at a time (outbox.py); returns how
+    many were queued a frame and how many were written one.
 
     `Client.stage` and `Outbox.stage` are written out here: this loop runs once per
     recipient of every publication and comes before the first write of a fan-out, and the
     two calls were 40% of it (docs/PERFORMANCE.md, "Fan-out"). The rules are theirs: a
-    closing client or a closed outbox is skipped, a full one closes its client 4008.
+    closing client or a closed outbox is skipped, a full one closes its client 4008. `room`
+    is only for a fan-out nothing else is queued behind (`Flusher.room`); nothing can run
+    between a recipient's checks here and its write, so writing is the same as queueing and
+    flushing at once, without a second pass over the outboxes.
     """
-    delivered = 0
-    # Iterate a snapshot: a full outbox closes its client, which must not resize the set
-    # under our feet even though removal happens later in its connection task.
-    for client in tuple(recipients):
-        if client.close_reason is not None:
-            continue
-        outbox = client.outbox
-        if outbox._closed:
-            continue
-        frames = outbox._frames
-        queued = len(frames)
-        if queued >= outbox._limit:
-            client.close(SLOW_CONSUMER)
-            continue
-        frames.append(complete if client.offsets else plain)
-        delivered += 1
-        if not queued:
-            dirty.append(outbox)
-    return delivered
-
-
-def _write_or_stage_each(
-    recipients: Collection[Client], plain: bytes, complete: bytes, dirty: deque[Outbox], room: int
-) -> tuple[int, int]:
-    """`_stage_each`, except that up to `room` recipients with nothing queued whose socket
-    takes a write now are written to instead, WRITE_RUN at a time (outbox.py); returns how
-    many were queued a frame and how many written one.
-
-    Only for a fan-out that nothing else is queued behind (`Flusher.room`), and nothing can
-    run between a recipient's checks here and its write, so it is the same as queueing and
-    flushing at once, without the second pass over the outboxes.
-    """
-    delivered = 0
+    queued_for = 0
     written = 0
     writes: list[tuple[int, bytes, Outbox]] = []
+    # Iterate a snapshot: a full outbox closes its client, which must not resize the set
+    # under our feet even though removal happens later in its connection task.
     for client in tuple(recipients):
         if client.close_reason is not None:
             continue
@@ -461,11 +437,11 @@ def _write_or_stage_each(
             client.close(SLOW_CONSUMER)
             continue
         frames.append(frame)
-        delivered += 1
+        queued_for += 1
         if not queued:
             dirty.append(outbox)
     write_each(writes)
-    return delivered, written
+    return queued_for, written
 
 
 def _apply(extra: Extra, recipients: set[Client]) -> set[Client]:
