@@ -263,3 +263,18 @@ async def test_one_publication_with_nothing_queued_is_written_in_its_pass_over_t
         await trio.testing.wait_all_tasks_blocked()
         assert taken == [[b"e1"]]
         assert pending(peers[0]) == b""
+
+
+async def test_a_round_of_several_publications_is_queued_and_its_first_slice_written_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    # Not the one-pass write: each client gets both publications in one write, the first
+    # slice by the publishing task before publish_many returns, the rest by the flusher.
+    hub = Hub(Flusher(SLICE))
+    async with direct_clients(nursery, hub, 2 * SLICE, depth=4) as (_, peers):
+        assert hub.publish_many([item(b"e1"), item(b"e2")]) == 4 * SLICE
+        first = [theirs for theirs in peers if pending(theirs) == b"e1e2"]
+        assert len(first) == SLICE
+        await trio.testing.wait_all_tasks_blocked()
+        rest = [pending(theirs) for theirs in peers if theirs not in first]
+        assert rest == [b"e1e2"] * SLICE
