@@ -425,8 +425,8 @@ def _stage_each(
             continue
         frames = outbox._frames
         frame = complete if client.offsets else plain
-        if written < room and not frames and not outbox._writing and outbox.fd >= 0:
-            writes.append((outbox.fd, frame, outbox))
+        if written < room and not frames and not outbox._writing and (fd := outbox.fd) >= 0:
+            writes.append((fd, frame, outbox))
             written += 1
             if len(writes) == WRITE_RUN:
                 write_each(writes)
